@@ -1,0 +1,6 @@
+//! A GGUF inference engine: GGUF reader and writer, quantization formats, model config and weight
+//! mapping, tokenizer, a CPU reference backend and a CUDA backend with kernels written in Rust.
+
+pub mod cli;
+pub mod gguf;
+pub mod kernels;

@@ -1,0 +1,31 @@
+//! `host`: the engine's command-line interface.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "host",
+    version,
+    about = "GGUF inference engine with Rust GPU kernels"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's metadata, derived config, tensors and weight mapping.
+    Inspect(host::cli::inspect::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => host::cli::inspect::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,27 @@
+//! GPU kernels written in Rust, plus the GGUF block formats they share with the CPU path.
+//!
+//! On the host this crate is an ordinary `no_std` library: only [`quant`] (block layouts and their
+//! decode functions) is compiled, and the CPU reference path calls it. For `nvptx64-nvidia-cuda`
+//! `host/build.rs` compiles the same crate as a fat-LTO cdylib to PTX, and every `extern
+//! "ptx-kernel"` function below becomes a kernel. One definition of each block format serves both.
+#![no_std]
+#![cfg_attr(
+    target_arch = "nvptx64",
+    feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)
+)]
+#![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
+
+pub mod quant;
+
+#[cfg(target_arch = "nvptx64")]
+mod gpu;
+#[cfg(target_arch = "nvptx64")]
+pub mod smoke;
+
+#[cfg(target_arch = "nvptx64")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    // SAFETY: `trap` aborts the kernel; no state is left half-written that anyone reads afterwards
+    // (the launch reports an error to the host).
+    unsafe { core::arch::nvptx::trap() }
+}

@@ -1,0 +1,1 @@
+//! GGUF block formats (filled in by the quant work).
