@@ -4,3 +4,4 @@
 pub mod cli;
 pub mod gguf;
 pub mod kernels;
+pub mod model;

@@ -30,7 +30,7 @@ impl TensorSpec {
         let n: u64 = self.dims.iter().product();
         let bs = self.ggml_type.block_size() as u64;
         assert!(
-            self.dims[0] % bs == 0,
+            self.dims[0].is_multiple_of(bs),
             "tensor {}: ne0 not a multiple of {bs}",
             self.name
         );
