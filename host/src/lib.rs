@@ -2,6 +2,7 @@
 //! mapping, tokenizer, a CPU reference backend and a CUDA backend with kernels written in Rust.
 
 pub mod cli;
+pub mod fetch;
 pub mod gguf;
 pub mod kernels;
 pub mod model;

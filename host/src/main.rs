@@ -17,12 +17,15 @@ struct Cli {
 enum Command {
     /// Show a model's metadata, derived config, tensors and weight mapping.
     Inspect(host::cli::inspect::Args),
+    /// Download the known models (qwen, smollm2) into the model cache and print their paths.
+    Fetch(host::cli::fetch::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => host::cli::inspect::run(args),
+        Command::Fetch(args) => host::cli::fetch::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

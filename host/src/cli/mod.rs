@@ -1,5 +1,6 @@
 //! One module per `host` subcommand: its arguments and what it does.
 
+pub mod fetch;
 pub mod inspect;
 
 /// The error a subcommand returns: printed as one line by `main`, exit code 1.
