@@ -8,3 +8,4 @@ pub mod fetch;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+pub mod quant;
