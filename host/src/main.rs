@@ -19,6 +19,8 @@ enum Command {
     Inspect(host::cli::inspect::Args),
     /// Download the known models (qwen, smollm2) into the model cache and print their paths.
     Fetch(host::cli::fetch::Args),
+    /// Print the token ids (and pieces) of a text.
+    Tokenize(host::cli::tokenize::Args),
 }
 
 fn main() {
@@ -26,6 +28,7 @@ fn main() {
     let result = match cli.command {
         Command::Inspect(args) => host::cli::inspect::run(args),
         Command::Fetch(args) => host::cli::fetch::run(args),
+        Command::Tokenize(args) => host::cli::tokenize::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
