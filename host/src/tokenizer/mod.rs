@@ -609,9 +609,10 @@ impl Tokenizer {
         {
             out.push(b);
         }
+        // The word cache is taken once per call; a caller that finds it busy (another thread
+        // encoding) works without it rather than waiting.
         let mut guard = self.cache.try_lock().ok();
-        let cache = guard.as_deref_mut();
-        let mut cache = cache;
+        let mut cache = guard.as_deref_mut();
         let mut syms = Vec::new();
         for frag in self.partition(bytes, parse_special) {
             match frag {
@@ -654,7 +655,6 @@ impl Tokenizer {
             let needle = self.tokens[id as usize].as_bytes();
             let finder = memchr::memmem::Finder::new(needle);
             let mut next: Vec<Frag> = Vec::with_capacity(frags.len());
-            let mut changed = false;
             for f in frags.drain(..) {
                 let Frag::Text(a, e) = f else {
                     next.push(f);
@@ -662,7 +662,6 @@ impl Tokenizer {
                 };
                 let mut pos = a;
                 while let Some(k) = finder.find(&bytes[pos..e]) {
-                    changed = true;
                     if k > 0 {
                         next.push(Frag::Text(pos, pos + k));
                     }
@@ -674,7 +673,6 @@ impl Tokenizer {
                 }
             }
             frags = next;
-            let _ = changed;
         }
         frags
     }

@@ -236,7 +236,7 @@ fn split_gpt2(s: &str, base: usize, out: &mut impl FnMut(usize, usize)) {
     let n = b.len();
     let mut i = 0;
     let mut emit = |a: usize, e: usize| out(base + a, base + e);
-    while let Some((c, l, cl)) = at(s, i) {
+    while let Some((c, _, cl)) = at(s, i) {
         if c == '\''
             && let Some(e) = contraction(b, i, false)
         {
@@ -274,7 +274,6 @@ fn split_gpt2(s: &str, base: usize, out: &mut impl FnMut(usize, usize)) {
             e += l2;
             count += 1;
         }
-        let _ = l;
         let end = if count > 1 && e < n { last_start } else { e };
         emit(i, end);
         i = end;
