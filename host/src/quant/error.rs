@@ -1,5 +1,6 @@
 //! Errors of the quantization functions: every shape mismatch names the type and both sizes.
 
+use super::{ActKind, Isa};
 use crate::gguf::GgmlType;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +20,25 @@ pub enum QuantError {
         expected: usize,
         found: usize,
     },
+    /// An activation vector that is not a whole number of its blocks.
+    #[error(
+        "{kind:?} activations: {n} elements are not a whole number of {block_size}-element blocks"
+    )]
+    ActivationLength {
+        kind: ActKind,
+        n: usize,
+        block_size: usize,
+    },
+    /// Activations prepared for another kind of weights.
+    #[error("{ty} weights are dotted with {expected:?} activations, but {found:?} were given")]
+    ActivationKind {
+        ty: GgmlType,
+        expected: ActKind,
+        found: ActKind,
+    },
+    /// A dot-product implementation asked for by name that this CPU cannot run.
+    #[error("the {0:?} dot products need CPU features this machine does not have")]
+    IsaUnavailable(Isa),
     /// A vector or matrix whose length does not match the shape it goes with.
     #[error("{what}: expected {expected} elements, found {found}")]
     Length {

@@ -5,10 +5,16 @@
 //! shared with the GPU kernels); this module adds the shape checks, the float types (F32, F16,
 //! BF16) and the fast paths.
 
+mod act;
 mod dequant;
+mod dot;
 mod error;
 
+pub use act::{ActKind, BlockQ8, BlockQ8K, QuantizedVec};
 pub use dequant::{dequantize_row, dequantize_row_to_vec};
+pub use dot::{
+    Isa, matvec, matvec_quantized, matvec_with, vec_dot, vec_dot_reference, vec_dot_with,
+};
 pub use error::QuantError;
 pub use kernels_gpu::quant::{
     Block, BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K,

@@ -261,3 +261,20 @@ proptest! {
         prop_assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn k_scales_mins_agrees_with_k_scale_min() {
+    use kernels_gpu::quant::{k_scale_min, k_scales_mins};
+    for seed in 0..200u64 {
+        let bytes = random_blocks(GgmlType::Q4K, 1, seed);
+        let scales: [u8; 12] = bytes[4..16].try_into().unwrap();
+        let all = k_scales_mins(&scales);
+        for j in 0..8 {
+            assert_eq!(
+                (all[j], all[8 + j]),
+                k_scale_min(&scales, j),
+                "seed {seed} j {j}"
+            );
+        }
+    }
+}

@@ -44,7 +44,7 @@ pub use q2_k::BlockQ2K;
 pub use q3_k::BlockQ3K;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
-pub use q4_k::{BlockQ4K, k_scale_min};
+pub use q4_k::{BlockQ4K, k_scale_min, k_scales_mins};
 pub use q5_0::BlockQ5_0;
 pub use q5_1::BlockQ5_1;
 pub use q5_k::BlockQ5K;
