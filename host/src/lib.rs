@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cli;
 pub mod cpu;
+pub mod cuda;
 pub mod fetch;
 pub mod gguf;
 pub mod kernels;

@@ -86,3 +86,190 @@ pub fn warp_max(mut v: f32) -> f32 {
     }
     v
 }
+
+/// Lane index within the warp (0..32).
+#[inline(always)]
+pub fn lane() -> u32 {
+    thread_x() & 31
+}
+
+/// Warp index within the block.
+#[inline(always)]
+pub fn warp() -> u32 {
+    thread_x() >> 5
+}
+
+/// Butterfly shuffle of raw bits over the full warp (all 32 lanes must participate).
+#[inline(always)]
+pub fn shfl_xor_u32(v: u32, lane_mask: u32) -> u32 {
+    let r: u32;
+    // SAFETY: `shfl.sync` with the full member mask only exchanges registers within the warp.
+    unsafe {
+        asm!("shfl.sync.bfly.b32 {r}, {v}, {m}, 0x1f, 0xffffffff;",
+             r = out(reg32) r, v = in(reg32) v, m = in(reg32) lane_mask,
+             options(nomem, nostack, preserves_flags));
+    }
+    r
+}
+
+/// The value of `v` held by lane `src` (all 32 lanes must participate).
+#[inline(always)]
+pub fn shfl_idx(v: f32, src: u32) -> f32 {
+    let r: u32;
+    // SAFETY: `shfl.sync` with the full member mask only exchanges registers within the warp.
+    unsafe {
+        asm!("shfl.sync.idx.b32 {r}, {v}, {s}, 0x1f, 0xffffffff;",
+             r = out(reg32) r, v = in(reg32) v.to_bits(), s = in(reg32) src,
+             options(nomem, nostack, preserves_flags));
+    }
+    f32::from_bits(r)
+}
+
+/// Block-wide sum; every thread gets the result. `blockDim.x` must be a multiple of 32 (≤ 1024)
+/// and every thread of the block must call it (it contains barriers).
+#[inline(always)]
+pub fn block_sum(v: f32) -> f32 {
+    let s = red_smem();
+    let v = warp_sum(v);
+    // SAFETY: `s` is the 32-word shared scratch; warp w writes slot w (< 32 since blockDim ≤ 1024),
+    // the barriers order the writes before the reads and the reads before the next reuse.
+    unsafe {
+        if lane() == 0 {
+            *s.add(warp() as usize) = v;
+        }
+        sync_threads();
+        let n_warps = block_dim_x() >> 5;
+        let t = if lane() < n_warps {
+            *s.add(lane() as usize)
+        } else {
+            0.0
+        };
+        let r = warp_sum(t);
+        sync_threads();
+        r
+    }
+}
+
+/// Block-wide max; every thread gets the result. Same contract as [`block_sum`].
+#[inline(always)]
+pub fn block_max(v: f32) -> f32 {
+    let s = red_smem();
+    let v = warp_max(v);
+    // SAFETY: as in `block_sum`.
+    unsafe {
+        if lane() == 0 {
+            *s.add(warp() as usize) = v;
+        }
+        sync_threads();
+        let n_warps = block_dim_x() >> 5;
+        let t = if lane() < n_warps {
+            *s.add(lane() as usize)
+        } else {
+            f32::NEG_INFINITY
+        };
+        let r = warp_max(t);
+        sync_threads();
+        r
+    }
+}
+
+// The 32-word scratch the block reductions share: a module-scope `.shared` array (one copy per
+// block of every kernel that uses it). `#[link_section = ".shared"]` does not work (the array lands
+// in global memory), so it is declared in PTX and its address converted to a generic pointer.
+core::arch::global_asm!(".shared .align 16 .b8 GPU_RED_SMEM[128];");
+
+/// Generic pointer to the 32 f32 of block-reduction scratch in shared memory.
+#[inline(always)]
+pub fn red_smem() -> *mut f32 {
+    let p: u64;
+    // SAFETY: `cvta.shared` only converts the address of a symbol declared above.
+    unsafe {
+        asm!("cvta.shared.u64 {p}, GPU_RED_SMEM;", p = out(reg64) p,
+             options(nomem, nostack, pure));
+    }
+    p as *mut f32
+}
+
+/// The dynamic shared memory of this launch (its size is the launch's `shared_mem_bytes`),
+/// 16-byte aligned.
+#[inline(always)]
+pub fn dyn_smem<T>() -> *mut T {
+    core::intrinsics::gpu::gpu_launch_sized_workgroup_mem::<T>()
+}
+
+/// 2^x with the MUFU unit (`ex2.approx.ftz`): max relative error about 2^-22, subnormal results
+/// flushed to zero.
+#[inline(always)]
+pub fn ex2(x: f32) -> f32 {
+    let r: u32;
+    // SAFETY: a pure arithmetic instruction.
+    unsafe {
+        asm!("ex2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x.to_bits(),
+             options(pure, nomem, nostack));
+    }
+    f32::from_bits(r)
+}
+
+/// e^x through [`ex2`]: relative error about 2^-21 plus |x|·2^-24 from scaling the argument.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    ex2(x * core::f32::consts::LOG2_E)
+}
+
+/// f32 → f16 bits, round to nearest even (`cvt.rn.f16.f32`; overflow gives ±inf).
+#[inline(always)]
+pub fn f32_to_f16(x: f32) -> u16 {
+    let r: u16;
+    // SAFETY: a pure conversion instruction.
+    unsafe {
+        asm!("cvt.rn.f16.f32 {r}, {x};", r = out(reg16) r, x = in(reg32) x.to_bits(),
+             options(pure, nomem, nostack));
+    }
+    r
+}
+
+/// f16 bits → f32, exact (`cvt.f32.f16`).
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let r: u32;
+    // SAFETY: a pure conversion instruction.
+    unsafe {
+        asm!("cvt.f32.f16 {r}, {h};", r = out(reg32) r, h = in(reg16) h,
+             options(pure, nomem, nostack));
+    }
+    f32::from_bits(r)
+}
+
+/// Orders f32 by value as u32 (larger float → larger key; -0 < +0; NaN above +inf when the sign
+/// bit is clear). Used for radix selection.
+#[inline(always)]
+pub fn f32_order_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// Inverse of [`f32_order_key`].
+#[inline(always)]
+pub fn f32_from_order_key(k: u32) -> f32 {
+    f32::from_bits(if k & 0x8000_0000 != 0 {
+        k & 0x7fff_ffff
+    } else {
+        !k
+    })
+}
+
+/// Shared-memory atomic add on a u32 (`atom.add` through a generic address).
+#[inline(always)]
+pub fn atomic_add_u32(p: *mut u32, v: u32) -> u32 {
+    let r: u32;
+    // SAFETY: callers pass a valid, 4-byte aligned address; the atomic needs no other invariant.
+    unsafe {
+        asm!("atom.add.u32 {r}, [{p}], {v};", r = out(reg32) r, p = in(reg64) p as u64,
+             v = in(reg32) v, options(nostack));
+    }
+    r
+}

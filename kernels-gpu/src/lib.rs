@@ -7,14 +7,40 @@
 #![no_std]
 #![cfg_attr(
     target_arch = "nvptx64",
-    feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)
+    feature(
+        abi_ptx,
+        stdarch_nvptx,
+        asm_experimental_arch,
+        core_intrinsics,
+        gpu_intrinsics,
+        gpu_launch_sized_workgroup_mem,
+        core_float_math
+    )
 )]
 #![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
 
 pub mod quant;
 
 #[cfg(target_arch = "nvptx64")]
+pub mod attention;
+#[cfg(target_arch = "nvptx64")]
+pub mod dequant;
+#[cfg(target_arch = "nvptx64")]
+pub mod elementwise;
+#[cfg(target_arch = "nvptx64")]
+pub mod formats;
+#[cfg(target_arch = "nvptx64")]
 mod gpu;
+#[cfg(target_arch = "nvptx64")]
+pub mod kv_cache;
+#[cfg(target_arch = "nvptx64")]
+pub mod matvec;
+#[cfg(target_arch = "nvptx64")]
+pub mod norm;
+#[cfg(target_arch = "nvptx64")]
+pub mod rope;
+#[cfg(target_arch = "nvptx64")]
+pub mod sample;
 #[cfg(target_arch = "nvptx64")]
 pub mod smoke;
 

@@ -1,0 +1,704 @@
+//! [`CudaBackend`]: the forward pass on the GPU, behind the same [`Backend`] trait as the CPU.
+//!
+//! Per forward call (`T` tokens at positions `pos ..`), in chunks of at most
+//! [`CudaOptions::max_batch`] tokens:
+//!
+//! ```text
+//! ids ─embedding─► x ─┬─ rms_norm ─ q,k,v = linear (+bias) ─ rope(q,k) ─ kv_append ─ attention ─ linear(o) ─┐
+//!                     └──────────────────────────────────── add ◄──────────────────────────────────────────┘
+//!                     ┬─ rms_norm ─ gate,up = linear ─ swiglu ─ linear(down) ─┐
+//!                     └──────────────────── add ◄─────────────────────────────┘   (× n_layer)
+//! x ─ rms_norm(output_norm) ─ LM head (cuBLAS) ─► logits      (only the rows asked for)
+//! ```
+//!
+//! `linear` is the quantized matvec kernel when `T = 1` (decode), and otherwise the weight
+//! decoded to f16 (or f32, per [`CudaOptions::gemm`]) into a scratch buffer plus a cuBLAS GEMM.
+//! The LM head is a copy of the output matrix decoded once at load, multiplied through cuBLAS.
+//! The KV cache is f16, `[layer][n_head_kv][n_ctx][head_dim]`.
+//! Weights stay in their GGUF blocks on the device, uploaded once.
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+
+use super::device::Gpu;
+use super::error::CudaError;
+use super::gemm::{GemmKind, gemm};
+use super::ops::{self, DequantOut, DeviceTensor, KvLayer, KvShape, RopeTable, SampleParams};
+use crate::backend::{Backend, BackendError, Logits, check_forward};
+use crate::gguf::{Gguf, TensorInfo};
+use crate::model::{Config, Weights};
+
+/// Settings of a [`CudaBackend`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CudaOptions {
+    /// Device ordinal.
+    pub device: usize,
+    /// KV-cache capacity in positions (capped at the model's training context).
+    pub n_ctx: usize,
+    /// Most tokens per internal chunk of a forward (sizes the scratch buffers).
+    pub max_batch: usize,
+    /// Arithmetic of the prefill GEMMs (T > 1): [`GemmKind::F16F32`] or [`GemmKind::F32`].
+    pub gemm: GemmKind,
+    /// Arithmetic of the LM head: [`GemmKind::F16F32`] (f16 copy of the output matrix) or
+    /// [`GemmKind::F32`] (f32 copy).
+    pub lm_head: GemmKind,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            device: 0,
+            n_ctx: 4096,
+            max_batch: 512,
+            gemm: GemmKind::F16F32,
+            lm_head: GemmKind::F16F32,
+        }
+    }
+}
+
+struct LayerW {
+    attn_norm: CudaSlice<f32>,
+    wq: DeviceTensor,
+    wk: DeviceTensor,
+    wv: DeviceTensor,
+    bq: Option<CudaSlice<f32>>,
+    bk: Option<CudaSlice<f32>>,
+    bv: Option<CudaSlice<f32>>,
+    wo: DeviceTensor,
+    ffn_norm: CudaSlice<f32>,
+    gate: DeviceTensor,
+    up: DeviceTensor,
+    down: DeviceTensor,
+}
+
+/// The LM head matrix, decoded once: f16 bits or f32, `n_vocab` rows of `n_embd`.
+enum LmHead {
+    F16(CudaSlice<u16>),
+    F32(CudaSlice<f32>),
+}
+
+struct Scratch {
+    ids: CudaSlice<u32>,
+    x: CudaSlice<f32>,
+    xn: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    proj: CudaSlice<f32>,
+    gate: CudaSlice<f32>,
+    up: CudaSlice<f32>,
+    h: CudaSlice<f32>,
+    /// A decoded weight matrix for the GEMM path (f32 elements; the f16 path uses it as u16).
+    wdeq32: CudaSlice<f32>,
+    wdeq16: CudaSlice<u16>,
+    /// Activations as f16 for the GEMM path.
+    x16: CudaSlice<u16>,
+    logits: CudaSlice<f32>,
+    part: CudaSlice<f32>,
+    token: CudaSlice<u32>,
+}
+
+/// Rows of logits computed per LM-head GEMM when all rows are asked for.
+const LOGIT_ROWS: usize = 64;
+
+/// The forward pass on one CUDA device.
+pub struct CudaBackend {
+    gpu: Gpu,
+    cfg: Config,
+    opts: CudaOptions,
+    tok_embd: DeviceTensor,
+    output_norm: CudaSlice<f32>,
+    lm_head: LmHead,
+    layers: Vec<LayerW>,
+    kv: Vec<KvLayer>,
+    kv_shape: KvShape,
+    rope: RopeTable,
+    s: Scratch,
+    n_past: usize,
+}
+
+fn upload_matrix(gpu: &Gpu, g: &Gguf, t: &TensorInfo) -> Result<DeviceTensor, BackendError> {
+    let data = g.tensor_data(t);
+    Ok(DeviceTensor::upload(
+        gpu,
+        &t.name,
+        t.ggml_type,
+        t.n_rows() as usize,
+        t.row_len() as usize,
+        data,
+    )?)
+}
+
+fn upload_vector(gpu: &Gpu, g: &Gguf, t: &TensorInfo) -> Result<CudaSlice<f32>, BackendError> {
+    let n = t.n_elements as usize;
+    let v = crate::quant::dequantize_row_to_vec(t.ggml_type, g.tensor_data(t), n).map_err(|e| {
+        BackendError::Tensor {
+            tensor: t.name.clone(),
+            problem: e.to_string(),
+        }
+    })?;
+    Ok(gpu.upload(&v, &t.name)?)
+}
+
+impl CudaBackend {
+    /// Loads the model in `g` onto the GPU: maps the tensors, checks device memory, uploads every
+    /// weight once (quantized), decodes the LM head, allocates the KV cache and scratch.
+    pub fn load(g: &Gguf, opts: CudaOptions) -> Result<CudaBackend, BackendError> {
+        let cfg = Config::from_header(&g.header)?;
+        let w = Weights::from_header(&g.header, &cfg)?;
+        let gpu = Gpu::new(opts.device)?;
+        Self::load_on(gpu, g, cfg, w, opts)
+    }
+
+    fn load_on(
+        gpu: Gpu,
+        g: &Gguf,
+        cfg: Config,
+        w: Weights,
+        mut opts: CudaOptions,
+    ) -> Result<CudaBackend, BackendError> {
+        opts.n_ctx = opts.n_ctx.clamp(1, cfg.n_ctx_train);
+        opts.max_batch = opts.max_batch.clamp(1, opts.n_ctx);
+        for kind in [opts.gemm, opts.lm_head] {
+            if !matches!(kind, GemmKind::F16F32 | GemmKind::F32 | GemmKind::Tf32) {
+                return Err(BackendError::Device(format!(
+                    "GEMM kind {kind:?} is not supported for the forward pass"
+                )));
+            }
+        }
+        let kv_shape = KvShape {
+            n_head_kv: cfg.n_head_kv,
+            head_dim: cfg.head_dim,
+            n_ctx: opts.n_ctx,
+        };
+        // Memory: weights as stored, the LM head copy, the KV cache, scratch, and a margin for
+        // the context, cuBLAS workspace and the module.
+        let mut weight_bytes: usize =
+            w.token_embd.n_bytes as usize + 4 * w.output_norm.n_elements as usize;
+        for l in &w.layers {
+            for t in [
+                &l.attn_q,
+                &l.attn_k,
+                &l.attn_v,
+                &l.attn_output,
+                &l.ffn_gate,
+                &l.ffn_up,
+                &l.ffn_down,
+            ] {
+                weight_bytes += t.n_bytes as usize;
+            }
+            for t in [Some(&l.attn_norm), Some(&l.ffn_norm)]
+                .into_iter()
+                .chain([&l.attn_q_bias, &l.attn_k_bias, &l.attn_v_bias].map(Option::as_ref))
+                .flatten()
+            {
+                weight_bytes += 4 * t.n_elements as usize;
+            }
+        }
+        if !w.output_tied {
+            weight_bytes += w.output.n_bytes as usize; // the quantized copy, while decoding
+        }
+        let lm_bytes = cfg.n_vocab * cfg.n_embd * opts.lm_head.in_bytes();
+        let kv_bytes = 2 * cfg.n_layer * kv_shape.elems() * 2;
+        let b = opts.max_batch;
+        let widest = cfg.n_embd.max(cfg.n_ff).max(cfg.q_dim());
+        let max_w = [
+            cfg.q_dim() * cfg.n_embd,
+            cfg.n_ff * cfg.n_embd,
+            cfg.kv_dim() * cfg.n_embd,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        let scratch_f32 = b * (3 * cfg.n_embd + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.n_ff)
+            + LOGIT_ROWS * cfg.n_vocab
+            + ops::decode_scratch_len(cfg.n_head, cfg.head_dim, opts.n_ctx)
+            + max_w;
+        let scratch_bytes = 4 * scratch_f32 + 2 * (max_w + b * widest);
+        let needed = weight_bytes + lm_bytes + kv_bytes + scratch_bytes + (256 << 20);
+        gpu.ensure_free(needed, "the model, its KV cache and scratch")?;
+
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for l in &w.layers {
+            let opt = |t: &Option<TensorInfo>| -> Result<Option<CudaSlice<f32>>, BackendError> {
+                t.as_ref().map(|t| upload_vector(&gpu, g, t)).transpose()
+            };
+            layers.push(LayerW {
+                attn_norm: upload_vector(&gpu, g, &l.attn_norm)?,
+                wq: upload_matrix(&gpu, g, &l.attn_q)?,
+                wk: upload_matrix(&gpu, g, &l.attn_k)?,
+                wv: upload_matrix(&gpu, g, &l.attn_v)?,
+                bq: opt(&l.attn_q_bias)?,
+                bk: opt(&l.attn_k_bias)?,
+                bv: opt(&l.attn_v_bias)?,
+                wo: upload_matrix(&gpu, g, &l.attn_output)?,
+                ffn_norm: upload_vector(&gpu, g, &l.ffn_norm)?,
+                gate: upload_matrix(&gpu, g, &l.ffn_gate)?,
+                up: upload_matrix(&gpu, g, &l.ffn_up)?,
+                down: upload_matrix(&gpu, g, &l.ffn_down)?,
+            });
+        }
+        let tok_embd = upload_matrix(&gpu, g, &w.token_embd)?;
+        let output_norm = upload_vector(&gpu, g, &w.output_norm)?;
+        let lm_head = {
+            let out_q;
+            let src = if w.output_tied {
+                &tok_embd
+            } else {
+                out_q = upload_matrix(&gpu, g, &w.output)?;
+                &out_q
+            };
+            let n = src.rows * src.cols;
+            let head = match opts.lm_head {
+                GemmKind::F16F32 => {
+                    let mut d = gpu.alloc::<u16>(n, "the LM head")?;
+                    ops::dequant(&gpu, src, None, DequantOut::F16(&mut d.as_view_mut()))?;
+                    LmHead::F16(d)
+                }
+                _ => {
+                    let mut d = gpu.alloc::<f32>(n, "the LM head")?;
+                    ops::dequant(&gpu, src, None, DequantOut::F32(&mut d.as_view_mut()))?;
+                    LmHead::F32(d)
+                }
+            };
+            gpu.synchronize()?;
+            head
+        };
+        let kv = (0..cfg.n_layer)
+            .map(|_| KvLayer::new(&gpu, kv_shape))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rope = RopeTable::new(&gpu, opts.n_ctx, cfg.head_dim, cfg.rope_theta)?;
+        let a32 = |n: usize, what: &str| gpu.alloc::<f32>(n, what);
+        let s = Scratch {
+            ids: gpu.alloc::<u32>(b, "token ids")?,
+            x: a32(b * cfg.n_embd, "activations")?,
+            xn: a32(b * cfg.n_embd, "activations")?,
+            q: a32(b * cfg.q_dim(), "activations")?,
+            k: a32(b * cfg.kv_dim(), "activations")?,
+            v: a32(b * cfg.kv_dim(), "activations")?,
+            attn: a32(b * cfg.q_dim(), "activations")?,
+            proj: a32(b * cfg.n_embd, "activations")?,
+            gate: a32(b * cfg.n_ff, "activations")?,
+            up: a32(b * cfg.n_ff, "activations")?,
+            h: a32(b * cfg.n_ff, "activations")?,
+            wdeq32: a32(
+                if matches!(opts.gemm, GemmKind::F16F32) {
+                    1
+                } else {
+                    max_w
+                },
+                "decoded weights",
+            )?,
+            wdeq16: gpu.alloc::<u16>(
+                if matches!(opts.gemm, GemmKind::F16F32) {
+                    max_w
+                } else {
+                    1
+                },
+                "decoded weights",
+            )?,
+            x16: gpu.alloc::<u16>(b.max(LOGIT_ROWS) * widest, "f16 activations")?,
+            logits: a32(LOGIT_ROWS * cfg.n_vocab, "logits")?,
+            part: a32(
+                ops::decode_scratch_len(cfg.n_head, cfg.head_dim, opts.n_ctx),
+                "attention partials",
+            )?,
+            token: gpu.alloc::<u32>(1, "the sampled token")?,
+        };
+        gpu.synchronize()?;
+        Ok(CudaBackend {
+            gpu,
+            cfg,
+            opts,
+            tok_embd,
+            output_norm,
+            lm_head,
+            layers,
+            kv,
+            kv_shape,
+            rope,
+            s,
+            n_past: 0,
+        })
+    }
+
+    /// The device this backend runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn options(&self) -> &CudaOptions {
+        &self.opts
+    }
+
+    /// Runs the forward pass of `tokens` at `pos ..`, leaving the final hidden rows (after the
+    /// output norm) of the last chunk in `s.xn`; returns the logits asked for.
+    fn run(&mut self, tokens: &[u32], pos: usize, want: Logits) -> Result<Vec<f32>, CudaError> {
+        let mut out = Vec::new();
+        let n = tokens.len();
+        let mut done = 0;
+        while done < n {
+            let t = (n - done).min(self.opts.max_batch);
+            let chunk = &tokens[done..done + t];
+            let last_chunk = done + t == n;
+            self.layers_forward(chunk, pos + done)?;
+            match want {
+                Logits::All => self.logits_rows(0, t, &mut out)?,
+                Logits::Last if last_chunk => self.logits_rows(t - 1, 1, &mut out)?,
+                _ => {}
+            }
+            done += t;
+        }
+        Ok(out)
+    }
+
+    /// Embedding and every layer for `t = chunk.len()` tokens at positions `pos ..`; the residual
+    /// stream ends in `s.x`.
+    fn layers_forward(&mut self, chunk: &[u32], pos: usize) -> Result<(), CudaError> {
+        let t = chunk.len();
+        let c = &self.cfg;
+        let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let gpu = &self.gpu;
+        let s = &mut self.s;
+        gpu.stream()
+            .memcpy_htod(chunk, &mut s.ids.slice_mut(..t))
+            .map_err(CudaError::driver("copying token ids"))?;
+        ops::embedding(
+            gpu,
+            &self.tok_embd,
+            &s.ids.slice(..t),
+            &mut s.x.slice_mut(..t * d),
+        )?;
+        let lin = Linear {
+            gpu,
+            kind: self.opts.gemm,
+        };
+        for (li, l) in self.layers.iter().enumerate() {
+            ops::rms_norm(
+                gpu,
+                &s.x.slice(..t * d),
+                &l.attn_norm.as_view(),
+                c.rms_eps,
+                &mut s.xn.slice_mut(..t * d),
+            )?;
+            let xn = s.xn.slice(..t * d);
+            lin.run(
+                &l.wq,
+                &xn,
+                &mut s.q.slice_mut(..t * qd),
+                t,
+                &mut s.wdeq32,
+                &mut s.wdeq16,
+                &mut s.x16,
+            )?;
+            lin.run(
+                &l.wk,
+                &xn,
+                &mut s.k.slice_mut(..t * kvd),
+                t,
+                &mut s.wdeq32,
+                &mut s.wdeq16,
+                &mut s.x16,
+            )?;
+            lin.run(
+                &l.wv,
+                &xn,
+                &mut s.v.slice_mut(..t * kvd),
+                t,
+                &mut s.wdeq32,
+                &mut s.wdeq16,
+                &mut s.x16,
+            )?;
+            if let Some(b) = &l.bq {
+                ops::add(gpu, &mut s.q.slice_mut(..t * qd), &b.as_view())?;
+            }
+            if let Some(b) = &l.bk {
+                ops::add(gpu, &mut s.k.slice_mut(..t * kvd), &b.as_view())?;
+            }
+            if let Some(b) = &l.bv {
+                ops::add(gpu, &mut s.v.slice_mut(..t * kvd), &b.as_view())?;
+            }
+            ops::rope(
+                gpu,
+                &mut s.q.slice_mut(..t * qd),
+                &self.rope,
+                c.n_head,
+                pos,
+                c.rope_style,
+            )?;
+            ops::rope(
+                gpu,
+                &mut s.k.slice_mut(..t * kvd),
+                &self.rope,
+                c.n_head_kv,
+                pos,
+                c.rope_style,
+            )?;
+            let cache = &mut self.kv[li];
+            ops::kv_append(
+                gpu,
+                &s.k.slice(..t * kvd),
+                &s.v.slice(..t * kvd),
+                cache,
+                self.kv_shape,
+                pos,
+            )?;
+            if t == 1 {
+                ops::attention_decode(
+                    gpu,
+                    &s.q.slice(..qd),
+                    cache,
+                    self.kv_shape,
+                    c.n_head,
+                    pos + 1,
+                    &mut s.part.as_view_mut(),
+                    &mut s.attn.slice_mut(..qd),
+                )?;
+            } else {
+                ops::attention_prefill(
+                    gpu,
+                    &s.q.slice(..t * qd),
+                    cache,
+                    self.kv_shape,
+                    c.n_head,
+                    pos,
+                    &mut s.attn.slice_mut(..t * qd),
+                )?;
+            }
+            lin.run(
+                &l.wo,
+                &s.attn.slice(..t * qd),
+                &mut s.proj.slice_mut(..t * d),
+                t,
+                &mut s.wdeq32,
+                &mut s.wdeq16,
+                &mut s.x16,
+            )?;
+            ops::add(gpu, &mut s.x.slice_mut(..t * d), &s.proj.slice(..t * d))?;
+
+            ops::rms_norm(
+                gpu,
+                &s.x.slice(..t * d),
+                &l.ffn_norm.as_view(),
+                c.rms_eps,
+                &mut s.xn.slice_mut(..t * d),
+            )?;
+            let xn = s.xn.slice(..t * d);
+            lin.run(
+                &l.gate,
+                &xn,
+                &mut s.gate.slice_mut(..t * ff),
+                t,
+                &mut s.wdeq32,
+                &mut s.wdeq16,
+                &mut s.x16,
+            )?;
+            lin.run(
+                &l.up,
+                &xn,
+                &mut s.up.slice_mut(..t * ff),
+                t,
+                &mut s.wdeq32,
+                &mut s.wdeq16,
+                &mut s.x16,
+            )?;
+            ops::swiglu(
+                gpu,
+                &s.gate.slice(..t * ff),
+                &s.up.slice(..t * ff),
+                &mut s.h.slice_mut(..t * ff),
+            )?;
+            lin.run(
+                &l.down,
+                &s.h.slice(..t * ff),
+                &mut s.proj.slice_mut(..t * d),
+                t,
+                &mut s.wdeq32,
+                &mut s.wdeq16,
+                &mut s.x16,
+            )?;
+            ops::add(gpu, &mut s.x.slice_mut(..t * d), &s.proj.slice(..t * d))?;
+        }
+        Ok(())
+    }
+
+    /// Output norm and LM head for rows `first .. first + rows` of the last chunk (in `s.x`),
+    /// appended to `out` (row-major, `n_vocab` per row), `LOGIT_ROWS` rows per GEMM.
+    fn logits_rows(
+        &mut self,
+        first: usize,
+        rows: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CudaError> {
+        let mut r = first;
+        while r < first + rows {
+            let m = (first + rows - r).min(LOGIT_ROWS);
+            self.logits_device(r, m)?;
+            let nv = self.cfg.n_vocab;
+            let host = self.gpu.download(&self.s.logits.slice(..m * nv))?;
+            out.extend_from_slice(&host);
+            r += m;
+        }
+        Ok(())
+    }
+
+    /// Output norm and LM head for `m ≤ LOGIT_ROWS` rows starting at row `r` of `s.x`, into
+    /// `s.logits[.. m * n_vocab]`, on the device.
+    fn logits_device(&mut self, r: usize, m: usize) -> Result<(), CudaError> {
+        let (d, nv) = (self.cfg.n_embd, self.cfg.n_vocab);
+        let gpu = &self.gpu;
+        let s = &mut self.s;
+        ops::rms_norm(
+            gpu,
+            &s.x.slice(r * d..(r + m) * d),
+            &self.output_norm.as_view(),
+            self.cfg.rms_eps,
+            &mut s.xn.slice_mut(..m * d),
+        )?;
+        let mut lv = s.logits.slice_mut(..m * nv);
+        match &self.lm_head {
+            LmHead::F16(w) => {
+                ops::f32_to_f16(gpu, &s.xn.slice(..m * d), &mut s.x16.slice_mut(..m * d))?;
+                gemm(
+                    gpu,
+                    GemmKind::F16F32,
+                    &w.as_view(),
+                    &s.x16.slice(..m * d),
+                    &mut lv,
+                    nv,
+                    d,
+                    m,
+                )?;
+            }
+            LmHead::F32(w) => {
+                gemm(
+                    gpu,
+                    self.opts.lm_head,
+                    &w.as_view(),
+                    &s.xn.slice(..m * d),
+                    &mut lv,
+                    nv,
+                    d,
+                    m,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self, tokens: &[u32], pos: usize) -> Result<(), BackendError> {
+        check_forward(tokens, pos, self.n_past, self.capacity(), self.cfg.n_vocab)?;
+        // Positions from `pos` on are about to be rewritten; until the forward succeeds the cache
+        // only vouches for `0 .. pos`.
+        self.n_past = pos;
+        Ok(())
+    }
+
+    /// Forward pass whose last row's next token is chosen on the device: greedy (`sample` =
+    /// `None`) or top-k/top-p with the uniform draw `u`. Copies back one token id, not the
+    /// logits.
+    pub fn forward_next(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        sample: Option<(SampleParams, f32)>,
+    ) -> Result<u32, BackendError> {
+        self.begin(tokens, pos)?;
+        self.run(tokens, pos, Logits::None)?;
+        let t = (tokens.len() - 1) % self.opts.max_batch;
+        self.logits_device(t, 1)?;
+        let nv = self.cfg.n_vocab;
+        let lv = self.s.logits.slice(..nv);
+        let mut tok = self.s.token.as_view_mut();
+        match sample {
+            None => ops::argmax(&self.gpu, &lv, &mut tok)?,
+            Some((p, u)) => ops::sample(&self.gpu, &lv, p, u, &mut tok)?,
+        }
+        let id = self.gpu.download(&self.s.token)?[0];
+        self.n_past = pos + tokens.len();
+        Ok(id)
+    }
+}
+
+/// The `linear` step: `y[t, n] = x[t, k] · W[n, k]ᵀ`.
+struct Linear<'a> {
+    gpu: &'a Gpu,
+    kind: GemmKind,
+}
+
+impl Linear<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        w: &DeviceTensor,
+        x: &CudaView<f32>,
+        y: &mut CudaViewMut<f32>,
+        t: usize,
+        wdeq32: &mut CudaSlice<f32>,
+        wdeq16: &mut CudaSlice<u16>,
+        x16: &mut CudaSlice<u16>,
+    ) -> Result<(), CudaError> {
+        if t == 1 {
+            return ops::matvec(self.gpu, w, x, y);
+        }
+        let (n, k) = (w.rows, w.cols);
+        match self.kind {
+            GemmKind::F16F32 => {
+                let mut wd = wdeq16.slice_mut(..n * k);
+                ops::dequant(self.gpu, w, None, DequantOut::F16(&mut wd))?;
+                let mut xh = x16.slice_mut(..t * k);
+                ops::f32_to_f16(self.gpu, x, &mut xh)?;
+                gemm(
+                    self.gpu,
+                    GemmKind::F16F32,
+                    &wdeq16.slice(..n * k),
+                    &x16.slice(..t * k),
+                    y,
+                    n,
+                    k,
+                    t,
+                )
+            }
+            kind => {
+                let mut wd = wdeq32.slice_mut(..n * k);
+                ops::dequant(self.gpu, w, None, DequantOut::F32(&mut wd))?;
+                gemm(self.gpu, kind, &wdeq32.slice(..n * k), x, y, n, k, t)
+            }
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn capacity(&self) -> usize {
+        self.opts.n_ctx
+    }
+
+    fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        logits: Logits,
+    ) -> Result<Vec<f32>, BackendError> {
+        self.begin(tokens, pos)?;
+        let out = self.run(tokens, pos, logits)?;
+        self.gpu.synchronize()?;
+        self.n_past = pos + tokens.len();
+        Ok(out)
+    }
+
+    fn reset(&mut self) {
+        self.n_past = 0;
+    }
+}

@@ -1,0 +1,257 @@
+//! One CUDA device: context, stream, the kernel module chosen by compute capability, cuBLAS.
+//!
+//! Every cudarc call is guarded: [`driver_present`] is checked before the first one, because
+//! cudarc's dynamic loader panics when libcuda is absent; likewise cuBLAS is only created when
+//! libcublas can be loaded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, sys,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::error::CudaError;
+use super::kernels::KERNELS;
+
+/// Whether libcuda can be loaded on this machine (no driver call is made).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library; no CUDA function is called.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Whether libcublas can be loaded on this machine.
+pub fn cublas_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { cudarc::cublas::sys::is_culib_present() }
+}
+
+/// Number of CUDA devices, or why there are none usable.
+pub fn device_count() -> Result<i32, CudaError> {
+    if !driver_present() {
+        return Err(CudaError::NoDriver);
+    }
+    CudaContext::device_count().map_err(CudaError::driver("counting CUDA devices"))
+}
+
+/// A CUDA device ready to run the engine's kernels.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    blas: Option<CudaBlas>,
+    name: String,
+    cc: (i32, i32),
+    sync_each_launch: bool,
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: context, one stream, the PTX module for its compute capability
+    /// (every kernel of [`KERNELS`] looked up), and cuBLAS when its library is present.
+    pub fn new(ordinal: usize) -> Result<Gpu, CudaError> {
+        let count = device_count()?;
+        if count == 0 {
+            return Err(CudaError::NoDevice(count));
+        }
+        if ordinal >= count as usize {
+            return Err(CudaError::BadOrdinal { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(CudaError::driver("creating a context"))?;
+        let name = ctx
+            .name()
+            .map_err(CudaError::driver("reading the device name"))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(CudaError::driver("reading the compute capability"))?;
+        let ptx =
+            crate::kernels::ptx_for(cc.0, cc.1).ok_or_else(|| CudaError::UnsupportedDevice {
+                name: name.clone(),
+                major: cc.0,
+                minor: cc.1,
+            })?;
+        // One stream carries all work, in order; cudarc's per-buffer event tracking (which
+        // exists to order work across streams) is turned off before anything is allocated.
+        // SAFETY: every buffer is used on `stream` only, so no cross-stream ordering is needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(CudaError::driver("creating a stream"))?;
+        let module = ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(CudaError::driver("loading the kernel module (PTX JIT)"))?;
+        let mut funcs = HashMap::new();
+        for &k in KERNELS {
+            let f = module
+                .load_function(k)
+                .map_err(|source| CudaError::Kernel { kernel: k, source })?;
+            funcs.insert(k, f);
+        }
+        let blas = if cublas_present() {
+            Some(
+                CudaBlas::new(stream.clone()).map_err(|source| CudaError::Cublas {
+                    op: "create handle",
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        Ok(Gpu {
+            ctx,
+            stream,
+            _module: module,
+            funcs,
+            blas,
+            name,
+            cc,
+            sync_each_launch: std::env::var_os("HOST_CUDA_SYNC").is_some(),
+        })
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// cuBLAS on this device's stream, or [`CudaError::NoCublas`].
+    pub fn blas(&self) -> Result<&CudaBlas, CudaError> {
+        self.blas.as_ref().ok_or(CudaError::NoCublas)
+    }
+
+    /// When on, every launch is followed by a stream synchronization, so an asynchronous fault
+    /// is reported with the name of the kernel that caused it (also on with env `HOST_CUDA_SYNC`).
+    pub fn set_sync_each_launch(&mut self, on: bool) {
+        self.sync_each_launch = on;
+    }
+
+    /// The loaded kernel `name`.
+    pub(crate) fn func(&self, name: &'static str) -> Result<&CudaFunction, CudaError> {
+        self.funcs.get(name).ok_or(CudaError::Shape {
+            kernel: name,
+            problem: "no such kernel in the module".into(),
+        })
+    }
+
+    /// Called after each launch: reports a pending error under the kernel's name.
+    pub(crate) fn after_launch(&self, kernel: &'static str) -> Result<(), CudaError> {
+        if self.sync_each_launch {
+            self.stream
+                .synchronize()
+                .map_err(|source| CudaError::Kernel { kernel, source })?;
+        }
+        Ok(())
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(CudaError::driver(
+            "synchronizing the stream (a kernel failed; run with HOST_CUDA_SYNC=1 to name it)",
+        ))
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx
+            .mem_get_info()
+            .map_err(CudaError::driver("reading free device memory"))
+    }
+
+    /// Fails with [`CudaError::OutOfMemory`] unless `needed` bytes are free.
+    pub fn ensure_free(&self, needed: usize, what: &str) -> Result<(), CudaError> {
+        let (free, total) = self.mem_info()?;
+        if needed > free {
+            return Err(CudaError::OutOfMemory {
+                what: what.into(),
+                needed,
+                free,
+                total,
+            });
+        }
+        Ok(())
+    }
+
+    /// Allocates `n` elements (contents undefined) for `what`; an allocation failure is reported
+    /// as [`CudaError::OutOfMemory`] with the sizes.
+    pub fn alloc<T: DeviceRepr>(&self, n: usize, what: &str) -> Result<CudaSlice<T>, CudaError> {
+        let bytes = n.max(1) * std::mem::size_of::<T>();
+        // SAFETY: the memory is uninitialized; every user writes before reading (kernels write
+        // their outputs; the tests poison them first).
+        match unsafe { self.stream.alloc::<T>(n.max(1)) } {
+            Ok(s) => Ok(s),
+            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => {
+                let (free, total) = self.mem_info().unwrap_or((0, 0));
+                Err(CudaError::OutOfMemory {
+                    what: what.into(),
+                    needed: bytes,
+                    free,
+                    total,
+                })
+            }
+            Err(source) => Err(CudaError::Driver {
+                what: format!("allocating {bytes} bytes for {what}"),
+                source,
+            }),
+        }
+    }
+
+    /// Copies a host slice to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<CudaSlice<T>, CudaError> {
+        let mut d = self.alloc::<T>(data.len(), what)?;
+        if !data.is_empty() {
+            self.stream
+                .memcpy_htod(data, &mut d)
+                .map_err(CudaError::driver(format!("copying {what} to the device")))?;
+        }
+        Ok(d)
+    }
+
+    /// Copies a device buffer (or view) back to the host.
+    pub fn download<T: DeviceRepr + Default + Clone, S: cudarc::driver::DevicePtr<T>>(
+        &self,
+        src: &S,
+    ) -> Result<Vec<T>, CudaError> {
+        let mut out = vec![T::default(); src.len()];
+        self.stream
+            .memcpy_dtoh(src, &mut out)
+            .map_err(CudaError::driver("copying results to the host"))?;
+        self.synchronize()?;
+        Ok(out)
+    }
+}
+
+/// Launches a kernel of the module: `launch!(gpu, "name", cfg, arg, arg, …)`. Each argument is
+/// anything cudarc can push (`&CudaView`, `&mut CudaViewMut`, `&u32`, …), in the kernel's
+/// parameter order. A launch error is reported with the kernel's name.
+macro_rules! launch {
+    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        use cudarc::driver::PushKernelArg as _;
+        let gpu: &$crate::cuda::Gpu = $gpu;
+        let name: &'static str = $name;
+        let f = gpu.func(name)?;
+        let mut b = gpu.stream().launch_builder(f);
+        $( b.arg($arg); )*
+        // SAFETY: the arguments were pushed in the order and with the types of the kernel's
+        // parameters (each launcher mirrors its kernel's signature), and the launcher checked
+        // every buffer against the shapes the kernel will index (see its module header).
+        unsafe { b.launch($cfg) }
+            .map_err(|source| $crate::cuda::CudaError::Kernel { kernel: name, source })?;
+        gpu.after_launch(name)?;
+    }};
+}
+pub(crate) use launch;

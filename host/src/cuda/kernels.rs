@@ -1,0 +1,143 @@
+//! The names of the kernels in the PTX module, and which kernel serves which tensor type.
+
+use crate::gguf::GgmlType;
+
+/// Every kernel the host launches; [`super::Gpu::new`] looks each one up, and a CPU-only test
+/// checks this list against the `.entry` points of both embedded PTX modules.
+pub const KERNELS: &[&str] = &[
+    "axpy_f32",
+    "rms_norm_f32",
+    "add_f32",
+    "swiglu_f32",
+    "f32_to_f16",
+    "rope_f32",
+    "kv_append_f16",
+    "attention_decode_f16",
+    "attention_decode_combine",
+    "attention_prefill_f16",
+    "argmax_f32",
+    "sample_topk_topp_f32",
+    "matvec_f32",
+    "matvec_f16",
+    "matvec_bf16",
+    "matvec_q4_0",
+    "matvec_q4_1",
+    "matvec_q5_0",
+    "matvec_q5_1",
+    "matvec_q8_0",
+    "matvec_q2_k",
+    "matvec_q3_k",
+    "matvec_q4_k",
+    "matvec_q5_k",
+    "matvec_q6_k",
+    "dequant_f32_f32",
+    "dequant_f32_f16",
+    "dequant_f16_f32",
+    "dequant_f16_f16",
+    "dequant_bf16_f32",
+    "dequant_bf16_f16",
+    "dequant_q4_0_f32",
+    "dequant_q4_0_f16",
+    "dequant_q4_1_f32",
+    "dequant_q4_1_f16",
+    "dequant_q5_0_f32",
+    "dequant_q5_0_f16",
+    "dequant_q5_1_f32",
+    "dequant_q5_1_f16",
+    "dequant_q8_0_f32",
+    "dequant_q8_0_f16",
+    "dequant_q2_k_f32",
+    "dequant_q2_k_f16",
+    "dequant_q3_k_f32",
+    "dequant_q3_k_f16",
+    "dequant_q4_k_f32",
+    "dequant_q4_k_f16",
+    "dequant_q5_k_f32",
+    "dequant_q5_k_f16",
+    "dequant_q6_k_f32",
+    "dequant_q6_k_f16",
+];
+
+/// Kernel-name suffix of a tensor type (`q4_k`, `f16`, …).
+pub fn type_suffix(t: GgmlType) -> &'static str {
+    match t {
+        GgmlType::F32 => "f32",
+        GgmlType::F16 => "f16",
+        GgmlType::BF16 => "bf16",
+        GgmlType::Q4_0 => "q4_0",
+        GgmlType::Q4_1 => "q4_1",
+        GgmlType::Q5_0 => "q5_0",
+        GgmlType::Q5_1 => "q5_1",
+        GgmlType::Q8_0 => "q8_0",
+        GgmlType::Q2K => "q2_k",
+        GgmlType::Q3K => "q3_k",
+        GgmlType::Q4K => "q4_k",
+        GgmlType::Q5K => "q5_k",
+        GgmlType::Q6K => "q6_k",
+    }
+}
+
+/// The matvec kernel for weights of type `t`.
+pub fn matvec_kernel(t: GgmlType) -> &'static str {
+    find(&format!("matvec_{}", type_suffix(t)))
+}
+
+/// The dequantization kernel for type `t` writing f32 (`f16_out = false`) or f16.
+pub fn dequant_kernel(t: GgmlType, f16_out: bool) -> &'static str {
+    let out = if f16_out { "f16" } else { "f32" };
+    find(&format!("dequant_{}_{out}", type_suffix(t)))
+}
+
+fn find(name: &str) -> &'static str {
+    KERNELS
+        .iter()
+        .copied()
+        .find(|k| *k == name)
+        .unwrap_or_else(|| panic!("kernel {name} missing from KERNELS (a test checks this list)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(ptx: &str) -> Vec<&str> {
+        ptx.split(".entry ")
+            .skip(1)
+            .map(|s| s.split('(').next().unwrap().trim())
+            .collect()
+    }
+
+    #[test]
+    fn kernel_list_matches_both_ptx_modules() {
+        for ptx in [crate::kernels::PTX_SM90, crate::kernels::PTX_SM80] {
+            let mut e = entries(ptx);
+            e.sort_unstable();
+            let mut k: Vec<&str> = KERNELS.to_vec();
+            k.sort_unstable();
+            assert_eq!(e, k);
+        }
+    }
+
+    #[test]
+    fn every_type_has_matvec_and_dequant_kernels() {
+        for t in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::Q2K,
+            GgmlType::Q3K,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ] {
+            assert!(matvec_kernel(t).ends_with(type_suffix(t)));
+            assert!(dequant_kernel(t, true).starts_with("dequant_"));
+            assert!(dequant_kernel(t, false).ends_with("_f32"));
+        }
+    }
+}

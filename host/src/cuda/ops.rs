@@ -1,0 +1,669 @@
+//! Typed launchers, one per kernel, named after the kernel and its CPU reference
+//! (`rms_norm` kernel ↔ [`rms_norm`] ↔ `cpu::rms_norm`). Each validates every buffer against the
+//! shapes the kernel will index and returns `Result`; the kernels assume validated input. Work is
+//! queued on the device's stream; nothing here synchronizes (except in sync-each-launch mode).
+
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
+
+use super::device::{Gpu, launch};
+use super::error::CudaError;
+use super::kernels::{dequant_kernel, matvec_kernel};
+use crate::gguf::GgmlType;
+use crate::model::RopeStyle;
+
+type Result<T> = std::result::Result<T, CudaError>;
+
+fn shape_err(kernel: &'static str, problem: String) -> CudaError {
+    CudaError::Shape { kernel, problem }
+}
+
+fn ensure(kernel: &'static str, ok: bool, problem: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(shape_err(kernel, problem()))
+    }
+}
+
+fn to_u32(kernel: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| shape_err(kernel, format!("{what} = {v} does not fit in 32 bits")))
+}
+
+/// A 1-D grid of `threads`-wide blocks covering `n` items once (grid-stride kernels handle the
+/// rest if the cap applies).
+fn grid_1d(n: usize, threads: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(threads as usize).clamp(1, 1 << 20) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `y = a * x + y` (the pipeline smoke test).
+pub fn axpy(gpu: &Gpu, a: f32, x: &CudaView<f32>, y: &mut CudaViewMut<f32>) -> Result<()> {
+    const K: &str = "axpy_f32";
+    ensure(K, x.len() == y.len(), || {
+        format!("x has {} elements, y {}", x.len(), y.len())
+    })?;
+    let n = to_u32(K, "n", x.len())?;
+    launch!(gpu, K, grid_1d(x.len(), 256), &a, x, y, &n);
+    Ok(())
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`), into `out` (reference: `cpu::rms_norm`).
+pub fn rms_norm(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    eps: f32,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    const K: &str = "rms_norm_f32";
+    let n = w.len();
+    ensure(K, n > 0 && x.len() % n == 0 && !x.is_empty(), || {
+        format!("x has {} elements, not whole rows of {n}", x.len())
+    })?;
+    ensure(K, out.len() == x.len(), || {
+        format!("out has {}, x {}", out.len(), x.len())
+    })?;
+    let rows = to_u32(K, "rows", x.len() / n)?;
+    ensure(K, rows < (1 << 31), || {
+        format!("{rows} rows exceed the grid")
+    })?;
+    let n32 = to_u32(K, "n", n)?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(gpu, K, cfg, x, w, out, &n32, &eps);
+    Ok(())
+}
+
+/// `dst += src`, `src` repeated over every row of `dst` when shorter (residual and bias add;
+/// reference: `cpu::add`).
+pub fn add(gpu: &Gpu, dst: &mut CudaViewMut<f32>, src: &CudaView<f32>) -> Result<()> {
+    const K: &str = "add_f32";
+    let m = src.len();
+    ensure(K, m > 0 && dst.len() % m == 0, || {
+        format!("dst has {} elements, not whole rows of src {m}", dst.len())
+    })?;
+    let n = to_u32(K, "n", dst.len())?;
+    let m32 = to_u32(K, "m", m)?;
+    let cfg = grid_1d(dst.len(), 256);
+    launch!(gpu, K, cfg, dst, src, &n, &m32);
+    Ok(())
+}
+
+/// `out = silu(gate) * up` (reference: `cpu::swiglu`).
+pub fn swiglu(
+    gpu: &Gpu,
+    gate: &CudaView<f32>,
+    up: &CudaView<f32>,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    const K: &str = "swiglu_f32";
+    ensure(K, gate.len() == up.len() && out.len() == up.len(), || {
+        format!(
+            "gate {}, up {}, out {} differ",
+            gate.len(),
+            up.len(),
+            out.len()
+        )
+    })?;
+    let n = to_u32(K, "n", up.len())?;
+    launch!(gpu, K, grid_1d(up.len(), 256), gate, up, out, &n);
+    Ok(())
+}
+
+/// f32 → f16 (as bits), round to nearest even.
+pub fn f32_to_f16(gpu: &Gpu, x: &CudaView<f32>, out: &mut CudaViewMut<u16>) -> Result<()> {
+    const K: &str = "f32_to_f16";
+    ensure(K, out.len() == x.len(), || {
+        format!("x {}, out {}", x.len(), out.len())
+    })?;
+    let n = to_u32(K, "n", x.len())?;
+    launch!(gpu, K, grid_1d(x.len(), 256), x, out, &n);
+    Ok(())
+}
+
+/// The cosines and sines RoPE turns by, for positions `0 .. n_pos`: `[pos][head_dim/2][cos, sin]`,
+/// computed with the CPU reference's angle ([`crate::cpu::rope_angle`], f64) and rounded once.
+pub struct RopeTable {
+    pub data: CudaSlice<f32>,
+    pub n_pos: usize,
+    pub head_dim: usize,
+    pub theta: f32,
+}
+
+impl RopeTable {
+    pub fn new(gpu: &Gpu, n_pos: usize, head_dim: usize, theta: f32) -> Result<RopeTable> {
+        let half = head_dim / 2;
+        let mut t = Vec::with_capacity(n_pos * half * 2);
+        for pos in 0..n_pos {
+            for i in 0..half {
+                let (s, c) = crate::cpu::rope_angle(pos, i, head_dim, theta).sin_cos();
+                t.push(c as f32);
+                t.push(s as f32);
+            }
+        }
+        Ok(RopeTable {
+            data: gpu.upload(&t, "the RoPE table")?,
+            n_pos,
+            head_dim,
+            theta,
+        })
+    }
+}
+
+/// RoPE in place on `x` = `n_tok` rows of `n_head` heads, row `t` at position `pos0 + t`
+/// (reference: `cpu::rope`).
+pub fn rope(
+    gpu: &Gpu,
+    x: &mut CudaViewMut<f32>,
+    table: &RopeTable,
+    n_head: usize,
+    pos0: usize,
+    style: RopeStyle,
+) -> Result<()> {
+    const K: &str = "rope_f32";
+    let d = table.head_dim;
+    let row = n_head * d;
+    ensure(
+        K,
+        row > 0 && d.is_multiple_of(2) && x.len() % row == 0 && !x.is_empty(),
+        || {
+            format!(
+                "x has {} elements, not rows of {n_head} heads x {d} (even)",
+                x.len()
+            )
+        },
+    )?;
+    let n_tok = x.len() / row;
+    ensure(K, pos0 + n_tok <= table.n_pos, || {
+        format!(
+            "positions up to {} but the table covers {}",
+            pos0 + n_tok,
+            table.n_pos
+        )
+    })?;
+    let pairs = n_tok * n_head * d / 2;
+    let (n_tok32, nh, d32, p0) = (
+        to_u32(K, "n_tok", n_tok)?,
+        to_u32(K, "n_head", n_head)?,
+        to_u32(K, "head_dim", d)?,
+        to_u32(K, "pos0", pos0)?,
+    );
+    let neox: u32 = matches!(style, RopeStyle::Neox) as u32;
+    let tv = table.data.as_view();
+    launch!(
+        gpu,
+        K,
+        grid_1d(pairs, 256),
+        x,
+        &tv,
+        &n_tok32,
+        &nh,
+        &d32,
+        &p0,
+        &neox
+    );
+    Ok(())
+}
+
+/// One layer's f16 KV cache: `[n_head_kv][n_ctx][head_dim]` for keys and for values.
+pub struct KvLayer {
+    pub k: CudaSlice<u16>,
+    pub v: CudaSlice<u16>,
+}
+
+/// Shape of every layer of a KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvShape {
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ctx: usize,
+}
+
+impl KvShape {
+    /// f16 elements per layer and per K or V.
+    pub fn elems(&self) -> usize {
+        self.n_head_kv * self.n_ctx * self.head_dim
+    }
+}
+
+impl KvLayer {
+    pub fn new(gpu: &Gpu, s: KvShape) -> Result<KvLayer> {
+        Ok(KvLayer {
+            k: gpu.alloc::<u16>(s.elems(), "the KV cache")?,
+            v: gpu.alloc::<u16>(s.elems(), "the KV cache")?,
+        })
+    }
+
+    fn check(&self, kernel: &'static str, s: KvShape) -> Result<()> {
+        ensure(
+            kernel,
+            self.k.len() >= s.elems() && self.v.len() >= s.elems(),
+            || {
+                format!(
+                    "cache holds {}/{} halves, {} needed for {s:?}",
+                    self.k.len(),
+                    self.v.len(),
+                    s.elems()
+                )
+            },
+        )
+    }
+}
+
+/// Writes `n_tok` rows of keys and values (`n_head_kv * head_dim` f32 each) at positions
+/// `pos0 ..` of the cache, rounded to f16.
+pub fn kv_append(
+    gpu: &Gpu,
+    k: &CudaView<f32>,
+    v: &CudaView<f32>,
+    cache: &mut KvLayer,
+    s: KvShape,
+    pos0: usize,
+) -> Result<()> {
+    const K: &str = "kv_append_f16";
+    cache.check(K, s)?;
+    let row = s.n_head_kv * s.head_dim;
+    ensure(
+        K,
+        row > 0 && k.len() == v.len() && k.len() % row == 0 && !k.is_empty(),
+        || format!("k {} / v {} are not rows of {row}", k.len(), v.len()),
+    )?;
+    let n_tok = k.len() / row;
+    ensure(K, pos0 + n_tok <= s.n_ctx, || {
+        format!(
+            "positions {pos0}..{} exceed the cache's {}",
+            pos0 + n_tok,
+            s.n_ctx
+        )
+    })?;
+    let args = (
+        to_u32(K, "pos0", pos0)?,
+        to_u32(K, "n_tok", n_tok)?,
+        to_u32(K, "n_head_kv", s.n_head_kv)?,
+        to_u32(K, "head_dim", s.head_dim)?,
+        to_u32(K, "n_ctx", s.n_ctx)?,
+    );
+    let (mut kc, mut vc) = (cache.k.as_view_mut(), cache.v.as_view_mut());
+    launch!(
+        gpu,
+        K,
+        grid_1d(k.len(), 256),
+        k,
+        v,
+        &mut kc,
+        &mut vc,
+        &args.0,
+        &args.1,
+        &args.2,
+        &args.3,
+        &args.4
+    );
+    Ok(())
+}
+
+fn check_heads(kernel: &'static str, n_head: usize, s: KvShape) -> Result<usize> {
+    ensure(
+        kernel,
+        s.head_dim.is_multiple_of(32) && (32..=128).contains(&s.head_dim),
+        || {
+            format!(
+                "head_dim {} must be a multiple of 32, at most 128",
+                s.head_dim
+            )
+        },
+    )?;
+    ensure(
+        kernel,
+        s.n_head_kv > 0 && n_head.is_multiple_of(s.n_head_kv),
+        || format!("{} KV heads do not divide {n_head} heads", s.n_head_kv),
+    )?;
+    Ok(n_head / s.n_head_kv)
+}
+
+/// Positions per split of decode attention.
+pub const DECODE_CHUNK: usize = 256;
+
+/// Scratch for decode attention: `n_head * n_split * (head_dim + 2)` floats.
+pub fn decode_scratch_len(n_head: usize, head_dim: usize, n_kv: usize) -> usize {
+    n_head * n_kv.div_ceil(DECODE_CHUNK).max(1) * (head_dim + 2)
+}
+
+/// Decode attention: one query row `q` (`n_head * head_dim`, at position `n_kv - 1`) against
+/// cache positions `0 .. n_kv`, into `out` (reference: `cpu::attention` with one query).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(
+    gpu: &Gpu,
+    q: &CudaView<f32>,
+    cache: &KvLayer,
+    s: KvShape,
+    n_head: usize,
+    n_kv: usize,
+    scratch: &mut CudaViewMut<f32>,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    const K: &str = "attention_decode_f16";
+    const KC: &str = "attention_decode_combine";
+    cache.check(K, s)?;
+    let group = check_heads(K, n_head, s)?;
+    let d = s.head_dim;
+    ensure(K, q.len() == n_head * d && out.len() == q.len(), || {
+        format!("q {} / out {} must be {n_head} x {d}", q.len(), out.len())
+    })?;
+    ensure(K, n_kv >= 1 && n_kv <= s.n_ctx, || {
+        format!("n_kv {n_kv} must be in 1..={}", s.n_ctx)
+    })?;
+    let n_split = n_kv.div_ceil(DECODE_CHUNK);
+    let need = decode_scratch_len(n_head, d, n_kv);
+    ensure(K, scratch.len() >= need, || {
+        format!("scratch holds {}, {need} needed", scratch.len())
+    })?;
+    let args = (
+        to_u32(K, "n_kv", n_kv)?,
+        DECODE_CHUNK as u32,
+        to_u32(K, "n_ctx", s.n_ctx)?,
+        d as u32,
+        group as u32,
+        1.0 / (d as f32).sqrt(),
+    );
+    let cfg = LaunchConfig {
+        grid_dim: (to_u32(K, "n_head", n_head)?, n_split as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: (4 * (d + DECODE_CHUNK + 128)) as u32,
+    };
+    let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
+    launch!(
+        gpu,
+        K,
+        cfg,
+        q,
+        &kc,
+        &vc,
+        &mut *scratch,
+        &args.0,
+        &args.1,
+        &args.2,
+        &args.3,
+        &args.4,
+        &args.5
+    );
+    let cfg = LaunchConfig {
+        grid_dim: (n_head as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let ns = n_split as u32;
+    let part = scratch.as_view();
+    launch!(gpu, KC, cfg, &part, out, &ns, &args.3);
+    Ok(())
+}
+
+/// Causal prefill attention: `q` = `n_tok` rows of `n_head * head_dim` at positions
+/// `pos0 .. pos0 + n_tok`, against cache positions `0 ..= pos0 + i` (reference: `cpu::attention`).
+pub fn attention_prefill(
+    gpu: &Gpu,
+    q: &CudaView<f32>,
+    cache: &KvLayer,
+    s: KvShape,
+    n_head: usize,
+    pos0: usize,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    const K: &str = "attention_prefill_f16";
+    const BQ: usize = 16;
+    const BK: usize = 32;
+    cache.check(K, s)?;
+    let group = check_heads(K, n_head, s)?;
+    let d = s.head_dim;
+    let row = n_head * d;
+    ensure(
+        K,
+        !q.is_empty() && q.len() % row == 0 && out.len() == q.len(),
+        || {
+            format!(
+                "q {} / out {} are not rows of {n_head} x {d}",
+                q.len(),
+                out.len()
+            )
+        },
+    )?;
+    let n_tok = q.len() / row;
+    ensure(K, pos0 + n_tok <= s.n_ctx, || {
+        format!(
+            "positions up to {} exceed the cache's {}",
+            pos0 + n_tok,
+            s.n_ctx
+        )
+    })?;
+    let args = (
+        to_u32(K, "n_tok", n_tok)?,
+        to_u32(K, "pos0", pos0)?,
+        to_u32(K, "n_ctx", s.n_ctx)?,
+        to_u32(K, "n_head", n_head)?,
+        d as u32,
+        group as u32,
+        1.0 / (d as f32).sqrt(),
+    );
+    let cfg = LaunchConfig {
+        grid_dim: (n_tok.div_ceil(BQ) as u32, n_head as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: (4 * (BQ * d + BK * (d + 1) + BK * d)) as u32,
+    };
+    let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
+    launch!(
+        gpu, K, cfg, q, &kc, &vc, out, &args.0, &args.1, &args.2, &args.3, &args.4, &args.5,
+        &args.6
+    );
+    Ok(())
+}
+
+/// A weight matrix on the device in its GGUF blocks: `rows` rows of `cols` elements.
+pub struct DeviceTensor {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: CudaSlice<u8>,
+}
+
+impl DeviceTensor {
+    /// Uploads `bytes` (the tensor's data as in the file) as a `rows x cols` matrix.
+    pub fn upload(
+        gpu: &Gpu,
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<DeviceTensor> {
+        let unsupported = || CudaError::UnsupportedType {
+            tensor: name.into(),
+            ggml_type: ty.name().into(),
+        };
+        let row_bytes = ty.row_bytes(cols).ok_or_else(unsupported)?;
+        if !cols.is_multiple_of(32) || !cols.is_multiple_of(ty.block_size()) {
+            return Err(shape_err(
+                "upload",
+                format!("tensor {name:?}: rows of {cols} are not whole 32-element pieces"),
+            ));
+        }
+        if bytes.len() != rows * row_bytes {
+            return Err(shape_err(
+                "upload",
+                format!(
+                    "tensor {name:?}: {} bytes, {rows} rows of {row_bytes} expected",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(DeviceTensor {
+            name: name.into(),
+            ty,
+            rows,
+            cols,
+            data: gpu.upload(bytes, &format!("tensor {name}"))?,
+        })
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols).unwrap_or(0)
+    }
+}
+
+/// `y = W x` for one vector `x` (`cols`), `y` (`rows`), reading `W` in its blocks.
+pub fn matvec(
+    gpu: &Gpu,
+    w: &DeviceTensor,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let k = matvec_kernel(w.ty);
+    ensure(k, x.len() == w.cols && y.len() == w.rows, || {
+        format!(
+            "{}: x {} / y {} for a {} x {} matrix",
+            w.name,
+            x.len(),
+            y.len(),
+            w.rows,
+            w.cols
+        )
+    })?;
+    let (rows, cols) = (to_u32(k, "rows", w.rows)?, to_u32(k, "cols", w.cols)?);
+    let cfg = LaunchConfig {
+        grid_dim: (w.rows.div_ceil(4) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let wv = w.data.as_view();
+    launch!(gpu, k, cfg, &wv, x, y, &rows, &cols);
+    Ok(())
+}
+
+/// Output element type of [`dequant`].
+pub enum DequantOut<'a, 'b> {
+    F32(&'a mut CudaViewMut<'b, f32>),
+    F16(&'a mut CudaViewMut<'b, u16>),
+}
+
+/// Decodes rows of `w` into `out` (row `r` of the output is row `ids[r]` of `w`, or row `r` when
+/// `ids` is `None`): the embedding lookup (with token ids) and the weight decode for cuBLAS.
+/// Token ids must be `< w.rows` (the backend checks them on the host before a forward).
+pub fn dequant(
+    gpu: &Gpu,
+    w: &DeviceTensor,
+    ids: Option<&CudaView<u32>>,
+    out: DequantOut,
+) -> Result<()> {
+    let f16 = matches!(out, DequantOut::F16(_));
+    let k = dequant_kernel(w.ty, f16);
+    let n_rows = ids.map_or(w.rows, |i| i.len());
+    let out_len = match &out {
+        DequantOut::F32(o) => o.len(),
+        DequantOut::F16(o) => o.len(),
+    };
+    ensure(k, out_len == n_rows * w.cols && n_rows > 0, || {
+        format!(
+            "{}: out has {out_len}, {n_rows} rows of {} expected",
+            w.name, w.cols
+        )
+    })?;
+    let (nr, cols) = (to_u32(k, "rows", n_rows)?, to_u32(k, "cols", w.cols)?);
+    let cfg = grid_1d(n_rows * w.cols / 32, 256);
+    let wv = w.data.as_view();
+    let null = 0u64;
+    match (ids, out) {
+        (Some(ids), DequantOut::F32(o)) => launch!(gpu, k, cfg, &wv, ids, o, &nr, &cols),
+        (None, DequantOut::F32(o)) => launch!(gpu, k, cfg, &wv, &null, o, &nr, &cols),
+        (Some(ids), DequantOut::F16(o)) => launch!(gpu, k, cfg, &wv, ids, o, &nr, &cols),
+        (None, DequantOut::F16(o)) => launch!(gpu, k, cfg, &wv, &null, o, &nr, &cols),
+    }
+    Ok(())
+}
+
+/// Embedding lookup: row `t` of `out` = row `ids[t]` of `w`, as f32.
+pub fn embedding(
+    gpu: &Gpu,
+    w: &DeviceTensor,
+    ids: &CudaView<u32>,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    dequant(gpu, w, Some(ids), DequantOut::F32(out))
+}
+
+/// Index of the largest of `x` (ties to the lower index, NaN ignored) into `out[0]`.
+pub fn argmax(gpu: &Gpu, x: &CudaView<f32>, out: &mut CudaViewMut<u32>) -> Result<()> {
+    const K: &str = "argmax_f32";
+    ensure(K, !x.is_empty() && !out.is_empty(), || {
+        "empty input or output".into()
+    })?;
+    let n = to_u32(K, "n", x.len())?;
+    ensure(K, n < u32::MAX, || "too many logits".into())?;
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(gpu, K, cfg, x, &n, out);
+    Ok(())
+}
+
+/// Top-k / top-p sampling parameters for [`sample`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleParams {
+    /// Candidates kept by rank, 1..=1024.
+    pub top_k: usize,
+    /// Cumulative probability kept (0 < top_p ≤ 1).
+    pub top_p: f32,
+    /// Softmax temperature (> 0).
+    pub temperature: f32,
+}
+
+/// Largest `top_k` the device sampler takes.
+pub const MAX_TOP_K: usize = 1024;
+
+/// Draws a token from `x` with top-k, then top-p, at temperature `T`, using the uniform `u` in
+/// `[0, 1)`; the id goes to `out[0]`. See `kernels-gpu/src/sample.rs` for the exact rule.
+pub fn sample(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    p: SampleParams,
+    u: f32,
+    out: &mut CudaViewMut<u32>,
+) -> Result<()> {
+    const K: &str = "sample_topk_topp_f32";
+    ensure(K, !x.is_empty() && !out.is_empty(), || {
+        "empty input or output".into()
+    })?;
+    ensure(K, (1..=MAX_TOP_K.min(x.len())).contains(&p.top_k), || {
+        format!(
+            "top_k {} must be in 1..={}",
+            p.top_k,
+            MAX_TOP_K.min(x.len())
+        )
+    })?;
+    ensure(K, p.top_p > 0.0 && p.top_p <= 1.0, || {
+        format!("top_p {} must be in (0, 1]", p.top_p)
+    })?;
+    ensure(K, p.temperature > 0.0 && p.temperature.is_finite(), || {
+        format!("temperature {} must be positive", p.temperature)
+    })?;
+    ensure(K, (0.0..1.0).contains(&u), || {
+        format!("u = {u} must be in [0, 1)")
+    })?;
+    let n = to_u32(K, "n", x.len())?;
+    let (k, inv_t) = (p.top_k as u32, 1.0 / p.temperature);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(gpu, K, cfg, x, &n, &k, &p.top_p, &inv_t, &u, out);
+    Ok(())
+}

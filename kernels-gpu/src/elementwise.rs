@@ -1,0 +1,59 @@
+//! Elementwise kernels of the forward pass (references: `cpu::add`, `cpu::swiglu`).
+//!
+//! - `add_f32`: `dst[i] += src[i % m]` for `i < n` — the residual add (`m = n`) and the bias add
+//!   (`m` = row length, the bias repeated over every row), like `cpu::add`.
+//! - `swiglu_f32`: `out = silu(gate) * up`, `silu(g) = g / (1 + e^-g)`; `e^x` is `ex2.approx`
+//!   (relative error ≈ 2^-21), so results differ from the CPU by a few ulp.
+//! - `f32_to_f16`: round to nearest even (the activations fed to an f16 GEMM).
+//!
+//! Launch: any 1-D grid (grid-stride loops); the launchers use 256 threads and enough blocks to
+//! cover `n` once, capped. Limits: `n < 2^32`; `m ≥ 1`.
+
+use crate::gpu;
+
+/// # Safety
+/// `dst` holds `n` floats, `src` holds `m ≥ 1`, `n` a multiple of `m` (launcher contract).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn add_f32(dst: *mut f32, src: *const f32, n: u32, m: u32) {
+    let (n, m) = (n as usize, m as usize);
+    let mut i = gpu::global_x();
+    while i < n {
+        // SAFETY: i < n and i % m < m.
+        unsafe { *dst.add(i) += *src.add(i % m) };
+        i += gpu::stride_x();
+    }
+}
+
+/// # Safety
+/// `gate`, `up`, `out` hold `n` floats (launcher contract).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn swiglu_f32(
+    gate: *const f32,
+    up: *const f32,
+    out: *mut f32,
+    n: u32,
+) {
+    let n = n as usize;
+    let mut i = gpu::global_x();
+    while i < n {
+        // SAFETY: i < n.
+        unsafe {
+            let g = *gate.add(i);
+            *out.add(i) = g / (1.0 + gpu::exp(-g)) * *up.add(i);
+        }
+        i += gpu::stride_x();
+    }
+}
+
+/// # Safety
+/// `x` holds `n` floats, `y` holds `n` halves (launcher contract).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn f32_to_f16(x: *const f32, y: *mut u16, n: u32) {
+    let n = n as usize;
+    let mut i = gpu::global_x();
+    while i < n {
+        // SAFETY: i < n.
+        unsafe { *y.add(i) = gpu::f32_to_f16(*x.add(i)) };
+        i += gpu::stride_x();
+    }
+}

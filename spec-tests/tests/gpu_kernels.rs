@@ -1,0 +1,602 @@
+//! Property tests of every GPU kernel against its CPU reference, on random inputs (never zeros) of
+//! the real models' shapes (896, 128, 4864, 151936, 49152, 576, …), rows that are not multiples of
+//! 256, sequence lengths from 1 to 4096. Every output buffer is poisoned (NaN) before the launch,
+//! so an element the kernel fails to write fails the test; NaN never passes.
+//!
+//! Tolerances, per kernel (`atol` is relative to the RMS of the reference):
+//! - `add`, `rope`, `kv_append`, `dequant`/`embedding`: bit-exact. The same IEEE operations in the
+//!   same order (no fused multiply-add: the PTX uses `.rn` operations, which ptxas never fuses);
+//!   the RoPE table holds the CPU's own f64 angles rounded once.
+//! - `rms_norm`: rtol 1e-4. The sum of squares is summed in a different order (a tree on the GPU,
+//!   sequential on the CPU); for n ≤ 4864 positive terms the typical difference is ~sqrt(n)·2^-24
+//!   ≈ 4e-6 relative (worst case n·2^-24 ≈ 3e-4 is never approached on random data).
+//! - `swiglu`: rtol 1e-5. `e^x` is `ex2.approx` (≈2^-21 relative) after scaling the argument
+//!   (|g|·2^-24); inputs are within ±8, so ≤ 1e-6, with margin.
+//! - `matvec`: |err| ≤ 1e-5·Σ|w·x| against an f64 dot of the CPU-dequantized row: the rigorous
+//!   bound for f32 accumulation in 32 lanes of ≤ 152 terms plus a 5-level tree is
+//!   (152 + 5)·2^-24 ≈ 9.4e-6.
+//! - `attention` (decode and prefill): atol 1e-4·rms, rtol 1e-4. K and V are drawn exactly
+//!   representable in f16 so the cache rounding is exact; what remains is `ex2.approx` and a
+//!   different summation order of up to 4096 softmax terms (typically ~sqrt(n)·2^-24 ≈ 4e-6).
+//! - `argmax`: the same index. `sample`: the drawn id's interval (by the CPU's sort-based
+//!   computation in f64) contains `u` up to 1e-5 of the kept mass.
+
+mod gpu_common;
+
+use cudarc::driver::CudaSlice;
+use gpu_common::{
+    Rng, assert_bits_eq, assert_close, download, gpu, poisoned, random, random_f16_exact, upload,
+};
+use host::cpu;
+use host::cuda::ops::{self, DequantOut, DeviceTensor, KvLayer, KvShape, RopeTable, SampleParams};
+use host::gguf::GgmlType;
+use host::model::RopeStyle;
+use proptest::prelude::*;
+
+fn cfg(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Row lengths of the real models plus odd ones (not multiples of 256 or even of 32).
+const ROW_LENS: &[usize] = &[896, 576, 4864, 1536, 128, 64, 192, 1000, 33, 1];
+
+proptest! {
+    #![proptest_config(cfg(12))]
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn rms_norm_matches_cpu(
+        n in prop::sample::select(ROW_LENS),
+        rows in prop::sample::select(&[1usize, 3, 17, 512][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let x = random(&mut rng, rows * n, 4.0);
+        let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.5 * rng.uniform()).collect();
+        let eps = 1e-6;
+        let mut want = vec![0.0; x.len()];
+        cpu::rms_norm(&x, &w, eps, &mut want);
+        let (dx, dw) = (upload(&g, &x), upload(&g, &w));
+        let mut out = poisoned(&g, x.len(), f32::NAN);
+        ops::rms_norm(&g, &dx.as_view(), &dw.as_view(), eps, &mut out.as_view_mut()).unwrap();
+        assert_close(&format!("rms_norm n={n} rows={rows}"), &download(&g, &out), &want, 1e-6, 1e-4);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn add_residual_and_bias_are_exact(
+        m in prop::sample::select(ROW_LENS),
+        rows in prop::sample::select(&[1usize, 2, 7, 512][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let dst = random(&mut rng, rows * m, 3.0);
+        for src_len in [m, rows * m] {
+            // src_len = m: a bias repeated over the rows; = rows * m: the residual add.
+            let src = random(&mut rng, src_len, 1.0);
+            let mut want = dst.clone();
+            cpu::add(&mut want, &src);
+            let mut d = upload(&g, &dst);
+            ops::add(&g, &mut d.as_view_mut(), &upload(&g, &src).as_view()).unwrap();
+            assert_bits_eq(&format!("add m={m} rows={rows} src={src_len}"), &download(&g, &d), &want);
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn swiglu_matches_cpu(
+        n in prop::sample::select(&[4864usize, 1536, 4864 * 7, 1000, 1][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let gate = random(&mut rng, n, 8.0);
+        let up = random(&mut rng, n, 2.0);
+        let mut want = vec![0.0; n];
+        cpu::swiglu(&gate, &up, &mut want);
+        let mut out = poisoned(&g, n, f32::NAN);
+        ops::swiglu(&g, &upload(&g, &gate).as_view(), &upload(&g, &up).as_view(), &mut out.as_view_mut()).unwrap();
+        assert_close(&format!("swiglu n={n}"), &download(&g, &out), &want, 1e-7, 1e-5);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn f32_to_f16_rounds_to_nearest_even(n in 1usize..5000, seed in any::<u64>()) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let mut x = random(&mut rng, n, 70000.0); // beyond f16's range too: ±inf
+        x[0] = 1.0 + f32::EPSILON; // halfway-ish cases come from the random draw
+        let want: Vec<u16> = x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        let mut out = poisoned(&g, n, 0x7e00u16);
+        ops::f32_to_f16(&g, &upload(&g, &x).as_view(), &mut out.as_view_mut()).unwrap();
+        prop_assert_eq!(download(&g, &out), want);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn rope_is_exact(
+        (n_head, head_dim) in prop::sample::select(&[(14usize, 64usize), (2, 64), (9, 64), (3, 64), (4, 128), (5, 32)][..]),
+        n_tok in prop::sample::select(&[1usize, 2, 17, 512][..]),
+        pos0 in prop::sample::select(&[0usize, 1, 100, 3583][..]),
+        neox in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let theta = if neox { 1_000_000.0 } else { 10_000.0 };
+        let style = if neox { RopeStyle::Neox } else { RopeStyle::Normal };
+        let x = random(&mut rng, n_tok * n_head * head_dim, 2.0);
+        let positions: Vec<usize> = (pos0..pos0 + n_tok).collect();
+        let mut want = x.clone();
+        cpu::rope(&mut want, n_head, head_dim, &positions, theta, style);
+        let table = RopeTable::new(&g, 4096, head_dim, theta).unwrap();
+        let mut d = upload(&g, &x);
+        ops::rope(&g, &mut d.as_view_mut(), &table, n_head, pos0, style).unwrap();
+        assert_bits_eq(&format!("rope {n_head}x{head_dim} n_tok={n_tok} pos0={pos0} {style:?}"), &download(&g, &d), &want);
+    }
+}
+
+/// Writes random K/V rows at positions `0..n` through `kv_append` (in chunks, as a forward would)
+/// and returns the CPU view of the cache (f32 rows of `n_head_kv * head_dim`, f16-exact values).
+fn fill_cache(
+    g: &host::cuda::Gpu,
+    rng: &mut Rng,
+    s: KvShape,
+    n: usize,
+    chunks: &[usize],
+) -> (KvLayer, Vec<f32>, Vec<f32>) {
+    let row = s.n_head_kv * s.head_dim;
+    let k = random_f16_exact(rng, n * row, 2.0);
+    let v = random_f16_exact(rng, n * row, 2.0);
+    let mut cache = KvLayer {
+        k: poisoned(g, s.elems(), 0x7e00u16),
+        v: poisoned(g, s.elems(), 0x7e00u16),
+    };
+    let mut p = 0;
+    let mut ci = 0;
+    while p < n {
+        let c = chunks[ci % chunks.len()].min(n - p);
+        ops::kv_append(
+            g,
+            &upload(g, &k[p * row..(p + c) * row]).as_view(),
+            &upload(g, &v[p * row..(p + c) * row]).as_view(),
+            &mut cache,
+            s,
+            p,
+        )
+        .unwrap();
+        p += c;
+        ci += 1;
+    }
+    (cache, k, v)
+}
+
+proptest! {
+    #![proptest_config(cfg(8))]
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn kv_append_writes_exact_f16_in_layout(
+        (n_head_kv, head_dim) in prop::sample::select(&[(2usize, 64usize), (3, 64), (1, 128)][..]),
+        n in prop::sample::select(&[1usize, 5, 300, 1024][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let s = KvShape { n_head_kv, head_dim, n_ctx: 1024 };
+        let row = n_head_kv * head_dim;
+        // Values not exactly representable: the kernel must round to nearest even.
+        let k = random(&mut rng, n * row, 3.0);
+        let v = random(&mut rng, n * row, 3.0);
+        let mut cache = KvLayer { k: poisoned(&g, s.elems(), 0x7e00u16), v: poisoned(&g, s.elems(), 0x7e00u16) };
+        let pos0 = 1024 - n;
+        ops::kv_append(&g, &upload(&g, &k).as_view(), &upload(&g, &v).as_view(), &mut cache, s, pos0).unwrap();
+        let (kc, vc) = (download(&g, &cache.k), download(&g, &cache.v));
+        for t in 0..n {
+            for h in 0..n_head_kv {
+                for j in 0..head_dim {
+                    let at = (h * s.n_ctx + pos0 + t) * head_dim + j;
+                    let src = t * row + h * head_dim + j;
+                    prop_assert_eq!(kc[at], half::f16::from_f32(k[src]).to_bits(), "k t={} h={} j={}", t, h, j);
+                    prop_assert_eq!(vc[at], half::f16::from_f32(v[src]).to_bits(), "v t={} h={} j={}", t, h, j);
+                }
+            }
+        }
+        // Positions before pos0 are untouched (still the poison pattern).
+        prop_assert!(kc[..pos0 * head_dim].iter().all(|&b| b == 0x7e00));
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn attention_decode_matches_cpu(
+        (n_head, n_head_kv, head_dim) in prop::sample::select(&[(14usize, 2usize, 64usize), (9, 3, 64), (4, 4, 128), (8, 1, 32)][..]),
+        n_kv in prop::sample::select(&[1usize, 2, 255, 256, 257, 1000, 4096][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let s = KvShape { n_head_kv, head_dim, n_ctx: 4096 };
+        let (cache, k, v) = fill_cache(&g, &mut rng, s, n_kv, &[n_kv.min(512), 1, 7]);
+        let q = random(&mut rng, n_head * head_dim, 2.0);
+        let mut want = vec![0.0; q.len()];
+        cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, n_kv - 1, &mut want);
+        let mut scratch = poisoned(&g, ops::decode_scratch_len(n_head, head_dim, n_kv), f32::NAN);
+        let mut out = poisoned(&g, q.len(), f32::NAN);
+        ops::attention_decode(&g, &upload(&g, &q).as_view(), &cache, s, n_head, n_kv, &mut scratch.as_view_mut(), &mut out.as_view_mut()).unwrap();
+        assert_close(&format!("attention_decode {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv}"), &download(&g, &out), &want, 1e-4, 1e-4);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn attention_prefill_matches_cpu(
+        (n_head, n_head_kv, head_dim) in prop::sample::select(&[(14usize, 2usize, 64usize), (9, 3, 64), (4, 4, 128), (8, 1, 32)][..]),
+        (pos0, n_tok) in prop::sample::select(&[(0usize, 1usize), (0, 2), (0, 15), (0, 16), (0, 17), (5, 100), (0, 512), (3584, 512), (100, 33)][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let s = KvShape { n_head_kv, head_dim, n_ctx: 4096 };
+        let (cache, k, v) = fill_cache(&g, &mut rng, s, pos0 + n_tok, &[pos0.max(1), n_tok]);
+        let q = random(&mut rng, n_tok * n_head * head_dim, 2.0);
+        let mut want = vec![0.0; q.len()];
+        cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, pos0, &mut want);
+        let mut out = poisoned(&g, q.len(), f32::NAN);
+        ops::attention_prefill(&g, &upload(&g, &q).as_view(), &cache, s, n_head, pos0, &mut out.as_view_mut()).unwrap();
+        assert_close(&format!("attention_prefill {n_head}/{n_head_kv}x{head_dim} pos0={pos0} n_tok={n_tok}"), &download(&g, &out), &want, 1e-4, 1e-4);
+    }
+}
+
+/// The types the real models use, and the rest of the supported ones.
+const TYPES: &[GgmlType] = &[
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+    GgmlType::Q4_1,
+    GgmlType::F16,
+    GgmlType::F32,
+    GgmlType::Q4_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q5K,
+    GgmlType::BF16,
+];
+
+/// A random `rows x cols` tensor of type `t` (valid blocks, scales keeping weights near ±0.1),
+/// its bytes and its rows dequantized by the CPU path.
+fn random_tensor(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {
+    let rb = t.row_bytes(cols).unwrap();
+    let mut bytes = vec![0u8; rows * rb];
+    fixtures::synth::fill(t, fixtures::synth::Role::Weight, rng, &mut bytes);
+    let mut deq = vec![0.0f32; rows * cols];
+    for (r, o) in deq.chunks_exact_mut(cols).enumerate() {
+        host::quant::dequantize_row(t, &bytes[r * rb..(r + 1) * rb], o).unwrap();
+    }
+    (bytes, deq)
+}
+
+/// Column counts valid for `t` from the real shapes (K-quants need multiples of 256).
+fn cols_for(t: GgmlType) -> &'static [usize] {
+    if t.block_size() == 256 {
+        &[4864, 1536, 256]
+    } else {
+        &[896, 576, 4864, 128, 1536, 32]
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg(26))]
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn matvec_matches_cpu_dequantized(
+        t in prop::sample::select(TYPES),
+        ci in 0usize..3,
+        rows in prop::sample::select(&[896usize, 128, 4864, 192, 1001, 1][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let cols = cols_for(t)[ci % cols_for(t).len()];
+        let (bytes, deq) = random_tensor(t, rows, cols, &mut rng);
+        let x = random(&mut rng, cols, 3.0);
+        let w = DeviceTensor::upload(&g, "w", t, rows, cols, &bytes).unwrap();
+        let mut y = poisoned(&g, rows, f32::NAN);
+        ops::matvec(&g, &w, &upload(&g, &x).as_view(), &mut y.as_view_mut()).unwrap();
+        let got = download(&g, &y);
+        for r in 0..rows {
+            let row = &deq[r * cols..(r + 1) * cols];
+            let want: f64 = row.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let bound: f64 = row.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * 1e-5;
+            prop_assert!(got[r].is_finite(), "{:?} {}x{} row {}: {}", t, rows, cols, r, got[r]);
+            prop_assert!((got[r] as f64 - want).abs() <= bound,
+                "{:?} {}x{} row {}: got {} want {} (bound {:e})", t, rows, cols, r, got[r], want, bound);
+        }
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn dequant_and_embedding_are_exact(
+        t in prop::sample::select(TYPES),
+        ci in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let cols = cols_for(t)[ci % cols_for(t).len()];
+        let rows = 300;
+        let (bytes, deq) = random_tensor(t, rows, cols, &mut rng);
+        let w = DeviceTensor::upload(&g, "w", t, rows, cols, &bytes).unwrap();
+        // Whole matrix, f32 and f16.
+        let mut o32 = poisoned(&g, rows * cols, f32::NAN);
+        ops::dequant(&g, &w, None, DequantOut::F32(&mut o32.as_view_mut())).unwrap();
+        assert_bits_eq(&format!("dequant {t:?} {rows}x{cols} f32"), &download(&g, &o32), &deq);
+        let mut o16 = poisoned(&g, rows * cols, 0x7e00u16);
+        ops::dequant(&g, &w, None, DequantOut::F16(&mut o16.as_view_mut())).unwrap();
+        let want16: Vec<u16> = deq.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        prop_assert_eq!(download(&g, &o16), want16, "dequant {:?} f16", t);
+        // Embedding: rows picked by ids, repeats and the last row included.
+        let ids: Vec<u32> = (0..37).map(|i| if i == 0 { rows as u32 - 1 } else { (rng.next_u64() % rows as u64) as u32 }).collect();
+        let mut e = poisoned(&g, ids.len() * cols, f32::NAN);
+        ops::embedding(&g, &w, &upload(&g, &ids).as_view(), &mut e.as_view_mut()).unwrap();
+        let want: Vec<f32> = ids.iter().flat_map(|&i| deq[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
+        assert_bits_eq(&format!("embedding {t:?} cols={cols}"), &download(&g, &e), &want);
+    }
+}
+
+/// The real embedding and LM-head shapes: 151936 x 896 (qwen, Q8_0 output, Q5_0 embedding) and
+/// 49152 x 576 (smollm2, Q8_0).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn matvec_and_embedding_on_vocab_sized_matrices() {
+    let g = gpu();
+    let mut rng = Rng::new(7);
+    for (t, rows, cols) in [
+        (GgmlType::Q8_0, 151936, 896),
+        (GgmlType::Q5_0, 151936, 896),
+        (GgmlType::Q8_0, 49152, 576),
+    ] {
+        let (bytes, deq) = random_tensor(t, rows, cols, &mut rng);
+        let w = DeviceTensor::upload(&g, "vocab", t, rows, cols, &bytes).unwrap();
+        let x = random(&mut rng, cols, 3.0);
+        let mut y = poisoned(&g, rows, f32::NAN);
+        ops::matvec(&g, &w, &upload(&g, &x).as_view(), &mut y.as_view_mut()).unwrap();
+        let got = download(&g, &y);
+        for r in 0..rows {
+            let row = &deq[r * cols..(r + 1) * cols];
+            let want: f64 = row.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let bound: f64 = row
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum::<f64>()
+                * 1e-5;
+            assert!(
+                (got[r] as f64 - want).abs() <= bound,
+                "{t:?} {rows}x{cols} row {r}: got {} want {want}",
+                got[r]
+            );
+        }
+        let ids: Vec<u32> = vec![
+            0,
+            rows as u32 - 1,
+            12345 % rows as u32,
+            151935 % rows as u32,
+        ];
+        let mut e = poisoned(&g, ids.len() * cols, f32::NAN);
+        ops::embedding(&g, &w, &upload(&g, &ids).as_view(), &mut e.as_view_mut()).unwrap();
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| deq[i as usize * cols..(i as usize + 1) * cols].to_vec())
+            .collect();
+        assert_bits_eq(
+            &format!("embedding {t:?} {rows}x{cols}"),
+            &download(&g, &e),
+            &want,
+        );
+    }
+}
+
+/// Host argmax: largest value, ties to the lower index, NaN ignored.
+fn argmax_ref(x: &[f32]) -> u32 {
+    let mut best: Option<usize> = None;
+    for (i, &v) in x.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|b| v > x[b]) {
+            best = Some(i);
+        }
+    }
+    best.map_or(u32::MAX, |b| b as u32)
+}
+
+proptest! {
+    #![proptest_config(cfg(16))]
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn argmax_matches_cpu(
+        n in prop::sample::select(&[151936usize, 49152, 1, 1023, 1025][..]),
+        ties in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let mut x = random(&mut rng, n, 20.0);
+        if ties && n > 10 {
+            // The maximum appears several times, and NaN appears: lowest index must win.
+            let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max) + 1.0;
+            for _ in 0..5 {
+                let i = (rng.next_u64() % n as u64) as usize;
+                x[i] = m;
+            }
+            x[(rng.next_u64() % n as u64) as usize] = f32::NAN;
+        }
+        let mut out = poisoned(&g, 1, u32::MAX - 1);
+        ops::argmax(&g, &upload(&g, &x).as_view(), &mut out.as_view_mut()).unwrap();
+        prop_assert_eq!(download(&g, &out)[0], argmax_ref(&x));
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn sample_topk_topp_draws_from_the_cpu_interval(
+        n in prop::sample::select(&[151936usize, 49152, 1500][..]),
+        top_k in prop::sample::select(&[1usize, 2, 40, 1024][..]),
+        top_p in prop::sample::select(&[1.0f32, 0.9, 0.5, 0.05][..]),
+        temperature in prop::sample::select(&[1.0f32, 0.7, 1.5][..]),
+        u in 0.0f32..1.0,
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let x = random(&mut rng, n, 8.0);
+        // CPU reference: sort by (logit desc, index asc), keep top_k, weights in f64, shortest
+        // prefix reaching top_p of the mass, then the interval containing u x that prefix.
+        let mut idx: Vec<u32> = (0..n as u32).collect();
+        idx.sort_by(|&a, &b| x[b as usize].total_cmp(&x[a as usize]).then(a.cmp(&b)));
+        idx.truncate(top_k);
+        let lmax = x[idx[0] as usize] as f64;
+        let w: Vec<f64> = idx.iter().map(|&i| ((x[i as usize] as f64 - lmax) / temperature as f64).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let mut cum = Vec::with_capacity(w.len());
+        let mut c = 0.0;
+        for &wi in &w { c += wi; cum.push(c); }
+        let r = cum.iter().position(|&c| c >= top_p as f64 * total).map_or(top_k, |i| i + 1);
+        let mass = cum[r - 1];
+        let target = u as f64 * mass;
+        let mut out = poisoned(&g, 1, u32::MAX);
+        let p = SampleParams { top_k, top_p, temperature };
+        ops::sample(&g, &upload(&g, &x).as_view(), p, u, &mut out.as_view_mut()).unwrap();
+        let got = download(&g, &out)[0];
+        let pos = idx[..r].iter().position(|&i| i == got);
+        prop_assert!(pos.is_some(), "drew {} outside the kept {} candidates", got, r);
+        let j = pos.unwrap();
+        let lo = if j == 0 { 0.0 } else { cum[j - 1] };
+        let tol = 1e-5 * mass;
+        prop_assert!(lo - tol <= target && target <= cum[j] + tol,
+            "drew rank {} (interval [{}, {}]) for target {} (u={}, mass {})", j, lo, cum[j], target, u, mass);
+    }
+}
+
+/// cuBLAS GEMM in the engine's row-major convention, Y = X·Wᵀ, against an f64 reference on the
+/// same (f16-rounded where applicable) inputs: |err| ≤ 1e-4·Σ|w·x| (f32 accumulation on tensor
+/// cores; F32 pedantic is ~1e-6 in practice).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn gemm_row_major_matches_f64() {
+    use host::cuda::gemm::{GemmKind, gemm};
+    let g = gpu();
+    let mut rng = Rng::new(3);
+    for (n, k, t) in [
+        (896usize, 896usize, 7usize),
+        (4864, 896, 33),
+        (896, 4864, 512),
+        (128, 896, 1),
+        (151936, 896, 2),
+    ] {
+        let w = random_f16_exact(&mut rng, n * k, 0.1);
+        let x = random_f16_exact(&mut rng, t * k, 2.0);
+        let want: Vec<(f64, f64)> = (0..t * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                let (xr, wr) = (&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
+                let s: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let m: f64 = xr
+                    .iter()
+                    .zip(wr)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
+                (s, m)
+            })
+            .collect();
+        for kind in [GemmKind::F32, GemmKind::F16F32] {
+            let mut y: CudaSlice<f32> = poisoned(&g, t * n, f32::NAN);
+            if kind == GemmKind::F16F32 {
+                let wh: Vec<u16> = w
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect();
+                let xh: Vec<u16> = x
+                    .iter()
+                    .map(|&v| half::f16::from_f32(v).to_bits())
+                    .collect();
+                gemm(
+                    &g,
+                    kind,
+                    &upload(&g, &wh).as_view(),
+                    &upload(&g, &xh).as_view(),
+                    &mut y.as_view_mut(),
+                    n,
+                    k,
+                    t,
+                )
+                .unwrap();
+            } else {
+                gemm(
+                    &g,
+                    kind,
+                    &upload(&g, &w).as_view(),
+                    &upload(&g, &x).as_view(),
+                    &mut y.as_view_mut(),
+                    n,
+                    k,
+                    t,
+                )
+                .unwrap();
+            }
+            let got = download(&g, &y);
+            for (i, (&gv, &(s, m))) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    gv.is_finite() && (gv as f64 - s).abs() <= 1e-4 * m,
+                    "gemm {kind:?} n={n} k={k} t={t} element {i}: got {gv} want {s}"
+                );
+            }
+        }
+    }
+}
+
+/// Shape validation: a wrong-sized buffer is refused with an error naming the kernel, before any
+/// launch (runs on a GPU machine: the launchers need a device handle).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn launchers_refuse_bad_shapes_naming_the_kernel() {
+    let g = gpu();
+    let x = upload(&g, &[1.0f32; 10]);
+    let w = upload(&g, &[1.0f32; 3]);
+    let mut out = poisoned(&g, 10, f32::NAN);
+    let e =
+        ops::rms_norm(&g, &x.as_view(), &w.as_view(), 1e-6, &mut out.as_view_mut()).unwrap_err();
+    assert!(e.to_string().contains("rms_norm_f32"), "{e}");
+    let mut short = poisoned(&g, 9, f32::NAN);
+    let w5 = upload(&g, &[1.0f32; 5]);
+    let e = ops::rms_norm(
+        &g,
+        &x.as_view(),
+        &w5.as_view(),
+        1e-6,
+        &mut short.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("rms_norm_f32"), "{e}");
+    let e = ops::sample(
+        &g,
+        &x.as_view(),
+        SampleParams {
+            top_k: 2000,
+            top_p: 1.0,
+            temperature: 1.0,
+        },
+        0.5,
+        &mut poisoned(&g, 1, 0u32).as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("sample_topk_topp_f32"), "{e}");
+}
