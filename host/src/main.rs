@@ -21,6 +21,8 @@ enum Command {
     Fetch(host::cli::fetch::Args),
     /// Print the token ids (and pieces) of a text.
     Tokenize(host::cli::tokenize::Args),
+    /// Run one GPU kernel (or all) on real shapes: check it against the CPU and time it.
+    KernelBench(host::cli::kernel_bench::Args),
 }
 
 fn main() {
@@ -29,6 +31,7 @@ fn main() {
         Command::Inspect(args) => host::cli::inspect::run(args),
         Command::Fetch(args) => host::cli::fetch::run(args),
         Command::Tokenize(args) => host::cli::tokenize::run(args),
+        Command::KernelBench(args) => host::cli::kernel_bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The runner of a GPU bundle (scripts/gpu-bundle.sh copies it to BUNDLE/run.sh): runs the whole
+# GPU suite on a machine with an NVIDIA GPU and driver and no Rust toolchain, and ends with one
+# summary line: `GPU SUITE PASS|FAIL: …`.
+#
+#   ./run.sh [--no-bench]
+#
+# Logs go to $OUT (when set) or ./results. Twins are written to $GPU_WORK (default /tmp/gpu-suite).
+# Real models are looked up in $GGUF_MODEL_CACHE (default ./models); a model that is absent is
+# reported as "not run", never as passed.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+bench=1
+[ "${1:-}" = "--no-bench" ] && bench=0
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+logs=${OUT:-$here/results}
+work=${GPU_WORK:-/tmp/gpu-suite}
+mkdir -p "$logs" "$work"
+export GPU_TWIN_DIR=$work GPU_FIXTURE_HEADERS=$here/headers GPU_REFS_DIR=$here/refs
+export GGUF_MODEL_CACHE=${GGUF_MODEL_CACHE:-$here/models}
+export RUST_BACKTRACE=1
+
+device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+echo "device: ${device:-unknown (nvidia-smi failed)}"
+
+passed=0; failed=0; notrun=(); failures=()
+run_tests() { # NAME [FILTER…]
+    local name=$1; shift
+    local log=$logs/$name${1:+-$1}.log
+    local t0=$SECONDS
+    timeout 560 "$here/tests/$name" --include-ignored --test-threads=1 "$@" >"$log" 2>&1
+    local rc=$?
+    grep -E "^test .* \.\.\. |^(device|cpu reference|.*max rel L2|.*logits.* case|.*generate case)" "$log" | sed 's/^/  /'
+    local p f
+    p=$(grep -oE "test result: .* ([0-9]+) passed" "$log" | grep -oE "[0-9]+ passed" | awk '{s+=$1} END {print s+0}')
+    f=$(grep -oE "[0-9]+ failed" "$log" | tail -1 | awk '{print $1+0}')
+    passed=$((passed + p))
+    if [ "$rc" -ne 0 ] || [ "${f:-0}" -gt 0 ]; then
+        failed=$((failed + ${f:-0}))
+        [ "${f:-0}" -eq 0 ] && failed=$((failed + 1))
+        failures+=("$name${1:+ $1} (rc $rc)")
+        grep -E "^---- |panicked at|^thread .* panicked|assertion|Error|error:" "$log" | head -30 | sed 's/^/  ! /'
+    fi
+    echo "$name${1:+ $1}: rc $rc, $p passed, ${f:-0} failed, $((SECONDS - t0)) s"
+}
+
+run_tests gpu_kernels
+run_tests gpu_e2e
+for m in smollm2 qwen; do
+    case $m in
+        smollm2) f=smollm2-135m-instruct-q4_1.gguf ;;
+        qwen) f=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ;;
+    esac
+    if [ -f "$GGUF_MODEL_CACHE/$f" ]; then
+        run_tests gpu_real "$m"
+    else
+        notrun+=("gpu_real $m (model file $f absent)")
+        echo "gpu_real $m: NOT RUN ($f not in $GGUF_MODEL_CACHE)"
+    fi
+done
+
+bench_ok=0; bench_bad=0
+if [ $bench -eq 1 ]; then
+    timeout 300 ./bin/host kernel-bench all >"$logs/bench.log" 2>&1
+    cat "$logs/bench.log"
+    bench_ok=$(grep -c "check ok" "$logs/bench.log")
+    bench_bad=$(grep -c "CHECK FAILED" "$logs/bench.log")
+    if ! grep -q "^lm_head" "$logs/bench.log"; then
+        bench_bad=$((bench_bad + 1)); failures+=("kernel-bench did not finish")
+    fi
+fi
+
+verdict=PASS
+[ "$failed" -gt 0 ] || [ "$bench_bad" -gt 0 ] || [ ${#failures[@]} -gt 0 ] && verdict=FAIL
+echo "GPU SUITE $verdict: tests $passed passed, $failed failed${failures:+ [${failures[*]}]}; not run: ${#notrun[@]}${notrun:+ [${notrun[*]}]}; kernel-bench checks $bench_ok ok, $bench_bad failed; device ${device:-unknown}"
+[ "$verdict" = PASS ]
