@@ -2,8 +2,8 @@
 
 pub mod fetch;
 pub mod inspect;
-pub mod tokenize;
 pub mod kernel_bench;
+pub mod tokenize;
 
 /// The error a subcommand returns: printed as one line by `main`, exit code 1.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;

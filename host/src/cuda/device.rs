@@ -255,3 +255,24 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without libcuda, opening a device is a typed error that tells the user what to do, never a
+    /// panic inside cudarc; with a driver it is whatever the machine has.
+    #[test]
+    fn no_driver_is_a_clear_error_not_a_panic() {
+        match Gpu::new(0) {
+            Err(CudaError::NoDriver) => {
+                assert!(!driver_present());
+                let msg = CudaError::NoDriver.to_string();
+                assert!(msg.contains("--device cpu"), "{msg}");
+                assert!(matches!(device_count(), Err(CudaError::NoDriver)));
+            }
+            Err(e) => assert!(driver_present(), "driver absent but got {e}"),
+            Ok(g) => assert!(driver_present() && !g.name().is_empty()),
+        }
+    }
+}
