@@ -45,6 +45,8 @@ pub enum BackendError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Gguf(#[from] crate::gguf::GgufError),
+    #[error(transparent)]
+    Quant(#[from] crate::quant::QuantError),
     #[error("tensor {tensor:?}: {problem}")]
     Tensor { tensor: String, problem: String },
     #[error("{0}")]

@@ -17,7 +17,9 @@ use crate::sample::{SampleError, Sampler};
 
 #[derive(Debug, Error)]
 pub enum GenerateError {
-    #[error("the prompt is {n_prompt} tokens; the context holds {n_ctx} (nothing left to generate)")]
+    #[error(
+        "the prompt is {n_prompt} tokens; the context holds {n_ctx} (nothing left to generate)"
+    )]
     PromptTooLong { n_prompt: usize, n_ctx: usize },
     #[error("the prompt is empty: nothing to predict from")]
     EmptyPrompt,

@@ -62,11 +62,13 @@ pub enum SampleError {
 impl SamplerConfig {
     /// Checks every setting's range.
     pub fn validate(&self) -> Result<(), SampleError> {
-        let bad = |name, value, expected| Err(SampleError::Invalid {
-            name,
-            value,
-            expected,
-        });
+        let bad = |name, value, expected| {
+            Err(SampleError::Invalid {
+                name,
+                value,
+                expected,
+            })
+        };
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad(
                 "temperature",
@@ -286,7 +288,10 @@ mod tests {
     fn top_k_1_and_tiny_top_p_are_greedy() {
         let logits = [0.3, 0.1, 5.0, 4.9, -2.0];
         for c in [
-            SamplerConfig { top_k: 1, ..cfg(1.5) },
+            SamplerConfig {
+                top_k: 1,
+                ..cfg(1.5)
+            },
             SamplerConfig {
                 top_p: 1e-6,
                 ..cfg(1.5)
@@ -307,7 +312,11 @@ mod tests {
     fn top_k_limits_the_support_and_frequencies_follow_the_softmax() {
         // Two candidates after top-k=2 with logits 1 and 0: p = e/(1+e) ≈ 0.731 at temperature 1.
         let logits = [1.0, 0.0, -0.5, -0.6];
-        let mut s = Sampler::new(SamplerConfig { top_k: 2, ..cfg(1.0) }).unwrap();
+        let mut s = Sampler::new(SamplerConfig {
+            top_k: 2,
+            ..cfg(1.0)
+        })
+        .unwrap();
         let n = 20_000;
         let mut counts = [0usize; 4];
         for _ in 0..n {
@@ -369,10 +378,7 @@ mod tests {
                 ..cfg(1.0)
             },
         ] {
-            assert!(matches!(
-                Sampler::new(c),
-                Err(SampleError::Invalid { .. })
-            ));
+            assert!(matches!(Sampler::new(c), Err(SampleError::Invalid { .. })));
         }
     }
 }

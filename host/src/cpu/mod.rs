@@ -1,9 +1,14 @@
 //! The CPU backend: the reference forward pass every GPU kernel is checked against, and the path
 //! that runs on any machine.
 //!
-//! - [`ops`]: the reference ops (`rms_norm`, `rope`, `swiglu`, `softmax`, `add`, `attention`),
-//!   re-exported here so they read as `cpu::rms_norm`.
+//! - [`ops`]: the reference ops (`embedding`, `matmul`, `rms_norm`, `rope`, `swiglu`, `softmax`,
+//!   `add`, `attention`), re-exported here so they read as `cpu::rms_norm`.
+//! - [`matmul`]: the backend's multithreaded matrix products on quantized rows.
+//! - [`forward`]: [`CpuBackend`], the full forward pass over a KV cache.
 
+pub mod forward;
+pub mod matmul;
 pub mod ops;
 
-pub use ops::{add, attention, rms_norm, rope, rope_angle, softmax, swiglu};
+pub use forward::{CpuBackend, CpuOptions};
+pub use ops::{add, attention, embedding, matmul, rms_norm, rope, rope_angle, softmax, swiglu};

@@ -7,7 +7,9 @@
 //! (these are internal functions fed by the backend, which validated the model): a mismatch is a
 //! programming error and panics with the sizes involved.
 
+use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
+use crate::quant::{QuantError, dequantize_row};
 
 /// RMSNorm of each row of `x` (row length `w.len()`): `out = x / sqrt(mean(x²) + eps) * w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -176,6 +178,66 @@ pub fn attention(
             }
         }
     }
+}
+
+/// Embedding lookup: row `id` of a `[n_embd, n_vocab]` table of type `ty` (`table` holds all
+/// its rows), dequantized into `out` (`n_embd` values).
+pub fn embedding(ty: GgmlType, table: &[u8], id: u32, out: &mut [f32]) -> Result<(), QuantError> {
+    let row_bytes = ty.row_bytes(out.len()).ok_or(QuantError::PartialBlock {
+        ty,
+        n: out.len(),
+        block_size: ty.block_size(),
+    })?;
+    let start = id as usize * row_bytes;
+    let row = table
+        .get(start..start + row_bytes)
+        .ok_or(QuantError::Length {
+            what: "embedding table (rows)",
+            expected: (id as usize + 1) * row_bytes,
+            found: table.len(),
+        })?;
+    dequantize_row(ty, row, out)
+}
+
+/// Matrix product with a quantized weight matrix, the plain way: `w` holds `rows` rows of `cols`
+/// elements of type `ty`; `x` holds `n` input rows of `cols`; `out` gets `n` rows of `rows`:
+/// `out[i][r] = Σ_c w[r][c] · x[i][c]`, each weight row dequantized to f32, f32 accumulation.
+pub fn matmul(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    let row_bytes = ty.row_bytes(cols).ok_or(QuantError::PartialBlock {
+        ty,
+        n: cols,
+        block_size: ty.block_size(),
+    })?;
+    if w.len() != rows * row_bytes {
+        return Err(QuantError::ByteLength {
+            ty,
+            n: rows * cols,
+            expected: rows * row_bytes,
+            found: w.len(),
+        });
+    }
+    if !x.len().is_multiple_of(cols) || out.len() != x.len() / cols * rows {
+        return Err(QuantError::Length {
+            what: "matmul output (n x rows)",
+            expected: x.len() / cols * rows,
+            found: out.len(),
+        });
+    }
+    let mut wr = vec![0.0f32; cols];
+    for (r, wb) in w.chunks_exact(row_bytes).enumerate() {
+        dequantize_row(ty, wb, &mut wr)?;
+        for (xi, oi) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
+            oi[r] = wr.iter().zip(xi).map(|(a, b)| a * b).sum();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
