@@ -161,6 +161,84 @@ pub fn render(
 }
 
 impl Tokenizer {
+    /// Renders the model's chat template for `messages` and encodes it as a prompt: BOS as the
+    /// file asks, and special tokens parsed only where the template wrote them. Text inside a
+    /// message's content is never turned into a control token, so a user who types
+    /// `<|im_end|>` cannot close their own turn. Outside those spans the ids are exactly
+    /// `encode(&rendered, true, true)`.
+    ///
+    /// Works by rendering once more with each content replaced by a placeholder to find where
+    /// the contents land; a template that alters a content (strips it, say) is refused with an
+    /// error rather than guessed at.
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let t = self
+            .chat_template
+            .as_deref()
+            .ok_or(TokenizerError::NoChatTemplate)?;
+        self.encode_chat_with(t, messages, None, add_generation_prompt)
+    }
+
+    /// [`Tokenizer::encode_chat`] with a given template and optional tools.
+    pub fn encode_chat_with(
+        &self,
+        template: &str,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let direct =
+            self.apply_chat_template_with(template, messages, tools, add_generation_prompt)?;
+        let mark = |i: usize| format!("\u{F8FF}\u{E000}msg{i}\u{E000}\u{F8FF}");
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage {
+                role: m.role.clone(),
+                content: if m.content.is_empty() {
+                    String::new()
+                } else {
+                    mark(i)
+                },
+            })
+            .collect();
+        let with_marks =
+            self.apply_chat_template_with(template, &marked, tools, add_generation_prompt)?;
+        // Substitute the contents back, recording where each lands.
+        let mut rebuilt = String::with_capacity(direct.len());
+        let mut spans = Vec::new();
+        let mut rest = with_marks.as_str();
+        while let Some(a) = rest.find("\u{F8FF}\u{E000}msg") {
+            let after = &rest[a + "\u{F8FF}\u{E000}msg".len()..];
+            let Some(b) = after.find("\u{E000}\u{F8FF}") else {
+                break;
+            };
+            let Some(m) = after[..b]
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| messages.get(i))
+            else {
+                break;
+            };
+            rebuilt.push_str(&rest[..a]);
+            spans.push((rebuilt.len(), rebuilt.len() + m.content.len()));
+            rebuilt.push_str(&m.content);
+            rest = &after[b + "\u{E000}\u{F8FF}".len()..];
+        }
+        rebuilt.push_str(rest);
+        if rebuilt != direct {
+            return Err(TokenizerError::Template(
+                "the template changes message contents, so they cannot be told apart from its own \
+                 markers; encode apply_chat_template's output explicitly if that is acceptable"
+                    .into(),
+            ));
+        }
+        Ok(self.encode_masked(direct.as_bytes(), true, true, &spans))
+    }
+
     /// Renders the model's chat template (`tokenizer.chat_template`); a model without one is an
     /// error ([`TokenizerError::NoChatTemplate`]): pass a template to
     /// [`Tokenizer::apply_chat_template_with`] instead, e.g. [`CHATML_TEMPLATE`].

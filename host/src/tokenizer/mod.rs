@@ -602,6 +602,16 @@ impl Tokenizer {
     /// Encodes bytes that need not be UTF-8: each byte that does not start a valid UTF-8
     /// sequence is read as U+FFFD (as llama.cpp does), so such input does not round-trip.
     pub fn encode_bytes(&self, bytes: &[u8], add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.encode_masked(bytes, add_special, parse_special, &[])
+    }
+
+    pub(crate) fn encode_masked(
+        &self,
+        bytes: &[u8],
+        add_special: bool,
+        parse_special: bool,
+        protected: &[(usize, usize)],
+    ) -> Vec<u32> {
         let mut out = Vec::with_capacity(bytes.len() / 3 + 2);
         if add_special
             && self.add_bos
@@ -614,7 +624,7 @@ impl Tokenizer {
         let mut guard = self.cache.try_lock().ok();
         let mut cache = guard.as_deref_mut();
         let mut syms = Vec::new();
-        for frag in self.partition(bytes, parse_special) {
+        for frag in self.partition_masked(bytes, parse_special, protected) {
             match frag {
                 Frag::Token(id) => out.push(id),
                 Frag::Text(a, e) => {
@@ -641,7 +651,15 @@ impl Tokenizer {
 
     /// Splits at special tokens, longest token first, each over all remaining text fragments
     /// (llama.cpp's partition order).
-    fn partition(&self, bytes: &[u8], parse_special: bool) -> Vec<Frag> {
+    ///
+    /// A control or unknown token is not matched where it overlaps one of the `protected` byte
+    /// ranges (message contents in a rendered chat prompt).
+    fn partition_masked(
+        &self,
+        bytes: &[u8],
+        parse_special: bool,
+        protected: &[(usize, usize)],
+    ) -> Vec<Frag> {
         let mut frags = Vec::new();
         if bytes.is_empty() {
             return frags;
@@ -661,12 +679,21 @@ impl Tokenizer {
                     continue;
                 };
                 let mut pos = a;
-                while let Some(k) = finder.find(&bytes[pos..e]) {
-                    if k > 0 {
-                        next.push(Frag::Text(pos, pos + k));
+                let mut from = a;
+                while let Some(k) = finder.find(&bytes[from..e]) {
+                    let (s, t) = (from + k, from + k + needle.len());
+                    if ty != TokenType::UserDefined
+                        && protected.iter().any(|&(p, q)| s < q && p < t)
+                    {
+                        from = s + 1;
+                        continue;
+                    }
+                    if s > pos {
+                        next.push(Frag::Text(pos, s));
                     }
                     next.push(Frag::Token(id));
-                    pos += k + needle.len();
+                    pos = t;
+                    from = t;
                 }
                 if pos < e {
                     next.push(Frag::Text(pos, e));
