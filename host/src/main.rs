@@ -23,6 +23,14 @@ enum Command {
     Tokenize(host::cli::tokenize::Args),
     /// Run one GPU kernel (or all) on real shapes: check it against the CPU and time it.
     KernelBench(host::cli::kernel_bench::Args),
+    /// Generate text from a prompt (streamed), with prompt and generation speed at the end.
+    Run(host::cli::run::Args),
+    /// An interactive multi-turn chat using the model's chat template.
+    Chat(host::cli::chat::Args),
+    /// Perplexity of a text, by llama.cpp's method (chunks of --ctx tokens, second halves scored).
+    Perplexity(host::cli::perplexity::Args),
+    /// Prompt (ppN) and generation (tgN) speed, as llama-bench measures them.
+    Bench(host::cli::bench::Args),
 }
 
 fn main() {
@@ -32,6 +40,10 @@ fn main() {
         Command::Fetch(args) => host::cli::fetch::run(args),
         Command::Tokenize(args) => host::cli::tokenize::run(args),
         Command::KernelBench(args) => host::cli::kernel_bench::run(args),
+        Command::Run(args) => host::cli::run::run(args),
+        Command::Chat(args) => host::cli::chat::run(args),
+        Command::Perplexity(args) => host::cli::perplexity::run(args),
+        Command::Bench(args) => host::cli::bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

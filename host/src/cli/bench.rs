@@ -1,0 +1,139 @@
+//! `host bench`: prompt processing and generation speed, measured the way llama.cpp's
+//! `llama-bench` measures them so the numbers compare:
+//!
+//! - `ppN`: one forward of N random tokens from an empty cache (last-token logits);
+//! - `tgN`: N single-token forwards from an empty cache, each token random.
+//!
+//! One warm-up run of each, then `--reps` timed runs; prints mean ± standard deviation in tok/s.
+
+use super::CliResult;
+use super::run::{Device, ModelArgs, load};
+use crate::backend::{Backend, Logits};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A GGUF file, or a known model's short name (`qwen`, `smollm2`); default: the qwen model.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+    /// CPU threads; 0 = one per core.
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+    /// Prompt tokens (the ppN test); 0 skips it.
+    #[arg(long, short = 'p', default_value_t = 128)]
+    pub n_prompt: usize,
+    /// Generated tokens (the tgN test); 0 skips it.
+    #[arg(long, short = 'n', default_value_t = 64)]
+    pub n_gen: usize,
+    /// Timed repetitions of each test.
+    #[arg(long, short = 'r', default_value_t = 5)]
+    pub reps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Deterministic "random" token ids (SplitMix64), as llama-bench feeds random ids.
+fn random_tokens(n: usize, n_vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % n_vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn pp(b: &mut dyn Backend, tokens: &[u32]) -> Result<f64, Box<dyn std::error::Error>> {
+    b.reset();
+    let t = std::time::Instant::now();
+    b.forward(tokens, 0, Logits::Last)?;
+    Ok(tokens.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+fn tg(b: &mut dyn Backend, tokens: &[u32]) -> Result<f64, Box<dyn std::error::Error>> {
+    b.reset();
+    let t = std::time::Instant::now();
+    for (i, &tok) in tokens.iter().enumerate() {
+        b.forward(&[tok], i, Logits::Last)?;
+    }
+    Ok(tokens.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+pub fn run(args: Args) -> CliResult {
+    let ctx = args.n_prompt.max(args.n_gen).max(1);
+    let mut m = load(&ModelArgs {
+        model: args.model.clone(),
+        device: args.device,
+        ctx,
+        threads: args.threads,
+    })?;
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
+    let n_vocab = m.backend.config().n_vocab;
+    let b = m.backend.as_mut();
+    let reps = args.reps.max(1);
+    let mut results = Vec::new();
+    for (name, n, f) in [
+        ("pp", args.n_prompt, pp as fn(&mut dyn Backend, &[u32]) -> _),
+        ("tg", args.n_gen, tg as fn(&mut dyn Backend, &[u32]) -> _),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        f(b, &random_tokens(n, n_vocab, 0))?;
+        let runs = (1..=reps as u64)
+            .map(|r| f(b, &random_tokens(n, n_vocab, r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mean, sd) = mean_sd(&runs);
+        results.push((format!("{name}{n}"), mean, sd));
+    }
+    let model = m.path.file_name().map_or_else(
+        || m.path.display().to_string(),
+        |f| f.to_string_lossy().into(),
+    );
+    if args.json {
+        let tests: Vec<_> = results
+            .iter()
+            .map(|(t, mean, sd)| serde_json::json!({"test": t, "tok_per_sec": mean, "sd": sd}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": model,
+                "device": b.name(),
+                "threads": threads,
+                "reps": reps,
+                "tests": tests,
+            })
+        );
+    } else {
+        println!("| model | device | threads | test | t/s |");
+        println!("| --- | --- | ---: | ---: | ---: |");
+        for (t, mean, sd) in &results {
+            println!(
+                "| {model} | {} | {threads} | {t} | {mean:.2} ± {sd:.2} |",
+                b.name()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! The generation session, sampling and perplexity on tiny models with the CPU backend: greedy
+//! generation equals a hand-written argmax loop, prefix reuse changes nothing but the work done,
+//! every stop condition, seeded determinism, and perplexity against a direct computation.
+
+use std::sync::Arc;
+
+use fixtures::tiny::{TinySpec, build_bytes};
+use host::backend::{Backend, Logits};
+use host::cli::perplexity;
+use host::cpu::{CpuBackend, CpuOptions};
+use host::generate::{GenerateError, GenerateOptions, Session, StopReason};
+use host::gguf::{GgmlType, Gguf};
+use host::model::Arch;
+use host::sample::{Sampler, SamplerConfig, argmax};
+
+fn backend(arch: Arch, n_ctx: usize) -> CpuBackend {
+    let g = Gguf::from_bytes(build_bytes(&TinySpec::new(arch, GgmlType::Q8_0))).unwrap();
+    CpuBackend::load(Arc::new(g), &CpuOptions { n_ctx, threads: 2 }).unwrap()
+}
+
+fn opts(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        eog: Vec::new(),
+        stop_strings: Vec::new(),
+        batch: 3,
+    }
+}
+
+const PROMPT: [u32; 7] = [10, 200, 33, 47, 5, 90, 120];
+
+fn no_text(_: &str) {}
+
+#[test]
+fn greedy_generation_equals_a_hand_written_argmax_loop() {
+    for arch in [Arch::Qwen2, Arch::Llama] {
+        let mut be = backend(arch, 64);
+        let mut logits = be.forward(&PROMPT, 0, Logits::Last).unwrap();
+        let mut want = Vec::new();
+        for i in 0..12 {
+            let t = argmax(&logits).unwrap();
+            want.push(t);
+            logits = be.forward(&[t], PROMPT.len() + i, Logits::Last).unwrap();
+        }
+        let mut s = Session::new(Box::new(backend(arch, 64)));
+        let g = s
+            .generate(
+                &PROMPT,
+                &mut Sampler::greedy(),
+                &opts(12),
+                None,
+                &mut no_text,
+            )
+            .unwrap();
+        assert_eq!(g.generated_ids, want, "{arch:?}");
+        assert_eq!(g.stop, StopReason::MaxTokens);
+        assert_eq!(g.timings.prompt_tokens, PROMPT.len());
+        // The last sampled token is not run: 11 decode steps for 12 tokens.
+        assert_eq!(g.timings.decode_tokens, 11);
+        assert_eq!(s.cached().len(), PROMPT.len() + 11);
+    }
+}
+
+#[test]
+fn a_shared_prefix_is_not_run_again_and_changes_nothing() {
+    let mut s = Session::new(Box::new(backend(Arch::Qwen2, 64)));
+    let first = s
+        .generate(
+            &PROMPT,
+            &mut Sampler::greedy(),
+            &opts(5),
+            None,
+            &mut no_text,
+        )
+        .unwrap();
+    // Next turn: the whole previous sequence plus new tokens.
+    let mut next: Vec<u32> = PROMPT.to_vec();
+    next.extend(&first.generated_ids);
+    next.extend([7, 8, 9]);
+    let cont = s
+        .generate(&next, &mut Sampler::greedy(), &opts(6), None, &mut no_text)
+        .unwrap();
+    // The cache held PROMPT + 4 generated tokens: the 5th generated one and the 3 new ones run.
+    assert_eq!(cont.timings.prompt_tokens, 4);
+    let mut fresh = Session::new(Box::new(backend(Arch::Qwen2, 64)));
+    let want = fresh
+        .generate(&next, &mut Sampler::greedy(), &opts(6), None, &mut no_text)
+        .unwrap();
+    assert_eq!(want.timings.prompt_tokens, next.len());
+    assert_eq!(cont.generated_ids, want.generated_ids);
+    // A prompt that diverges early rewinds to the divergence.
+    let mut other = PROMPT.to_vec();
+    other[3] = 1;
+    let g = s
+        .generate(&other, &mut Sampler::greedy(), &opts(2), None, &mut no_text)
+        .unwrap();
+    assert_eq!(g.timings.prompt_tokens, PROMPT.len() - 3);
+}
+
+#[test]
+fn stops_on_end_of_generation_at_max_tokens_and_when_the_context_is_full() {
+    let mut s = Session::new(Box::new(backend(Arch::Llama, 64)));
+    let free = s
+        .generate(
+            &PROMPT,
+            &mut Sampler::greedy(),
+            &opts(8),
+            None,
+            &mut no_text,
+        )
+        .unwrap();
+    // Make the 4th greedy token an end-of-generation token (one not generated before it).
+    let eog = free.generated_ids[3];
+    let k = free.generated_ids.iter().position(|&t| t == eog).unwrap();
+    let mut o = opts(8);
+    o.eog = vec![eog];
+    let g = s
+        .generate(&PROMPT, &mut Sampler::greedy(), &o, None, &mut no_text)
+        .unwrap();
+    assert_eq!(g.stop, StopReason::EndOfGeneration(eog));
+    assert_eq!(g.generated_ids, free.generated_ids[..=k]);
+
+    // Context of 10: 7 prompt tokens, then 3 more positions; the 4th sampled token has no room.
+    let mut s = Session::new(Box::new(backend(Arch::Llama, 10)));
+    let g = s
+        .generate(
+            &PROMPT,
+            &mut Sampler::greedy(),
+            &opts(50),
+            None,
+            &mut no_text,
+        )
+        .unwrap();
+    assert_eq!(g.stop, StopReason::ContextFull);
+    assert_eq!(g.generated_ids.len(), 4);
+    assert_eq!(g.generated_ids, free.generated_ids[..4]);
+
+    // A prompt that fills the context is refused with a clear error, not a crash.
+    let long = vec![3u32; 10];
+    let e = s
+        .generate(&long, &mut Sampler::greedy(), &opts(5), None, &mut no_text)
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        GenerateError::PromptTooLong {
+            n_prompt: 10,
+            n_ctx: 10
+        }
+    ));
+    assert!(e.to_string().contains("10 tokens"));
+}
+
+#[test]
+fn stop_strings_end_generation_and_the_text_streams() {
+    // Token text: each id is one letter, 'a' + id % 26.
+    let text_of = |id: u32| vec![b'a' + (id % 26) as u8];
+    let mut s = Session::new(Box::new(backend(Arch::Qwen2, 64)));
+    let mut streamed = String::new();
+    let free = s
+        .generate(
+            &PROMPT,
+            &mut Sampler::greedy(),
+            &opts(10),
+            Some(&text_of),
+            &mut |t: &str| streamed.push_str(t),
+        )
+        .unwrap();
+    assert_eq!(streamed, free.text);
+    assert_eq!(free.text.len(), 10);
+    let stop = free.text[4..6].to_string();
+    let cut = free.text.find(&stop).unwrap();
+    let mut o = opts(10);
+    o.stop_strings = vec![stop.clone()];
+    let g = s
+        .generate(
+            &PROMPT,
+            &mut Sampler::greedy(),
+            &o,
+            Some(&text_of),
+            &mut |_: &str| {},
+        )
+        .unwrap();
+    assert_eq!(g.stop, StopReason::StopString(stop));
+    assert_eq!(g.text, free.text[..cut]);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let cfg = |seed| SamplerConfig {
+        temperature: 1.5,
+        top_k: 50,
+        top_p: 0.95,
+        min_p: 0.01,
+        repeat_penalty: 1.1,
+        repeat_last_n: 16,
+        seed,
+    };
+    let run = |seed| {
+        let mut s = Session::new(Box::new(backend(Arch::Qwen2, 64)));
+        s.generate(
+            &PROMPT,
+            &mut Sampler::new(cfg(seed)).unwrap(),
+            &opts(20),
+            None,
+            &mut no_text,
+        )
+        .unwrap()
+        .generated_ids
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+}
+
+#[test]
+fn perplexity_matches_a_direct_computation() {
+    let n_ctx = 8;
+    let tokens: Vec<u32> = (0..27).map(|i| (i * 37 + 5) % 300).collect();
+    let mut be = backend(Arch::Llama, n_ctx);
+    let bos = Some(299);
+    let mut seen = Vec::new();
+    let r = perplexity::compute(&mut be, &tokens, n_ctx, 0, 3, bos, &mut |i, p| {
+        seen.push((i, p))
+    })
+    .unwrap();
+    // Direct: each chunk from scratch in one pass, BOS first, second half scored.
+    let nv = be.config().n_vocab;
+    let (mut nll, mut n) = (0.0f64, 0);
+    for c in 0..3 {
+        let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+        chunk[0] = 299;
+        be.reset();
+        let all = be.forward(&chunk, 0, Logits::All).unwrap();
+        for j in n_ctx / 2..n_ctx - 1 {
+            let row = &all[j * nv..][..nv];
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            nll += lse - row[chunk[j + 1] as usize] as f64;
+            n += 1;
+        }
+    }
+    let want = (nll / n as f64).exp();
+    assert_eq!(r.n_chunks, 3);
+    assert_eq!(r.count, n);
+    assert!((r.ppl - want).abs() < 1e-4 * want, "{} vs {want}", r.ppl);
+    assert!(r.stderr > 0.0);
+    assert_eq!(seen.len(), 3);
+    assert!((seen[2].1 - r.ppl).abs() < 1e-12);
+
+    let short = perplexity::compute(&mut be, &tokens[..15], n_ctx, 0, 8, None, &mut |_, _| {});
+    assert!(matches!(
+        short,
+        Err(perplexity::PerplexityError::TooShort { n_tokens: 15, .. })
+    ));
+}
