@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use host::gguf::{GgmlType, Gguf};
-use host::quant::{Isa, QuantizedVec, matvec_with};
+use host::quant::{Isa, QuantizedVec, matvec_with, vec_dot_with};
 
 fn model_dir() -> PathBuf {
     match std::env::var_os("GGUF_MODEL_CACHE") {
@@ -35,6 +35,31 @@ fn time(iters: usize, mut f: impl FnMut()) -> f64 {
         .collect();
     t.sort_by(|a, b| a.total_cmp(b));
     t[t.len() / 2]
+}
+
+/// Nanoseconds this thread has spent on a CPU (Linux: /proc/thread-self/schedstat), so that a
+/// single-thread measurement is not skewed by other processes competing for the cores.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Best on-CPU seconds per call of `f` on this thread, over `reps` batches of at least 0.2 s each
+/// (the kernel updates the counter at scheduler ticks, so short batches would read 0).
+fn cpu_time(reps: usize, mut f: impl FnMut()) -> Option<f64> {
+    f();
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t0 = thread_cpu_ns()?;
+        let wall = Instant::now();
+        let mut n = 0;
+        while wall.elapsed().as_secs_f64() < 0.2 {
+            f();
+            n += 1;
+        }
+        best = best.min((thread_cpu_ns()? - t0) as f64 / 1e9 / n as f64);
+    }
+    Some(best)
 }
 
 fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -165,6 +190,22 @@ fn matvec_throughput() {
                 t * 1e6,
                 weights.len() as f64 / t / 1e9
             );
+        }
+        // One thread, on-CPU time: the kernel's own speed, whatever else the machine runs.
+        let sub_rows = rows.min(8192);
+        let rb = ty.row_bytes(cols).unwrap();
+        for isa in Isa::available() {
+            let t = cpu_time(3, || {
+                for (yr, row) in y[..sub_rows].iter_mut().zip(weights.chunks_exact(rb)) {
+                    *yr = vec_dot_with(isa, ty, row, &xq).unwrap();
+                }
+            });
+            if let Some(t) = t {
+                println!(
+                    "      1 thread, on-CPU, {sub_rows} rows, {isa:?}: {:>6.1} GB/s",
+                    (sub_rows * rb) as f64 / t / 1e9
+                );
+            }
         }
         let tq = time(iters, || {
             black_box(QuantizedVec::for_weights(ty, black_box(&x)).unwrap());

@@ -10,19 +10,50 @@ use super::QuantError;
 use crate::gguf::GgmlType;
 use kernels_gpu::quant::{QK_K, QK32};
 
-/// An activation block for the 32-element weight formats (Q4_0 … Q8_0).
+/// Activations for the 32-element weight formats (Q4_0 … Q8_0): per block of 32, a scale and
+/// i8 quants, element `i` ≈ `d * qs[i]` with `|qs[i]| <= 127`.
 ///
-/// Element `i` ≈ `d * qs[i]`; `|qs[i]| <= 127`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BlockQ8 {
-    /// Scale: max |x| / 127 (0 for an all-zero block; NaN if the block had a NaN or infinity).
-    pub d: f32,
-    /// `d * sum` (for the minimums of Q4_1 and Q5_1).
-    pub s: f32,
-    /// Sum of `qs` (for the offsets of Q4_0 and Q5_0).
-    pub sum: i32,
-    pub qs: [i8; QK32],
+/// Stored as a structure of arrays, so that SIMD kernels load the scales of 8 consecutive blocks
+/// with one instruction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8Blocks {
+    d: Vec<f32>,
+    s: Vec<f32>,
+    sum: Vec<i32>,
+    qs: Vec<[i8; QK32]>,
+}
+
+impl Q8Blocks {
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.d.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.d.is_empty()
+    }
+
+    /// Scale of each block: max |x| / 127 (0 for an all-zero block; NaN if the block had a NaN or
+    /// an infinity).
+    pub fn d(&self) -> &[f32] {
+        &self.d
+    }
+
+    /// `d * sum` of each block (for the minimums of Q4_1 and Q5_1, and the offsets of Q4_0 and
+    /// Q5_0).
+    pub fn s(&self) -> &[f32] {
+        &self.s
+    }
+
+    /// Sum of the quants of each block.
+    pub fn sum(&self) -> &[i32] {
+        &self.sum
+    }
+
+    /// The quants of each block.
+    pub fn qs(&self) -> &[[i8; QK32]] {
+        &self.qs
+    }
 }
 
 /// An activation super-block for the K-quants.
@@ -43,7 +74,7 @@ pub struct BlockQ8K {
 pub enum ActKind {
     /// Plain f32 (weights F32, F16, BF16).
     F32,
-    /// [`BlockQ8`] (weights Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+    /// [`Q8Blocks`] (weights Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
     Q8,
     /// [`BlockQ8K`] (weights Q2_K … Q6_K).
     Q8K,
@@ -78,7 +109,7 @@ impl ActKind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum QuantizedVec {
     F32(Vec<f32>),
-    Q8(Vec<BlockQ8>),
+    Q8(Q8Blocks),
     Q8K(Vec<BlockQ8K>),
 }
 
@@ -99,13 +130,7 @@ impl QuantizedVec {
         }
         Ok(match kind {
             ActKind::F32 => QuantizedVec::F32(x.to_vec()),
-            ActKind::Q8 => QuantizedVec::Q8(
-                x.as_chunks::<QK32>()
-                    .0
-                    .iter()
-                    .map(quantize_block_q8)
-                    .collect(),
-            ),
+            ActKind::Q8 => QuantizedVec::Q8(quantize_q8(x)),
             ActKind::Q8K => QuantizedVec::Q8K(
                 x.as_chunks::<QK_K>()
                     .0
@@ -141,10 +166,12 @@ impl QuantizedVec {
     pub fn dequantize(&self) -> Vec<f32> {
         match self {
             QuantizedVec::F32(v) => v.clone(),
-            QuantizedVec::Q8(v) => v
-                .iter()
-                .flat_map(|b| b.qs.map(|q| b.d * q as f32))
-                .collect(),
+            QuantizedVec::Q8(v) => {
+                v.qs.iter()
+                    .zip(&v.d)
+                    .flat_map(|(qs, &d)| qs.map(|q| d * q as f32))
+                    .collect()
+            }
             QuantizedVec::Q8K(v) => v
                 .iter()
                 .flat_map(|b| b.qs.map(|q| b.d * q as f32))
@@ -156,7 +183,7 @@ impl QuantizedVec {
     pub fn block_scales(&self) -> Vec<f32> {
         match self {
             QuantizedVec::F32(_) => Vec::new(),
-            QuantizedVec::Q8(v) => v.iter().map(|b| b.d).collect(),
+            QuantizedVec::Q8(v) => v.d.clone(),
             QuantizedVec::Q8K(v) => v.iter().map(|b| b.d).collect(),
         }
     }
@@ -194,16 +221,24 @@ fn quantize_into<const N: usize>(x: &[f32; N], qs: &mut [i8; N]) -> f32 {
     d
 }
 
-fn quantize_block_q8(x: &[f32; QK32]) -> BlockQ8 {
-    let mut qs = [0i8; QK32];
-    let d = quantize_into(x, &mut qs);
-    let sum = qs.iter().map(|&q| q as i32).sum::<i32>();
-    BlockQ8 {
-        d,
-        s: d * sum as f32,
-        sum,
-        qs,
+fn quantize_q8(x: &[f32]) -> Q8Blocks {
+    let n = x.len() / QK32;
+    let mut out = Q8Blocks {
+        d: Vec::with_capacity(n),
+        s: Vec::with_capacity(n),
+        sum: Vec::with_capacity(n),
+        qs: Vec::with_capacity(n),
+    };
+    for block in x.as_chunks::<QK32>().0 {
+        let mut qs = [0i8; QK32];
+        let d = quantize_into(block, &mut qs);
+        let sum = qs.iter().map(|&q| q as i32).sum::<i32>();
+        out.d.push(d);
+        out.s.push(d * sum as f32);
+        out.sum.push(sum);
+        out.qs.push(qs);
     }
+    out
 }
 
 fn quantize_block_q8k(x: &[f32; QK_K]) -> BlockQ8K {

@@ -10,7 +10,7 @@ mod dequant;
 mod dot;
 mod error;
 
-pub use act::{ActKind, BlockQ8, BlockQ8K, QuantizedVec};
+pub use act::{ActKind, BlockQ8K, Q8Blocks, QuantizedVec};
 pub use dequant::{dequantize_row, dequantize_row_to_vec};
 pub use dot::{
     Isa, matvec, matvec_quantized, matvec_with, vec_dot, vec_dot_reference, vec_dot_with,

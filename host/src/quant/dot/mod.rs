@@ -8,9 +8,10 @@
 //! of the activation quants, so unsigned weight quants meet signed activation quants in one
 //! `u8 x i8` multiply.
 //!
-//! Implementations ([`Isa`]): a portable scalar one, and AVX2 (x86_64, selected at run time when
-//! the CPU has AVX2, FMA and F16C). Both compute the same exact integer sums per block; they differ
-//! only in the order of the float accumulation. Q2_K and Q3_K (used by no model this engine
+//! Implementations ([`Isa`]): a portable scalar one; AVX2 (x86_64 with AVX2, FMA and F16C); and
+//! AVX-512 (F/BW/VL, for Q5_0 and Q5_1). The best one the CPU has is selected at run
+//! time. All compute the same exact integer sums per block; they differ only in the order of the
+//! float accumulation. Q2_K and Q3_K (used by no model this engine
 //! targets yet) run the scalar code under every [`Isa`].
 //!
 //! [`vec_dot_reference`] is the yardstick: dequantize, then dot in f64.
@@ -23,7 +24,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::{ActKind, BlockQ8, BlockQ8K, QuantError, QuantizedVec, dequantize_row_to_vec};
+use super::{ActKind, BlockQ8K, Q8Blocks, QuantError, QuantizedVec, dequantize_row_to_vec};
 use crate::gguf::GgmlType;
 use kernels_gpu::quant::{Block, read_block};
 
@@ -34,6 +35,9 @@ pub enum Isa {
     Scalar,
     /// x86_64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86_64 AVX-512 F/BW/VL on 256-bit vectors (plus AVX2, FMA, F16C): Q5_0 and Q5_1 use mask
+    /// registers for their fifth bits; the other types run their AVX2 kernels.
+    Avx512,
 }
 
 impl Isa {
@@ -47,23 +51,29 @@ impl Isa {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => false,
+            Isa::Avx2 | Isa::Avx512 => false,
         }
     }
 
     /// The fastest implementation this CPU can run.
     pub fn best() -> Isa {
-        if Isa::Avx2.is_available() {
-            Isa::Avx2
-        } else {
-            Isa::Scalar
-        }
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Scalar)
     }
 
     /// Every implementation this CPU can run (for tests that compare them).
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2]
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
             .into_iter()
             .filter(|i| i.is_available())
             .collect()
@@ -77,7 +87,7 @@ impl Isa {
 #[derive(Clone, Copy)]
 enum Kernel {
     F32(unsafe fn(&[u8], &[f32]) -> f32),
-    Q8(unsafe fn(&[u8], &[BlockQ8]) -> f32),
+    Q8(unsafe fn(&[u8], &Q8Blocks) -> f32),
     Q8K(unsafe fn(&[u8], &[BlockQ8K]) -> f32),
 }
 
@@ -86,11 +96,15 @@ fn kernel(isa: Isa, ty: GgmlType) -> Result<Kernel, QuantError> {
     if !isa.is_available() {
         return Err(QuantError::IsaUnavailable(isa));
     }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        return Ok(x86::kernel(ty));
-    }
-    Ok(scalar::kernel(ty))
+    Ok(match isa {
+        Isa::Scalar => scalar::kernel(ty),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::kernel(ty),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => x86::kernel_avx512(ty),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 | Isa::Avx512 => scalar::kernel(ty), // unreachable: not available
+    })
 }
 
 impl Kernel {

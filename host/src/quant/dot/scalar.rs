@@ -3,7 +3,7 @@
 
 use super::{Kernel, blocks};
 use crate::gguf::GgmlType;
-use crate::quant::{BlockQ8, BlockQ8K};
+use crate::quant::{BlockQ8K, Q8Blocks};
 use kernels_gpu::quant::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
     BlockQ8_0, bf16_to_f32, f16_to_f32, k_scales_mins,
@@ -69,54 +69,58 @@ fn isum_32(qs: &[u8; 16], qh: u32, x: &[i8; 32]) -> i32 {
     s
 }
 
-pub(super) fn dot_q4_0(row: &[u8], x: &[BlockQ8]) -> f32 {
+/// Σ_b f(block b, its quants, index b) over the blocks of a 32-element row.
+#[inline]
+fn sum_blocks<B: Copy + kernels_gpu::quant::Block<32>>(
+    row: &[u8],
+    x: &Q8Blocks,
+    f: impl Fn(&B, &[i8; 32], usize) -> f32,
+) -> f32 {
     let mut sumf = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ4_0>(row).iter().zip(x) {
+    for (b, (w, xq)) in blocks::<32, B>(row).iter().zip(x.qs()).enumerate() {
+        sumf += f(w, xq, b);
+    }
+    sumf
+}
+
+pub(super) fn dot_q4_0(row: &[u8], x: &Q8Blocks) -> f32 {
+    sum_blocks::<BlockQ4_0>(row, x, |w, xq, b| {
         // Quants are stored + 8: Σ (q - 8) x = Σ q x - 8 Σ x.
-        let isum = isum_32(&w.qs, 0, &x.qs) - 8 * x.sum;
-        sumf += (w.d() * x.d) * isum as f32;
-    }
-    sumf
+        let isum = isum_32(&w.qs, 0, xq) - 8 * x.sum()[b];
+        (w.d() * x.d()[b]) * isum as f32
+    })
 }
 
-pub(super) fn dot_q4_1(row: &[u8], x: &[BlockQ8]) -> f32 {
-    let mut sumf = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ4_1>(row).iter().zip(x) {
-        let isum = isum_32(&w.qs, 0, &x.qs);
-        sumf += (w.d() * x.d) * isum as f32 + w.m() * x.s;
-    }
-    sumf
+pub(super) fn dot_q4_1(row: &[u8], x: &Q8Blocks) -> f32 {
+    sum_blocks::<BlockQ4_1>(row, x, |w, xq, b| {
+        let isum = isum_32(&w.qs, 0, xq);
+        (w.d() * x.d()[b]) * isum as f32 + w.m() * x.s()[b]
+    })
 }
 
-pub(super) fn dot_q5_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-    let mut sumf = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ5_0>(row).iter().zip(x) {
-        let isum = isum_32(&w.qs, w.qh(), &x.qs) - 16 * x.sum;
-        sumf += (w.d() * x.d) * isum as f32;
-    }
-    sumf
+pub(super) fn dot_q5_0(row: &[u8], x: &Q8Blocks) -> f32 {
+    sum_blocks::<BlockQ5_0>(row, x, |w, xq, b| {
+        let isum = isum_32(&w.qs, w.qh(), xq) - 16 * x.sum()[b];
+        (w.d() * x.d()[b]) * isum as f32
+    })
 }
 
-pub(super) fn dot_q5_1(row: &[u8], x: &[BlockQ8]) -> f32 {
-    let mut sumf = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ5_1>(row).iter().zip(x) {
-        let isum = isum_32(&w.qs, w.qh(), &x.qs);
-        sumf += (w.d() * x.d) * isum as f32 + w.m() * x.s;
-    }
-    sumf
+pub(super) fn dot_q5_1(row: &[u8], x: &Q8Blocks) -> f32 {
+    sum_blocks::<BlockQ5_1>(row, x, |w, xq, b| {
+        let isum = isum_32(&w.qs, w.qh(), xq);
+        (w.d() * x.d()[b]) * isum as f32 + w.m() * x.s()[b]
+    })
 }
 
-pub(super) fn dot_q8_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-    let mut sumf = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ8_0>(row).iter().zip(x) {
+pub(super) fn dot_q8_0(row: &[u8], x: &Q8Blocks) -> f32 {
+    sum_blocks::<BlockQ8_0>(row, x, |w, xq, b| {
         let isum: i32 =
             w.qs.iter()
-                .zip(&x.qs)
+                .zip(xq)
                 .map(|(&a, &b)| a as i32 * b as i32)
                 .sum();
-        sumf += (w.d() * x.d) * isum as f32;
-    }
-    sumf
+        (w.d() * x.d()[b]) * isum as f32
+    })
 }
 
 /// Σ over 16 elements of u[l] * x[l], with unsigned weight quants `u`.

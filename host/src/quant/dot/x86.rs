@@ -1,22 +1,35 @@
-//! AVX2 dot products (x86_64 with AVX2, FMA and F16C, detected at run time).
+//! x86_64 dot products: AVX2 (with FMA and F16C) for every type but Q2_K/Q3_K, and AVX-512
+//! (F/BW/VL, on 256-bit vectors) variants of Q5_0/Q5_1. Selected at run time by [`super::Isa`].
 //!
-//! Per block: the weight quants are unpacked to unsigned bytes, multiplied with the signed
-//! activation bytes by `vpmaddubsw` (u8 x i8 -> pairs summed in i16; never saturates here: at most
-//! 63 * 127 * 2), widened and summed by `vpmaddwd` (with 1, or with the K-quants' group scales),
-//! then the weights' offset is taken off in integers using the activation sums. The eight i32
-//! lanes are converted to f32 and accumulated with one FMA by `d_w * d_x`; a horizontal sum ends
-//! the row. Same integer sums as the scalar code, different float summation order.
+//! Per block: the weight quants are unpacked to unsigned bytes and multiplied with the signed
+//! activation bytes by `vpmaddubsw` (u8 x i8, adjacent pairs summed in i16; never saturates here:
+//! at most 63 * 127 * 2), then widened and summed by `vpmaddwd` (with 1, or with the K-quants'
+//! group scales). Offsets and minimums are applied through the activation sums (exact integers
+//! for the K-quants, one extra FMA stream for the 32-element formats). The 32-element formats
+//! reduce 8 blocks' integer sums to one vector and scale it with one FMA by the 8 blocks'
+//! `d_w * d_x`; the K-quants do one FMA per super-block. Same integer sums as the scalar code,
+//! different float summation order.
 
 use std::arch::x86_64::*;
 
 use super::{Kernel, blocks, scalar};
 use crate::gguf::GgmlType;
-use crate::quant::{BlockQ8, BlockQ8K};
+use crate::quant::{BlockQ8K, Q8Blocks};
 use kernels_gpu::quant::{
     BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0,
     k_scales_mins,
 };
 
+/// The AVX-512 kernel for `ty` where there is one, else the AVX2 kernel.
+pub(super) fn kernel_avx512(ty: GgmlType) -> Kernel {
+    match ty {
+        GgmlType::Q5_0 => Kernel::Q8(dot_q5_0_avx512),
+        GgmlType::Q5_1 => Kernel::Q8(dot_q5_1_avx512),
+        _ => kernel(ty),
+    }
+}
+
+/// The AVX2 kernel for `ty` (the scalar one for Q2_K and Q3_K).
 pub(super) fn kernel(ty: GgmlType) -> Kernel {
     match ty {
         GgmlType::F32 => Kernel::F32(dot_f32),
@@ -101,9 +114,10 @@ fn hsum_epi32_128(v: __m128i) -> i32 {
 #[inline]
 #[target_feature(enable = "avx2")]
 fn nibbles(qs: &[u8; 16]) -> __m256i {
-    let q = load16(qs);
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(q), q);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+    // The 16 bytes in both halves (a load, no shuffle), the high half shifted right by 4.
+    let both = _mm256_broadcastsi128_si256(load16(qs));
+    let shifted = _mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
 }
 
 /// Byte i = 0x10 where bit i of `qh` is set, else 0 (the fifth bits of Q5_0/Q5_1).
@@ -213,74 +227,237 @@ fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
 
 // ---- 32-element blocks -----------------------------------------------------------------------
 
+/// The second term of a 32-element format's block: nothing (Q8_0), an offset (Q4_0: `-8 d_w Σx`,
+/// Q5_0: `-16 d_w Σx`), or a minimum (Q4_1, Q5_1: `m_w Σx`). With `s_x = d_x Σ q_x` it is
+/// `coef * a_w * s_x`, `a_w` being `d_w` for offsets and `m_w` for minimums.
+#[derive(Clone, Copy, PartialEq)]
+enum Second {
+    Nothing,
+    Offset(f32),
+    Min,
+}
+
+/// Reduces 8 vectors of 8 i32 lanes to one vector of their 8 sums, in order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn reduce8(p: [__m256i; 8]) -> __m256i {
+    // hadd pairs lanes within each 128-bit half: after two rounds the low half holds the sums of
+    // lanes 0..4 of four inputs and the high half the sums of lanes 4..8.
+    let h01 = _mm256_hadd_epi32(p[0], p[1]);
+    let h23 = _mm256_hadd_epi32(p[2], p[3]);
+    let h45 = _mm256_hadd_epi32(p[4], p[5]);
+    let h67 = _mm256_hadd_epi32(p[6], p[7]);
+    let a = _mm256_hadd_epi32(h01, h23);
+    let b = _mm256_hadd_epi32(h45, h67);
+    let lo = _mm256_permute2x128_si256::<0x20>(a, b);
+    let hi = _mm256_permute2x128_si256::<0x31>(a, b);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Sum of 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    hsum_epi32_128(_mm_add_epi32(
+        _mm256_castsi256_si128(v),
+        _mm256_extracti128_si256::<1>(v),
+    ))
+}
+
+/// The f16 fields `f` of 8 blocks, converted to f32 together.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16x8<B>(ws: &[B], f: &impl Fn(&B) -> u16) -> __m256 {
+    let h = |k: usize| u16::from_le(f(&ws[k])) as i16;
+    _mm256_cvtph_ps(_mm_setr_epi16(
+        h(0),
+        h(1),
+        h(2),
+        h(3),
+        h(4),
+        h(5),
+        h(6),
+        h(7),
+    ))
+}
+
+/// The driver of the 32-element kernels. `dot(w, q_x)` gives a block's integer dot product as 8
+/// i32 lanes; `d(w)` and `m(w)` its f16 scale and minimum bits.
+///
+/// Blocks go in groups of 8: the 8 integer dots are reduced to one vector of 8 block sums and
+/// scaled with one FMA by the 8 blocks' `d_w * d_x` (the activation scales are contiguous; the
+/// 8 f16 weight scales are converted together), so the per-block float work is a fraction of an
+/// instruction. The last `n % 8` blocks are done one by one.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_0(row: &[u8], x: &[BlockQ8]) -> f32 {
+fn blocks32<B>(
+    ws: &[B],
+    x: &Q8Blocks,
+    second: Second,
+    d: impl Fn(&B) -> u16,
+    m: impl Fn(&B) -> u16,
+    dot: impl Fn(&B, &[i8; 32]) -> __m256i,
+) -> f32 {
+    let n = ws.len().min(x.len());
+    let (ws, xd, xs, xq) = (&ws[..n], &x.d()[..n], &x.s()[..n], &x.qs()[..n]);
     let mut acc = _mm256_setzero_ps();
+    let mut acc2 = _mm256_setzero_ps();
+    let mut g = 0;
+    while g + 8 <= n {
+        let p: [__m256i; 8] = std::array::from_fn(|k| dot(&ws[g + k], &xq[g + k]));
+        let sums = _mm256_cvtepi32_ps(reduce8(p));
+        let dw = f16x8(&ws[g..g + 8], &d);
+        // SAFETY: g + 8 <= n = the length of xd and xs; loadu has no alignment requirement.
+        let (dx, sx) = unsafe {
+            (
+                _mm256_loadu_ps(xd.as_ptr().add(g)),
+                _mm256_loadu_ps(xs.as_ptr().add(g)),
+            )
+        };
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), sums, acc);
+        match second {
+            Second::Nothing => {}
+            Second::Offset(_) => acc2 = _mm256_fmadd_ps(dw, sx, acc2),
+            Second::Min => acc2 = _mm256_fmadd_ps(f16x8(&ws[g..g + 8], &m), sx, acc2),
+        }
+        g += 8;
+    }
+    let (mut tail, mut tail2) = (0.0f32, 0.0f32);
+    for b in g..n {
+        let dw = f16(d(&ws[b]));
+        tail += (dw * xd[b]) * hsum_epi32(dot(&ws[b], &xq[b])) as f32;
+        match second {
+            Second::Nothing => {}
+            Second::Offset(_) => tail2 += dw * xs[b],
+            Second::Min => tail2 += f16(m(&ws[b])) * xs[b],
+        }
+    }
+    let main = hsum_ps(acc) + tail;
+    match second {
+        Second::Nothing => main,
+        Second::Offset(c) => main + c * (hsum_ps(acc2) + tail2),
+        Second::Min => main + (hsum_ps(acc2) + tail2),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0(row: &[u8], x: &Q8Blocks) -> f32 {
     // Quants are stored + 8: Σ d_w d_x (q - 8) x = Σ d_w d_x q x - 8 Σ d_w (d_x Σx).
-    let mut off = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ4_0>(row).iter().zip(x) {
-        let p = dot_u8i8(nibbles(&w.qs), load32(&x.qs));
-        let dw = f16(w.d);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d), _mm256_cvtepi32_ps(p), acc);
-        off += dw * x.s;
-    }
-    hsum_ps(acc) - 8.0 * off
+    let ws = blocks::<32, BlockQ4_0>(row);
+    blocks32(
+        &ws,
+        x,
+        Second::Offset(-8.0),
+        |w| w.d,
+        |_| 0,
+        |w, xq| dot_u8i8(nibbles(&w.qs), load32(xq)),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_1(row: &[u8], x: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut summ = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ4_1>(row).iter().zip(x) {
-        let p = dot_u8i8(nibbles(&w.qs), load32(&x.qs));
-        let d = _mm256_set1_ps(f16(w.d) * x.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-        summ += f16(w.m) * x.s;
-    }
-    hsum_ps(acc) + summ
+fn dot_q4_1(row: &[u8], x: &Q8Blocks) -> f32 {
+    let ws = blocks::<32, BlockQ4_1>(row);
+    blocks32(
+        &ws,
+        x,
+        Second::Min,
+        |w| w.d,
+        |w| w.m,
+        |w, xq| dot_u8i8(nibbles(&w.qs), load32(xq)),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+fn dot_q5_0(row: &[u8], x: &Q8Blocks) -> f32 {
     // Quants are stored + 16: Σ d_w d_x (q - 16) x = Σ d_w d_x q x - 16 Σ d_w (d_x Σx).
-    let mut off = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ5_0>(row).iter().zip(x) {
-        let q = _mm256_or_si256(nibbles(&w.qs), fifth_bits(w.qh()));
-        let p = dot_u8i8(q, load32(&x.qs));
-        let dw = f16(w.d);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d), _mm256_cvtepi32_ps(p), acc);
-        off += dw * x.s;
-    }
-    hsum_ps(acc) - 16.0 * off
+    let ws = blocks::<32, BlockQ5_0>(row);
+    blocks32(
+        &ws,
+        x,
+        Second::Offset(-16.0),
+        |w| w.d,
+        |_| 0,
+        |w, xq| {
+            let q = _mm256_or_si256(nibbles(&w.qs), fifth_bits(w.qh()));
+            dot_u8i8(q, load32(xq))
+        },
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_1(row: &[u8], x: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut summ = 0.0f32;
-    for (w, x) in blocks::<32, BlockQ5_1>(row).iter().zip(x) {
-        let q = _mm256_or_si256(nibbles(&w.qs), fifth_bits(w.qh()));
-        let p = dot_u8i8(q, load32(&x.qs));
-        let d = _mm256_set1_ps(f16(w.d) * x.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-        summ += f16(w.m) * x.s;
-    }
-    hsum_ps(acc) + summ
+fn dot_q5_1(row: &[u8], x: &Q8Blocks) -> f32 {
+    let ws = blocks::<32, BlockQ5_1>(row);
+    blocks32(
+        &ws,
+        x,
+        Second::Min,
+        |w| w.d,
+        |w| w.m,
+        |w, xq| {
+            let q = _mm256_or_si256(nibbles(&w.qs), fifth_bits(w.qh()));
+            dot_u8i8(q, load32(xq))
+        },
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q8_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (w, x) in blocks::<32, BlockQ8_0>(row).iter().zip(x) {
-        let a = load32(&w.qs);
-        let b = load32(&x.qs);
-        // i8 x i8 through u8 x i8: |a| times b with a's sign moved onto b.
-        let p = dot_u8i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
-        let d = _mm256_set1_ps(f16(w.d) * x.d);
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-    }
-    hsum_ps(acc)
+fn dot_q8_0(row: &[u8], x: &Q8Blocks) -> f32 {
+    let ws = blocks::<32, BlockQ8_0>(row);
+    blocks32(
+        &ws,
+        x,
+        Second::Nothing,
+        |w| w.d,
+        |_| 0,
+        |w, xq| {
+            let (a, b) = (load32(&w.qs), load32(xq));
+            // i8 x i8 through u8 x i8: |a| times b with a's sign moved onto b.
+            dot_u8i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+        },
+    )
+}
+
+// ---- 32-element blocks, AVX-512 (VL, BW) on 256-bit vectors -----------------------------------
+//
+// The fifth bits of Q5_0/Q5_1 are a 32-bit mask register (`kmovd`) applied by one masked byte add,
+// instead of AVX2's shuffle/or/compare/and sequence.
+
+/// The 5-bit unsigned quants of a Q5_0/Q5_1 block: nibbles, plus 16 where the bit of `qh` is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+fn quants5_avx512(qs: &[u8; 16], qh: u32) -> __m256i {
+    let both = _mm256_broadcastsi128_si256(load16(qs));
+    // Low half as is (low nibbles), high half shifted right by 4 (high nibbles).
+    let shifted = _mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4));
+    let fifth = _mm256_maskz_mov_epi8(qh, _mm256_set1_epi8(16));
+    // (shifted & 0x0f) | fifth in one instruction: truth table of a & b | c is 0xEA.
+    _mm256_ternarylogic_epi32::<0xEA>(shifted, _mm256_set1_epi8(0x0f), fifth)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+fn dot_q5_0_avx512(row: &[u8], x: &Q8Blocks) -> f32 {
+    let ws = blocks::<32, BlockQ5_0>(row);
+    blocks32(
+        &ws,
+        x,
+        Second::Offset(-16.0),
+        |w| w.d,
+        |_| 0,
+        |w, xq| dot_u8i8(quants5_avx512(&w.qs, w.qh()), load32(xq)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+fn dot_q5_1_avx512(row: &[u8], x: &Q8Blocks) -> f32 {
+    let ws = blocks::<32, BlockQ5_1>(row);
+    blocks32(
+        &ws,
+        x,
+        Second::Min,
+        |w| w.d,
+        |w| w.m,
+        |w, xq| dot_u8i8(quants5_avx512(&w.qs, w.qh()), load32(xq)),
+    )
 }
 
 // ---- K-quants --------------------------------------------------------------------------------
