@@ -272,7 +272,7 @@ impl CudaBackend {
         let s = Scratch {
             ids: gpu.alloc::<u32>(b, "token ids")?,
             x: a32(b * cfg.n_embd, "activations")?,
-            xn: a32(b * cfg.n_embd, "activations")?,
+            xn: a32(b.max(LOGIT_ROWS) * cfg.n_embd, "activations")?,
             q: a32(b * cfg.q_dim(), "activations")?,
             k: a32(b * cfg.kv_dim(), "activations")?,
             v: a32(b * cfg.kv_dim(), "activations")?,

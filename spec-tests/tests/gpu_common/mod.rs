@@ -7,6 +7,8 @@
 //! panics in [`gpu`]): it never passes without having run.
 #![allow(dead_code)]
 
+pub mod e2e;
+
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
