@@ -13,7 +13,7 @@ mod error;
 pub use act::{ActKind, BlockQ8K, Q8Blocks, QuantizedVec};
 pub use dequant::{dequantize_row, dequantize_row_to_vec};
 pub use dot::{
-    Isa, matvec, matvec_quantized, matvec_with, vec_dot, vec_dot_reference, vec_dot_with,
+    Isa, matmul, matvec, matvec_quantized, matvec_with, vec_dot, vec_dot_reference, vec_dot_with,
 };
 pub use error::QuantError;
 pub use kernels_gpu::quant::{

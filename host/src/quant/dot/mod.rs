@@ -255,6 +255,79 @@ pub fn matvec_with(
     Ok(())
 }
 
+/// `out[i][r] = W[r] · x[i]` for a batch of `n = x.len() / cols` activation rows (row-major
+/// `n × cols`) and the same `W` as [`matvec`]; `out` is row-major `n × rows`. Every weight row is
+/// read once for the whole batch (prefill). Each activation row is quantized once; row `i` of
+/// the result equals `matvec` of `x[i]` exactly.
+pub fn matmul(
+    ty: GgmlType,
+    weights: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
+        return Err(QuantError::Length {
+            what: "matmul input x (a whole number of rows of `cols`)",
+            expected: cols.max(1) * (x.len() / cols.max(1)),
+            found: x.len(),
+        });
+    }
+    let n = x.len() / cols;
+    if out.len() != n * rows {
+        return Err(QuantError::Length {
+            what: "matmul output (n x rows)",
+            expected: n * rows,
+            found: out.len(),
+        });
+    }
+    let xs = x
+        .chunks_exact(cols)
+        .map(|xi| QuantizedVec::for_weights(ty, xi))
+        .collect::<Result<Vec<_>, _>>()?;
+    if n == 1 {
+        return matvec_quantized(ty, weights, rows, &xs[0], out);
+    }
+    let row_bytes = ty.row_bytes(cols).ok_or(QuantError::PartialBlock {
+        ty,
+        n: cols,
+        block_size: ty.block_size(),
+    })?;
+    let expected = rows.saturating_mul(row_bytes);
+    if weights.len() != expected {
+        return Err(QuantError::ByteLength {
+            ty,
+            n: rows.saturating_mul(cols),
+            expected,
+            found: weights.len(),
+        });
+    }
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    check_dot(ty, &weights[..row_bytes], &xs[0])?;
+    let k = kernel(Isa::best(), ty)?;
+    // Computed transposed (weight row major), so that each task writes one contiguous range.
+    let mut t = vec![0.0f32; rows * n];
+    let per_task = rows_per_task(row_bytes * n, rows);
+    t.par_chunks_mut(per_task * n)
+        .zip(weights.par_chunks(per_task * row_bytes))
+        .for_each(|(ts, ws)| {
+            for (tr, row) in ts.chunks_exact_mut(n).zip(ws.chunks_exact(row_bytes)) {
+                for (o, xi) in tr.iter_mut().zip(&xs) {
+                    *o = k.run(row, xi);
+                }
+            }
+        });
+    for (r, tr) in t.chunks_exact(n).enumerate() {
+        for (i, &v) in tr.iter().enumerate() {
+            out[i * rows + r] = v;
+        }
+    }
+    Ok(())
+}
+
 /// Views a row as blocks: borrowed when the row is 2-byte aligned (always, for GGUF tensor data),
 /// copied otherwise. The caller checked that the length is a whole number of blocks.
 #[inline]

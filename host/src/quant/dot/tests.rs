@@ -378,3 +378,32 @@ fn real_model_rows_within_bounds() {
     }
     eprintln!("checked {checked} real rows");
 }
+
+#[test]
+fn matmul_rows_equal_matvec() {
+    for ty in GgmlType::ALL {
+        let cols = if ty.block_size() == 256 { 512 } else { 96 };
+        let rows = 65536 / ty.row_bytes(cols).unwrap() + 5;
+        let w = random_row(ty, rows * cols, 21);
+        for n in [1usize, 3] {
+            let x = random_x(n * cols, 8, 1.0);
+            let mut out = vec![f32::NAN; n * rows];
+            matmul(ty, &w, rows, cols, &x, &mut out).unwrap();
+            for i in 0..n {
+                let mut y = vec![f32::NAN; rows];
+                matvec(ty, &w, rows, cols, &x[i * cols..(i + 1) * cols], &mut y).unwrap();
+                let got: Vec<u32> = out[i * rows..(i + 1) * rows]
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                let want: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{ty} n={n} row {i}");
+            }
+        }
+    }
+    let mut out = vec![0.0; 5];
+    assert!(matches!(
+        matmul(GgmlType::F32, &[0; 16], 2, 2, &[1.0; 5], &mut out),
+        Err(QuantError::Length { .. })
+    ));
+}
