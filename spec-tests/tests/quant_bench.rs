@@ -124,7 +124,7 @@ fn matvec_throughput() {
     let qwen = Gguf::open(model_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")).ok();
     let smol = Gguf::open(model_dir().join("smollm2-135m-instruct-q4_1.gguf")).ok();
     // (model, tensor) or a random matrix of (type, cols, rows).
-    let cases: [(Option<&Gguf>, &str, GgmlType, usize, usize); 7] = [
+    let cases: [(Option<&Gguf>, &str, GgmlType, usize, usize); 9] = [
         (
             qwen.as_ref(),
             "blk.0.ffn_gate.weight",
@@ -162,6 +162,8 @@ fn matvec_throughput() {
             1536,
         ),
         (None, "random F32", GgmlType::F32, 896, 4864),
+        (None, "random Q2_K", GgmlType::Q2K, 4864, 896),
+        (None, "random Q3_K", GgmlType::Q3K, 4864, 896),
     ];
     for (model, name, ty, cols, rows) in cases {
         let owned;

@@ -11,8 +11,7 @@
 //! Implementations ([`Isa`]): a portable scalar one; AVX2 (x86_64 with AVX2, FMA and F16C); and
 //! AVX-512 (F/BW/VL, for Q5_0 and Q5_1). The best one the CPU has is selected at run
 //! time. All compute the same exact integer sums per block; they differ only in the order of the
-//! float accumulation. Q2_K and Q3_K (used by no model this engine
-//! targets yet) run the scalar code under every [`Isa`].
+//! float accumulation.
 //!
 //! [`vec_dot_reference`] is the yardstick: dequantize, then dot in f64.
 

@@ -1,4 +1,4 @@
-//! x86_64 dot products: AVX2 (with FMA and F16C) for every type but Q2_K/Q3_K, and AVX-512
+//! x86_64 dot products: AVX2 (with FMA and F16C) for every type, and AVX-512
 //! (F/BW/VL, on 256-bit vectors) variants of Q5_0/Q5_1. Selected at run time by [`super::Isa`].
 //!
 //! Per block: the weight quants are unpacked to unsigned bytes and multiplied with the signed
@@ -12,12 +12,12 @@
 
 use std::arch::x86_64::*;
 
-use super::{Kernel, blocks, scalar};
+use super::{Kernel, blocks};
 use crate::gguf::GgmlType;
 use crate::quant::{BlockQ8K, Q8Blocks};
 use kernels_gpu::quant::{
-    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K, BlockQ8_0,
-    k_scales_mins,
+    BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
+    BlockQ8_0, k_scales_mins,
 };
 
 /// The AVX-512 kernel for `ty` where there is one, else the AVX2 kernel.
@@ -29,7 +29,7 @@ pub(super) fn kernel_avx512(ty: GgmlType) -> Kernel {
     }
 }
 
-/// The AVX2 kernel for `ty` (the scalar one for Q2_K and Q3_K).
+/// The AVX2 kernel for `ty`.
 pub(super) fn kernel(ty: GgmlType) -> Kernel {
     match ty {
         GgmlType::F32 => Kernel::F32(dot_f32),
@@ -43,8 +43,8 @@ pub(super) fn kernel(ty: GgmlType) -> Kernel {
         GgmlType::Q4K => Kernel::Q8K(dot_q4k),
         GgmlType::Q5K => Kernel::Q8K(dot_q5k),
         GgmlType::Q6K => Kernel::Q8K(dot_q6k),
-        // No SIMD version (no target model uses them): the scalar code.
-        GgmlType::Q2K | GgmlType::Q3K => scalar::kernel(ty),
+        GgmlType::Q2K => Kernel::Q8K(dot_q2k),
+        GgmlType::Q3K => Kernel::Q8K(dot_q3k),
     }
 }
 
@@ -588,11 +588,100 @@ fn dot_q6k(row: &[u8], x: &[BlockQ8K]) -> f32 {
             }
         }
         // Quants are stored + 32: take 32 Σ_g sc_g bsum_g off.
-        // SAFETY: bsums is 32 readable bytes; loadu has no alignment requirement.
-        let bs = unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) };
+        let bs = load_bsums(x);
         let sc16 = _mm256_cvtepi8_epi16(load16(&w.scales));
         let off = _mm256_madd_epi16(bs, sc16);
         sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(off));
+        let d = _mm256_set1_ps(f16(w.d) * x.d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// The scale vector for a `vpmaddubsw` result covering groups `g` (lanes 0..8) and `g + 1`
+/// (lanes 8..16) of 16 elements each.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn scale_pair(a: i16, b: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
+}
+
+/// The 16 activation group sums as one vector.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_bsums(x: &BlockQ8K) -> __m256i {
+    // SAFETY: bsums is 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(x.bsums.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q2k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summ = 0.0f32;
+    let m2 = _mm256_set1_epi8(3);
+    for (w, x) in blocks::<256, BlockQ2K>(row).iter().zip(x) {
+        // Mins (high nibbles) against the group sums.
+        let sc = load16(&w.scales);
+        let mins =
+            _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), _mm_set1_epi8(0x0f)));
+        let m = hsum_epi32(_mm256_madd_epi16(mins, load_bsums(x)));
+        summ += (f16(w.dmin) * x.d) * m as f32;
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let q = load32(arr32(&w.qs[32 * h..]));
+            let parts = [
+                q,
+                _mm256_srli_epi16::<2>(q),
+                _mm256_srli_epi16::<4>(q),
+                _mm256_srli_epi16::<6>(q),
+            ];
+            for (s, part) in parts.into_iter().enumerate() {
+                let u = _mm256_and_si256(part, m2);
+                let p = _mm256_maddubs_epi16(u, load32(arr32(&x.qs[128 * h + 32 * s..])));
+                let g = 8 * h + 2 * s;
+                let scv = scale_pair((w.scales[g] & 0x0f) as i16, (w.scales[g + 1] & 0x0f) as i16);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
+            }
+        }
+        let d = _mm256_set1_ps(f16(w.d) * x.d);
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - summ
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q3k(row: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let m2 = _mm256_set1_epi8(3);
+    let four = _mm256_set1_epi8(4);
+    for (w, x) in blocks::<256, BlockQ3K>(row).iter().zip(x) {
+        let sc: [i16; 16] = std::array::from_fn(|g| w.scale(g) as i16);
+        let hm = load32(&w.hmask);
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let q = load32(arr32(&w.qs[32 * h..]));
+            let parts = [
+                q,
+                _mm256_srli_epi16::<2>(q),
+                _mm256_srli_epi16::<4>(q),
+                _mm256_srli_epi16::<6>(q),
+            ];
+            for (s, part) in parts.into_iter().enumerate() {
+                // u = low 2 bits | high bit << 2, in 0..8; the quant is u - 4.
+                let bit = _mm256_set1_epi8((1u8 << (4 * h + s)) as i8);
+                let high =
+                    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
+                let u = _mm256_or_si256(_mm256_and_si256(part, m2), high);
+                let p = _mm256_maddubs_epi16(u, load32(arr32(&x.qs[128 * h + 32 * s..])));
+                let g = 8 * h + 2 * s;
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(sc[g], sc[g + 1])));
+            }
+        }
+        // Take 4 Σ_g sc_g bsum_g off (the quants' offset of 4).
+        // SAFETY: `sc` is 32 readable bytes; loadu has no alignment requirement.
+        let sc16 = unsafe { _mm256_loadu_si256(sc.as_ptr().cast()) };
+        let off = _mm256_madd_epi16(load_bsums(x), sc16);
+        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<2>(off));
         let d = _mm256_set1_ps(f16(w.d) * x.d);
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
