@@ -32,7 +32,7 @@ run_tests() { # SECONDS NAME [FILTER…]
     local t0=$SECONDS
     timeout "$limit" "$here/tests/$name" --include-ignored --test-threads=1 "$@" >"$log" 2>&1
     local rc=$?
-    grep -E "^test .* \.\.\. |^(device|cpu reference|.*max rel L2|.*logits.* case|.*generate case)" "$log" | sed 's/^/  /'
+    grep -E "^test .* \.\.\. |^(device|cpu reference|.*rel L2 median|.*KV cache alone|.*logits.* case|.*generate case)" "$log" | sed 's/^/  /'
     local p f
     p=$(grep -oE "test result: .* ([0-9]+) passed" "$log" | grep -oE "[0-9]+ passed" | awk '{s+=$1} END {print s+0}')
     f=$(grep -oE "[0-9]+ failed" "$log" | tail -1 | awk '{print $1+0}')

@@ -1,6 +1,7 @@
 //! Attention over the f16 KV cache (reference: `cpu::attention`, causal GQA, scale 1/sqrt(d)).
 //!
-//! Cache layout per layer: `[n_head_kv][n_ctx][head_dim]` f16 (see `kv_cache.rs`). Query head `h`
+//! Cache layout per layer: `[n_head_kv][n_ctx][head_dim]`, f16 or f32 (see `kv_cache.rs`); every
+//! kernel comes in an `_f16` and an `_f32` variant for the two cache types. Query head `h`
 //! reads KV head `h / group`, `group = n_head / n_head_kv`. Scores, softmax and the weighted sum
 //! run in f32; `e^x` is `ex2.approx` (relative error ≈ 2^-21).
 //!
@@ -24,6 +25,7 @@
 //! Limits: `head_dim` a multiple of 32 and ≤ 128; `pos0 + n_tok ≤ n_ctx`.
 
 use crate::gpu;
+use crate::kv_cache::CacheElem;
 
 /// Threads per block of every attention kernel.
 pub const THREADS: usize = 128;
@@ -36,14 +38,12 @@ const MAX_DL: usize = 4;
 /// Queries per warp in prefill.
 const QPW: usize = PREFILL_BQ / (THREADS / 32);
 
-/// # Safety
-/// Shapes as in the module header, validated by the launcher; dynamic shared memory as stated.
-#[unsafe(no_mangle)]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn attention_decode_f16(
+unsafe fn attention_decode<C: CacheElem>(
     q: *const f32,
-    k_cache: *const u16,
-    v_cache: *const u16,
+    k_cache: *const C,
+    v_cache: *const C,
     part: *mut f32,
     n_kv: u32,
     chunk: u32,
@@ -123,9 +123,7 @@ pub unsafe extern "ptx-kernel" fn attention_decode_f16(
         let mut p = start + g;
         while p < end {
             // SAFETY: p < n_kv, j < d; scores index < chunk.
-            unsafe {
-                acc += *scores.add(p - start) * gpu::f16_to_f32(*v_cache.add(kbase + p * d + j))
-            };
+            unsafe { acc += *scores.add(p - start) * (*v_cache.add(kbase + p * d + j)).load() };
             p += groups;
         }
         // SAFETY: g * d + j < THREADS.
@@ -187,14 +185,12 @@ pub unsafe extern "ptx-kernel" fn attention_decode_combine(
     }
 }
 
-/// # Safety
-/// Shapes as in the module header, validated by the launcher; dynamic shared memory as stated.
-#[unsafe(no_mangle)]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "ptx-kernel" fn attention_prefill_f16(
+unsafe fn attention_prefill<C: CacheElem>(
     q: *const f32,
-    k_cache: *const u16,
-    v_cache: *const u16,
+    k_cache: *const C,
+    v_cache: *const C,
     out: *mut f32,
     n_tok: u32,
     pos0: u32,
@@ -261,12 +257,7 @@ pub unsafe extern "ptx-kernel" fn attention_prefill_f16(
             let (kv, vv) = if kt + r < n_keys {
                 let src = kbase + (kt + r) * d + c;
                 // SAFETY: kt + r < n_keys ≤ n_ctx, c < d.
-                unsafe {
-                    (
-                        gpu::f16_to_f32(*k_cache.add(src)),
-                        gpu::f16_to_f32(*v_cache.add(src)),
-                    )
-                }
+                unsafe { ((*k_cache.add(src)).load(), (*v_cache.add(src)).load()) }
             } else {
                 (0.0, 0.0)
             };
@@ -382,4 +373,62 @@ impl Tile {
         }
         s.m = m_new;
     }
+}
+
+macro_rules! attention_kernels {
+    ($($decode:ident, $prefill:ident => $t:ty;)*) => {$(
+        /// # Safety
+        /// Shapes as in the module header, validated by the launcher; dynamic shared memory as
+        /// stated.
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $decode(
+            q: *const f32,
+            k_cache: *const $t,
+            v_cache: *const $t,
+            part: *mut f32,
+            n_kv: u32,
+            chunk: u32,
+            n_ctx: u32,
+            head_dim: u32,
+            group: u32,
+            scale: f32,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe {
+                attention_decode(q, k_cache, v_cache, part, n_kv, chunk, n_ctx, head_dim, group, scale)
+            }
+        }
+
+        /// # Safety
+        /// Shapes as in the module header, validated by the launcher; dynamic shared memory as
+        /// stated.
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $prefill(
+            q: *const f32,
+            k_cache: *const $t,
+            v_cache: *const $t,
+            out: *mut f32,
+            n_tok: u32,
+            pos0: u32,
+            n_ctx: u32,
+            n_head: u32,
+            head_dim: u32,
+            group: u32,
+            scale: f32,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe {
+                attention_prefill(
+                    q, k_cache, v_cache, out, n_tok, pos0, n_ctx, n_head, head_dim, group, scale,
+                )
+            }
+        }
+    )*};
+}
+
+attention_kernels! {
+    attention_decode_f16, attention_prefill_f16 => u16;
+    attention_decode_f32, attention_prefill_f32 => f32;
 }

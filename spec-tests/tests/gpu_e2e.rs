@@ -1,9 +1,18 @@
 //! GPU ≡ CPU end to end, on full-size twins of the real models (their exact headers, synthetic
 //! weights; `fixtures twin`): teacher-forced, the same token sequence into both backends, a
-//! 512-token prefill (all logits) then 64 decode steps (last logits). At every position the
-//! relative L2 error of the GPU logits against the CPU's is ≤ 2e-3, and the argmax is the same
-//! wherever the CPU's top-1/top-2 margin exceeds 0.1. The last decode steps also go through the
-//! device-side argmax (`forward_next`), which must agree the same way.
+//! 512-token prefill (all logits) then 64 decode steps (last logits; the final 8 through the
+//! device-side argmax, `forward_next`, which copies back one id).
+//!
+//! Bars (`gpu_common::e2e::check_model`): logits relative L2 ≤ 2e-3 against the CPU, and the same
+//! argmax wherever the CPU's top-1/top-2 margin exceeds 0.1,
+//! - at every position, for the GPU in reference precision (f32 KV cache, f32 GEMMs, f32 LM head);
+//! - for the default configuration (f16 KV cache, f16 tensor-core GEMMs, f16 LM head), at every
+//!   position that is not ill-conditioned. A position is ill-conditioned when rounding only the KV
+//!   cache to f16 moves its logits by more than 5e-4 (measured on the GPU: reference precision
+//!   with an f16 cache against reference precision); on the qwen twin a few positions move by
+//!   several 1e-2 (the CPU backend with its cache rounded to f16 moves the same way, see
+//!   docs/GPU_ENGINE.md), so no f16-cache engine can be held to 2e-3 there. At most 5% of the
+//!   positions may be skipped.
 //!
 //! Twins are generated on first use into `$GPU_TWIN_DIR` (default: the temp dir) from the headers
 //! in `$GPU_FIXTURE_HEADERS` (default: `fixtures/headers` of this checkout).
@@ -12,51 +21,28 @@ mod gpu_common;
 
 use std::sync::Arc;
 
-use gpu_common::e2e::{cpu_run, gpu_check, rel_l2, twin, verdict};
+use gpu_common::e2e::{check_model, cpu_run, rel_l2, twin};
 use host::backend::{Backend, Logits};
-use host::cuda::gemm::GemmKind;
 use host::cuda::{CudaBackend, CudaOptions};
 use host::gguf::Gguf;
 
-fn check_model(header: &str, seed: u64) {
+fn check_twin(header: &str, seed: u64) {
     let path = twin(header);
     let g = Arc::new(Gguf::open(&path).unwrap());
     let r = cpu_run(&g, seed);
-    let base = CudaOptions {
-        n_ctx: 1024,
-        ..CudaOptions::default()
-    };
-    let reports = [
-        gpu_check(
-            &format!("{header} default (f16 GEMM + f16 LM head)"),
-            &g,
-            base,
-            &r,
-        ),
-        gpu_check(
-            &format!("{header} f32 GEMM + f32 LM head"),
-            &g,
-            CudaOptions {
-                gemm: GemmKind::F32,
-                lm_head: GemmKind::F32,
-                ..base
-            },
-            &r,
-        ),
-    ];
-    verdict(&reports);
+    check_model(header.trim_end_matches(".header.gguf"), &g, &r);
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
 fn qwen_twin_gpu_matches_cpu() {
-    check_model("qwen2.5-coder-0.5b-instruct-q4_k_m.header.gguf", 11);
+    check_twin("qwen2.5-coder-0.5b-instruct-q4_k_m.header.gguf", 11);
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
 fn smollm2_twin_gpu_matches_cpu() {
-    check_model("smollm2-135m-instruct-q4_1.header.gguf", 12);
+    check_twin("smollm2-135m-instruct-q4_1.header.gguf", 12);
 }
 
 /// Rewinding and re-running gives the same logits (the cache is overwritten, never appended to).

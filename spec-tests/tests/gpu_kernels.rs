@@ -28,7 +28,9 @@ use gpu_common::{
     Rng, assert_bits_eq, assert_close, download, gpu, poisoned, random, random_f16_exact, upload,
 };
 use host::cpu;
-use host::cuda::ops::{self, DequantOut, DeviceTensor, KvLayer, KvShape, RopeTable, SampleParams};
+use host::cuda::ops::{
+    self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, RopeTable, SampleParams,
+};
 use host::gguf::GgmlType;
 use host::model::RopeStyle;
 use proptest::prelude::*;
@@ -144,21 +146,48 @@ proptest! {
     }
 }
 
+/// A cache element type with its poison value (NaN) and its rounding of an f32.
+trait TestElem: KvElem {
+    const POISON: Self;
+    fn round(x: f32) -> Self;
+    fn is_poison(self) -> bool;
+}
+
+impl TestElem for u16 {
+    const POISON: u16 = 0x7e00;
+    fn round(x: f32) -> u16 {
+        half::f16::from_f32(x).to_bits()
+    }
+    fn is_poison(self) -> bool {
+        self == 0x7e00
+    }
+}
+
+impl TestElem for f32 {
+    const POISON: f32 = f32::NAN;
+    fn round(x: f32) -> f32 {
+        x
+    }
+    fn is_poison(self) -> bool {
+        self.is_nan()
+    }
+}
+
 /// Writes random K/V rows at positions `0..n` through `kv_append` (in chunks, as a forward would)
 /// and returns the CPU view of the cache (f32 rows of `n_head_kv * head_dim`, f16-exact values).
-fn fill_cache(
+fn fill_cache<T: TestElem>(
     g: &host::cuda::Gpu,
     rng: &mut Rng,
     s: KvShape,
     n: usize,
     chunks: &[usize],
-) -> (KvLayer, Vec<f32>, Vec<f32>) {
+) -> (KvLayer<T>, Vec<f32>, Vec<f32>) {
     let row = s.n_head_kv * s.head_dim;
     let k = random_f16_exact(rng, n * row, 2.0);
     let v = random_f16_exact(rng, n * row, 2.0);
     let mut cache = KvLayer {
-        k: poisoned(g, s.elems(), 0x7e00u16),
-        v: poisoned(g, s.elems(), 0x7e00u16),
+        k: poisoned(g, s.elems(), T::POISON),
+        v: poisoned(g, s.elems(), T::POISON),
     };
     let mut p = 0;
     let mut ci = 0;
@@ -179,79 +208,197 @@ fn fill_cache(
     (cache, k, v)
 }
 
+fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
+    n_head_kv: usize,
+    head_dim: usize,
+    n: usize,
+    seed: u64,
+) {
+    let g = gpu();
+    let mut rng = Rng::new(seed);
+    let s = KvShape {
+        n_head_kv,
+        head_dim,
+        n_ctx: 1024,
+    };
+    let row = n_head_kv * head_dim;
+    // Values not exactly representable in f16: the f16 cache must round to nearest even.
+    let k = random(&mut rng, n * row, 3.0);
+    let v = random(&mut rng, n * row, 3.0);
+    let mut cache: KvLayer<T> = KvLayer {
+        k: poisoned(&g, s.elems(), T::POISON),
+        v: poisoned(&g, s.elems(), T::POISON),
+    };
+    let pos0 = 1024 - n;
+    ops::kv_append(
+        &g,
+        &upload(&g, &k).as_view(),
+        &upload(&g, &v).as_view(),
+        &mut cache,
+        s,
+        pos0,
+    )
+    .unwrap();
+    let (kc, vc) = (download(&g, &cache.k), download(&g, &cache.v));
+    for t in 0..n {
+        for h in 0..n_head_kv {
+            for j in 0..head_dim {
+                let at = (h * s.n_ctx + pos0 + t) * head_dim + j;
+                let src = t * row + h * head_dim + j;
+                assert_eq!(kc[at], T::round(k[src]), "k t={t} h={h} j={j}");
+                assert_eq!(vc[at], T::round(v[src]), "v t={t} h={h} j={j}");
+            }
+        }
+    }
+    // Positions before pos0 are untouched (still the poison).
+    assert!(kc[..pos0 * head_dim].iter().all(|&b| b.is_poison()));
+}
+
+fn attention_decode_case<T: TestElem>(
+    (n_head, n_head_kv, head_dim): (usize, usize, usize),
+    n_kv: usize,
+    seed: u64,
+) {
+    let g = gpu();
+    let mut rng = Rng::new(seed);
+    let s = KvShape {
+        n_head_kv,
+        head_dim,
+        n_ctx: 4096,
+    };
+    let (cache, k, v) = fill_cache::<T>(&g, &mut rng, s, n_kv, &[n_kv.min(512), 1, 7]);
+    let q = random(&mut rng, n_head * head_dim, 2.0);
+    let mut want = vec![0.0; q.len()];
+    cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, n_kv - 1, &mut want);
+    let mut scratch = poisoned(
+        &g,
+        ops::decode_scratch_len(n_head, head_dim, n_kv),
+        f32::NAN,
+    );
+    let mut out = poisoned(&g, q.len(), f32::NAN);
+    ops::attention_decode(
+        &g,
+        &upload(&g, &q).as_view(),
+        &cache,
+        s,
+        n_head,
+        n_kv,
+        &mut scratch.as_view_mut(),
+        &mut out.as_view_mut(),
+    )
+    .unwrap();
+    assert_close(
+        &format!(
+            "attention_decode {} {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv}",
+            std::any::type_name::<T>()
+        ),
+        &download(&g, &out),
+        &want,
+        1e-4,
+        1e-4,
+    );
+}
+
+fn attention_prefill_case<T: TestElem>(
+    (n_head, n_head_kv, head_dim): (usize, usize, usize),
+    (pos0, n_tok): (usize, usize),
+    seed: u64,
+) {
+    let g = gpu();
+    let mut rng = Rng::new(seed);
+    let s = KvShape {
+        n_head_kv,
+        head_dim,
+        n_ctx: 4096,
+    };
+    let (cache, k, v) = fill_cache::<T>(&g, &mut rng, s, pos0 + n_tok, &[pos0.max(1), n_tok]);
+    let q = random(&mut rng, n_tok * n_head * head_dim, 2.0);
+    let mut want = vec![0.0; q.len()];
+    cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, pos0, &mut want);
+    let mut out = poisoned(&g, q.len(), f32::NAN);
+    ops::attention_prefill(
+        &g,
+        &upload(&g, &q).as_view(),
+        &cache,
+        s,
+        n_head,
+        pos0,
+        &mut out.as_view_mut(),
+    )
+    .unwrap();
+    assert_close(
+        &format!(
+            "attention_prefill {} {n_head}/{n_head_kv}x{head_dim} pos0={pos0} n_tok={n_tok}",
+            std::any::type_name::<T>()
+        ),
+        &download(&g, &out),
+        &want,
+        1e-4,
+        1e-4,
+    );
+}
+
+const HEADS: &[(usize, usize, usize)] = &[(14, 2, 64), (9, 3, 64), (4, 4, 128), (8, 1, 32)];
+
 proptest! {
     #![proptest_config(cfg(8))]
 
     #[test]
     #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
-    fn kv_append_writes_exact_f16_in_layout(
+    fn kv_append_writes_the_cache_layout(
         (n_head_kv, head_dim) in prop::sample::select(&[(2usize, 64usize), (3, 64), (1, 128)][..]),
         n in prop::sample::select(&[1usize, 5, 300, 1024][..]),
+        f32_cache in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let g = gpu();
-        let mut rng = Rng::new(seed);
-        let s = KvShape { n_head_kv, head_dim, n_ctx: 1024 };
-        let row = n_head_kv * head_dim;
-        // Values not exactly representable: the kernel must round to nearest even.
-        let k = random(&mut rng, n * row, 3.0);
-        let v = random(&mut rng, n * row, 3.0);
-        let mut cache = KvLayer { k: poisoned(&g, s.elems(), 0x7e00u16), v: poisoned(&g, s.elems(), 0x7e00u16) };
-        let pos0 = 1024 - n;
-        ops::kv_append(&g, &upload(&g, &k).as_view(), &upload(&g, &v).as_view(), &mut cache, s, pos0).unwrap();
-        let (kc, vc) = (download(&g, &cache.k), download(&g, &cache.v));
-        for t in 0..n {
-            for h in 0..n_head_kv {
-                for j in 0..head_dim {
-                    let at = (h * s.n_ctx + pos0 + t) * head_dim + j;
-                    let src = t * row + h * head_dim + j;
-                    prop_assert_eq!(kc[at], half::f16::from_f32(k[src]).to_bits(), "k t={} h={} j={}", t, h, j);
-                    prop_assert_eq!(vc[at], half::f16::from_f32(v[src]).to_bits(), "v t={} h={} j={}", t, h, j);
-                }
-            }
+        if f32_cache {
+            kv_append_case::<f32>(n_head_kv, head_dim, n, seed);
+        } else {
+            kv_append_case::<u16>(n_head_kv, head_dim, n, seed);
         }
-        // Positions before pos0 are untouched (still the poison pattern).
-        prop_assert!(kc[..pos0 * head_dim].iter().all(|&b| b == 0x7e00));
     }
 
     #[test]
     #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
     fn attention_decode_matches_cpu(
-        (n_head, n_head_kv, head_dim) in prop::sample::select(&[(14usize, 2usize, 64usize), (9, 3, 64), (4, 4, 128), (8, 1, 32)][..]),
+        heads in prop::sample::select(HEADS),
         n_kv in prop::sample::select(&[1usize, 2, 255, 256, 257, 1000, 4096][..]),
+        f32_cache in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let g = gpu();
-        let mut rng = Rng::new(seed);
-        let s = KvShape { n_head_kv, head_dim, n_ctx: 4096 };
-        let (cache, k, v) = fill_cache(&g, &mut rng, s, n_kv, &[n_kv.min(512), 1, 7]);
-        let q = random(&mut rng, n_head * head_dim, 2.0);
-        let mut want = vec![0.0; q.len()];
-        cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, n_kv - 1, &mut want);
-        let mut scratch = poisoned(&g, ops::decode_scratch_len(n_head, head_dim, n_kv), f32::NAN);
-        let mut out = poisoned(&g, q.len(), f32::NAN);
-        ops::attention_decode(&g, &upload(&g, &q).as_view(), &cache, s, n_head, n_kv, &mut scratch.as_view_mut(), &mut out.as_view_mut()).unwrap();
-        assert_close(&format!("attention_decode {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv}"), &download(&g, &out), &want, 1e-4, 1e-4);
+        if f32_cache {
+            attention_decode_case::<f32>(heads, n_kv, seed);
+        } else {
+            attention_decode_case::<u16>(heads, n_kv, seed);
+        }
     }
 
     #[test]
     #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
     fn attention_prefill_matches_cpu(
-        (n_head, n_head_kv, head_dim) in prop::sample::select(&[(14usize, 2usize, 64usize), (9, 3, 64), (4, 4, 128), (8, 1, 32)][..]),
-        (pos0, n_tok) in prop::sample::select(&[(0usize, 1usize), (0, 2), (0, 15), (0, 16), (0, 17), (5, 100), (0, 512), (3584, 512), (100, 33)][..]),
+        heads in prop::sample::select(HEADS),
+        shape in prop::sample::select(&[(0usize, 1usize), (0, 2), (0, 15), (0, 16), (0, 17), (5, 100), (0, 512), (3584, 512), (100, 33)][..]),
+        f32_cache in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let g = gpu();
-        let mut rng = Rng::new(seed);
-        let s = KvShape { n_head_kv, head_dim, n_ctx: 4096 };
-        let (cache, k, v) = fill_cache(&g, &mut rng, s, pos0 + n_tok, &[pos0.max(1), n_tok]);
-        let q = random(&mut rng, n_tok * n_head * head_dim, 2.0);
-        let mut want = vec![0.0; q.len()];
-        cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, pos0, &mut want);
-        let mut out = poisoned(&g, q.len(), f32::NAN);
-        ops::attention_prefill(&g, &upload(&g, &q).as_view(), &cache, s, n_head, pos0, &mut out.as_view_mut()).unwrap();
-        assert_close(&format!("attention_prefill {n_head}/{n_head_kv}x{head_dim} pos0={pos0} n_tok={n_tok}"), &download(&g, &out), &want, 1e-4, 1e-4);
+        if f32_cache {
+            attention_prefill_case::<f32>(heads, shape, seed);
+        } else {
+            attention_prefill_case::<u16>(heads, shape, seed);
+        }
     }
+}
+
+/// The qwen configuration exactly (14 heads over 2 KV heads of 64, a 512-token prefill, then
+/// decode at 4096), for both cache types, whatever the random draws above picked.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn attention_on_the_qwen_shapes() {
+    attention_prefill_case::<u16>((14, 2, 64), (0, 512), 1);
+    attention_prefill_case::<f32>((14, 2, 64), (0, 512), 2);
+    attention_decode_case::<u16>((14, 2, 64), 4096, 3);
+    attention_decode_case::<f32>((14, 2, 64), 4096, 4);
+    attention_prefill_case::<u16>((9, 3, 64), (0, 512), 5);
 }
 
 /// The types the real models use, and the rest of the supported ones.

@@ -31,7 +31,7 @@ use cudarc::driver::{CudaSlice, sys};
 
 use super::CliResult;
 use crate::cpu;
-use crate::cuda::gemm::{GemmKind, gemm};
+use crate::cuda::gemm::{GemmKind, gemm, gemm_layout};
 use crate::cuda::ops::{self, DequantOut, DeviceTensor, KvLayer, KvShape, RopeTable, SampleParams};
 use crate::cuda::{CudaError, Gpu};
 use crate::gguf::GgmlType;
@@ -519,7 +519,7 @@ impl Bench<'_> {
                 };
                 let k = self.rand(n_tok * nkv * d, 2.0);
                 let (dk, dv) = (self.up(&k)?, self.up(&k)?);
-                let mut cache = KvLayer::new(g, s)?;
+                let mut cache = KvLayer::<u16>::new(g, s)?;
                 ops::kv_append(g, &dk.as_view(), &dv.as_view(), &mut cache, s, 0)?;
                 let got = self.down(&cache.k)?;
                 let bad = (0..n_tok * nkv * d)
@@ -563,7 +563,7 @@ impl Bench<'_> {
                     .iter()
                     .map(|&v| half::f16::from_f32(v).to_f32())
                     .collect();
-                let mut cache = KvLayer::new(g, s)?;
+                let mut cache = KvLayer::<u16>::new(g, s)?;
                 ops::kv_append(
                     g,
                     &self.up(&k)?.as_view(),
@@ -782,13 +782,21 @@ impl Bench<'_> {
                 }
             }
             "gemm" | "lm_head" => {
-                let kind = match ty.unwrap_or("f16") {
+                let spec = ty.unwrap_or("f16");
+                let (spec, w_t) = match spec.strip_suffix("-nn") {
+                    Some(s) => (s, true),
+                    None => (spec, false),
+                };
+                let kind = match spec {
                     "f16" => GemmKind::F16F32,
                     "f32" => GemmKind::F32,
                     "tf32" => GemmKind::Tf32,
                     "f16acc" => GemmKind::F16F16,
                     other => {
-                        return Err(format!("gemm kind {other:?}: f16, f32, tf32 or f16acc").into());
+                        return Err(format!(
+                            "gemm kind {other:?}: f16, f32, tf32 or f16acc, optionally with -nn (weight stored transposed)"
+                        )
+                        .into());
                     }
                 };
                 let (n, k, t_) = if name == "gemm" {
@@ -796,23 +804,31 @@ impl Bench<'_> {
                 } else {
                     (sh(0, 151936), sh(1, 896), 1)
                 };
-                out.push(self.gemm_row(name, kind, n, k, t_)?);
+                out.push(self.gemm_row(name, kind, w_t, n, k, t_)?);
             }
             other => return Err(format!("unknown benchmark {other}").into()),
         }
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn gemm_row(
         &mut self,
         name: &str,
         kind: GemmKind,
+        w_t: bool,
         n: usize,
         k: usize,
         t: usize,
     ) -> Result<String, Box<dyn std::error::Error>> {
         let g = self.gpu;
         let w = self.rand(n * k, 0.1);
+        // The weight as uploaded: GGUF's N rows of K, or its transpose (K rows of N).
+        let w_up: Vec<f32> = if w_t {
+            (0..n * k).map(|i| w[(i % n) * k + i / n]).collect()
+        } else {
+            w.clone()
+        };
         let x = self.rand(t * k, 2.0);
         let h = |v: &[f32]| -> Vec<u16> {
             v.iter()
@@ -845,13 +861,15 @@ impl Bench<'_> {
         let secs;
         let got: Vec<f32>;
         if kind == GemmKind::F16F16 {
-            let ws: Vec<CudaSlice<u16>> =
-                (0..nc).map(|_| self.up(&h(&w))).collect::<Result<_, _>>()?;
+            let ws: Vec<CudaSlice<u16>> = (0..nc)
+                .map(|_| self.up(&h(&w_up)))
+                .collect::<Result<_, _>>()?;
             let dx = self.up(&h(&x))?;
             let mut dy = g.alloc::<u16>(t * n, "bench")?;
-            gemm(
+            gemm_layout(
                 g,
                 kind,
+                w_t,
                 &ws[0].as_view(),
                 &dx.as_view(),
                 &mut dy.as_view_mut(),
@@ -867,9 +885,10 @@ impl Bench<'_> {
             let mut i = 0;
             secs = time(g, self.reps, || {
                 i += 1;
-                gemm(
+                gemm_layout(
                     g,
                     kind,
+                    w_t,
                     &ws[i % nc].as_view(),
                     &dx.as_view(),
                     &mut dy.as_view_mut(),
@@ -879,13 +898,15 @@ impl Bench<'_> {
                 )
             })?;
         } else if f16in {
-            let ws: Vec<CudaSlice<u16>> =
-                (0..nc).map(|_| self.up(&h(&w))).collect::<Result<_, _>>()?;
+            let ws: Vec<CudaSlice<u16>> = (0..nc)
+                .map(|_| self.up(&h(&w_up)))
+                .collect::<Result<_, _>>()?;
             let dx = self.up(&h(&x))?;
             let mut dy = g.alloc::<f32>(t * n, "bench")?;
-            gemm(
+            gemm_layout(
                 g,
                 kind,
+                w_t,
                 &ws[0].as_view(),
                 &dx.as_view(),
                 &mut dy.as_view_mut(),
@@ -897,9 +918,10 @@ impl Bench<'_> {
             let mut i = 0;
             secs = time(g, self.reps, || {
                 i += 1;
-                gemm(
+                gemm_layout(
                     g,
                     kind,
+                    w_t,
                     &ws[i % nc].as_view(),
                     &dx.as_view(),
                     &mut dy.as_view_mut(),
@@ -909,12 +931,14 @@ impl Bench<'_> {
                 )
             })?;
         } else {
-            let ws: Vec<CudaSlice<f32>> = (0..nc).map(|_| self.up(&w)).collect::<Result<_, _>>()?;
+            let ws: Vec<CudaSlice<f32>> =
+                (0..nc).map(|_| self.up(&w_up)).collect::<Result<_, _>>()?;
             let dx = self.up(&x)?;
             let mut dy = g.alloc::<f32>(t * n, "bench")?;
-            gemm(
+            gemm_layout(
                 g,
                 kind,
+                w_t,
                 &ws[0].as_view(),
                 &dx.as_view(),
                 &mut dy.as_view_mut(),
@@ -926,9 +950,10 @@ impl Bench<'_> {
             let mut i = 0;
             secs = time(g, self.reps, || {
                 i += 1;
-                gemm(
+                gemm_layout(
                     g,
                     kind,
+                    w_t,
                     &ws[i % nc].as_view(),
                     &dx.as_view(),
                     &mut dy.as_view_mut(),
@@ -948,7 +973,10 @@ impl Bench<'_> {
         let bytes = (wbytes + t * k * kind.in_bytes() + t * n * kind.out_bytes()) as f64;
         Ok(self.row(
             name,
-            &format!("{kind:?} n={n} k={k} t={t}"),
+            &format!(
+                "{kind:?}{} n={n} k={k} t={t}",
+                if w_t { " NN" } else { " TN" }
+            ),
             secs,
             bytes,
             2.0 * (n * k * t) as f64,

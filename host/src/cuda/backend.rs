@@ -22,7 +22,9 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use super::device::Gpu;
 use super::error::CudaError;
 use super::gemm::{GemmKind, gemm};
-use super::ops::{self, DequantOut, DeviceTensor, KvLayer, KvShape, RopeTable, SampleParams};
+use super::ops::{
+    self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, RopeTable, SampleParams,
+};
 use crate::backend::{Backend, BackendError, Logits, check_forward};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{Config, Weights};
@@ -41,6 +43,21 @@ pub struct CudaOptions {
     /// Arithmetic of the LM head: [`GemmKind::F16F32`] (f16 copy of the output matrix) or
     /// [`GemmKind::F32`] (f32 copy).
     pub lm_head: GemmKind,
+    /// KV cache in f32 instead of f16 (twice the memory; for reference-precision comparisons).
+    pub kv_f32: bool,
+}
+
+impl CudaOptions {
+    /// Every step in f32 (f32 GEMMs without tensor cores, f32 LM head, f32 KV cache): the
+    /// configuration that computes the CPU reference's function up to f32 rounding.
+    pub fn reference_precision(self) -> CudaOptions {
+        CudaOptions {
+            gemm: GemmKind::F32,
+            lm_head: GemmKind::F32,
+            kv_f32: true,
+            ..self
+        }
+    }
 }
 
 impl Default for CudaOptions {
@@ -51,6 +68,7 @@ impl Default for CudaOptions {
             max_batch: 512,
             gemm: GemmKind::F16F32,
             lm_head: GemmKind::F16F32,
+            kv_f32: false,
         }
     }
 }
@@ -68,6 +86,12 @@ struct LayerW {
     gate: DeviceTensor,
     up: DeviceTensor,
     down: DeviceTensor,
+}
+
+/// The KV cache of every layer, f16 (default) or f32.
+enum KvCache {
+    F16(Vec<KvLayer<u16>>),
+    F32(Vec<KvLayer<f32>>),
 }
 
 /// The LM head matrix, decoded once: f16 bits or f32, `n_vocab` rows of `n_embd`.
@@ -110,7 +134,7 @@ pub struct CudaBackend {
     output_norm: CudaSlice<f32>,
     lm_head: LmHead,
     layers: Vec<LayerW>,
-    kv: Vec<KvLayer>,
+    kv: KvCache,
     kv_shape: KvShape,
     rope: RopeTable,
     s: Scratch,
@@ -199,7 +223,7 @@ impl CudaBackend {
             weight_bytes += w.output.n_bytes as usize; // the quantized copy, while decoding
         }
         let lm_bytes = cfg.n_vocab * cfg.n_embd * opts.lm_head.in_bytes();
-        let kv_bytes = 2 * cfg.n_layer * kv_shape.elems() * 2;
+        let kv_bytes = 2 * cfg.n_layer * kv_shape.elems() * if opts.kv_f32 { 4 } else { 2 };
         let b = opts.max_batch;
         let widest = cfg.n_embd.max(cfg.n_ff).max(cfg.q_dim());
         let max_w = [
@@ -264,9 +288,19 @@ impl CudaBackend {
             gpu.synchronize()?;
             head
         };
-        let kv = (0..cfg.n_layer)
-            .map(|_| KvLayer::new(&gpu, kv_shape))
-            .collect::<Result<Vec<_>, _>>()?;
+        let kv = if opts.kv_f32 {
+            KvCache::F32(
+                (0..cfg.n_layer)
+                    .map(|_| KvLayer::new(&gpu, kv_shape))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        } else {
+            KvCache::F16(
+                (0..cfg.n_layer)
+                    .map(|_| KvLayer::new(&gpu, kv_shape))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        };
         let rope = RopeTable::new(&gpu, opts.n_ctx, cfg.head_dim, cfg.rope_theta)?;
         let a32 = |n: usize, what: &str| gpu.alloc::<f32>(n, what);
         let s = Scratch {
@@ -434,36 +468,27 @@ impl CudaBackend {
                 pos,
                 c.rope_style,
             )?;
-            let cache = &mut self.kv[li];
-            ops::kv_append(
+            let step = AttnStep {
                 gpu,
-                &s.k.slice(..t * kvd),
-                &s.v.slice(..t * kvd),
-                cache,
-                self.kv_shape,
+                shape: self.kv_shape,
+                n_head: c.n_head,
+                t,
                 pos,
-            )?;
-            if t == 1 {
-                ops::attention_decode(
-                    gpu,
-                    &s.q.slice(..qd),
-                    cache,
-                    self.kv_shape,
-                    c.n_head,
-                    pos + 1,
-                    &mut s.part.as_view_mut(),
-                    &mut s.attn.slice_mut(..qd),
-                )?;
-            } else {
-                ops::attention_prefill(
-                    gpu,
-                    &s.q.slice(..t * qd),
-                    cache,
-                    self.kv_shape,
-                    c.n_head,
-                    pos,
-                    &mut s.attn.slice_mut(..t * qd),
-                )?;
+            };
+            let (k, v, q) = (
+                s.k.slice(..t * kvd),
+                s.v.slice(..t * kvd),
+                s.q.slice(..t * qd),
+            );
+            let mut out = s.attn.slice_mut(..t * qd);
+            let mut part = s.part.as_view_mut();
+            match &mut self.kv {
+                KvCache::F16(layers) => {
+                    step.run(&mut layers[li], &k, &v, &q, &mut part, &mut out)?
+                }
+                KvCache::F32(layers) => {
+                    step.run(&mut layers[li], &k, &v, &q, &mut part, &mut out)?
+                }
             }
             lin.run(
                 &l.wo,
@@ -617,6 +642,43 @@ impl CudaBackend {
         let id = self.gpu.download(&self.s.token)?[0];
         self.n_past = pos + tokens.len();
         Ok(id)
+    }
+}
+
+/// KV append and attention of one layer for `t` tokens at `pos ..`: decode (`t = 1`) or prefill.
+struct AttnStep<'a> {
+    gpu: &'a Gpu,
+    shape: KvShape,
+    n_head: usize,
+    t: usize,
+    pos: usize,
+}
+
+impl AttnStep<'_> {
+    fn run<T: KvElem>(
+        &self,
+        cache: &mut KvLayer<T>,
+        k: &CudaView<f32>,
+        v: &CudaView<f32>,
+        q: &CudaView<f32>,
+        part: &mut CudaViewMut<f32>,
+        out: &mut CudaViewMut<f32>,
+    ) -> Result<(), CudaError> {
+        ops::kv_append(self.gpu, k, v, cache, self.shape, self.pos)?;
+        if self.t == 1 {
+            ops::attention_decode(
+                self.gpu,
+                q,
+                cache,
+                self.shape,
+                self.n_head,
+                self.pos + 1,
+                part,
+                out,
+            )
+        } else {
+            ops::attention_prefill(self.gpu, q, cache, self.shape, self.n_head, self.pos, out)
+        }
     }
 }
 

@@ -78,6 +78,24 @@ pub fn gemm<T, O>(
     k: usize,
     t: usize,
 ) -> Result<(), CudaError> {
+    gemm_layout(gpu, kind, false, w, x, y, n, k, t)
+}
+
+/// [`gemm`] with the weight optionally stored transposed (`w_t = true`: `W` held as `K` rows of
+/// `N`, i.e. repacked at load), which cuBLAS reads untransposed (`transa = N`, `lda = N`). Only the
+/// kernel sandbox uses it, to measure whether such a repack would pay (docs/CUBLAS.md).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_layout<T, O>(
+    gpu: &Gpu,
+    kind: GemmKind,
+    w_t: bool,
+    w: &CudaView<T>,
+    x: &CudaView<T>,
+    y: &mut CudaViewMut<O>,
+    n: usize,
+    k: usize,
+    t: usize,
+) -> Result<(), CudaError> {
     let op = "gemm";
     let bad = |problem: String| CudaError::Shape {
         kernel: "cublasGemmEx",
@@ -116,7 +134,11 @@ pub fn gemm<T, O>(
     unsafe {
         cudarc::cublas::result::gemm_ex(
             *blas.handle(),
-            cublasOperation_t::CUBLAS_OP_T,
+            if w_t {
+                cublasOperation_t::CUBLAS_OP_N
+            } else {
+                cublasOperation_t::CUBLAS_OP_T
+            },
             cublasOperation_t::CUBLAS_OP_N,
             m_,
             n_,
@@ -124,7 +146,7 @@ pub fn gemm<T, O>(
             pa,
             wp as *const _,
             in_t,
-            k_,
+            if w_t { m_ } else { k_ },
             xp as *const _,
             in_t,
             k_,

@@ -212,10 +212,33 @@ pub fn rope(
     Ok(())
 }
 
-/// One layer's f16 KV cache: `[n_head_kv][n_ctx][head_dim]` for keys and for values.
-pub struct KvLayer {
-    pub k: CudaSlice<u16>,
-    pub v: CudaSlice<u16>,
+/// An element type of the KV cache: `u16` (f16 bits, the default) or `f32` (reference precision).
+pub trait KvElem: cudarc::driver::DeviceRepr + Copy + Default + 'static {
+    /// `kv_append_*`, `attention_decode_*`, `attention_prefill_*` for this element type.
+    const KERNELS: (&'static str, &'static str, &'static str);
+}
+
+impl KvElem for u16 {
+    const KERNELS: (&'static str, &'static str, &'static str) = (
+        "kv_append_f16",
+        "attention_decode_f16",
+        "attention_prefill_f16",
+    );
+}
+
+impl KvElem for f32 {
+    const KERNELS: (&'static str, &'static str, &'static str) = (
+        "kv_append_f32",
+        "attention_decode_f32",
+        "attention_prefill_f32",
+    );
+}
+
+/// One layer's KV cache: `[n_head_kv][n_ctx][head_dim]` for keys and for values, of f16 bits
+/// (`T = u16`) or f32.
+pub struct KvLayer<T: KvElem = u16> {
+    pub k: CudaSlice<T>,
+    pub v: CudaSlice<T>,
 }
 
 /// Shape of every layer of a KV cache.
@@ -227,17 +250,17 @@ pub struct KvShape {
 }
 
 impl KvShape {
-    /// f16 elements per layer and per K or V.
+    /// Elements per layer and per K or V.
     pub fn elems(&self) -> usize {
         self.n_head_kv * self.n_ctx * self.head_dim
     }
 }
 
-impl KvLayer {
-    pub fn new(gpu: &Gpu, s: KvShape) -> Result<KvLayer> {
+impl<T: KvElem> KvLayer<T> {
+    pub fn new(gpu: &Gpu, s: KvShape) -> Result<KvLayer<T>> {
         Ok(KvLayer {
-            k: gpu.alloc::<u16>(s.elems(), "the KV cache")?,
-            v: gpu.alloc::<u16>(s.elems(), "the KV cache")?,
+            k: gpu.alloc::<T>(s.elems(), "the KV cache")?,
+            v: gpu.alloc::<T>(s.elems(), "the KV cache")?,
         })
     }
 
@@ -247,7 +270,7 @@ impl KvLayer {
             self.k.len() >= s.elems() && self.v.len() >= s.elems(),
             || {
                 format!(
-                    "cache holds {}/{} halves, {} needed for {s:?}",
+                    "cache holds {}/{} elements, {} needed for {s:?}",
                     self.k.len(),
                     self.v.len(),
                     s.elems()
@@ -258,25 +281,25 @@ impl KvLayer {
 }
 
 /// Writes `n_tok` rows of keys and values (`n_head_kv * head_dim` f32 each) at positions
-/// `pos0 ..` of the cache, rounded to f16.
-pub fn kv_append(
+/// `pos0 ..` of the cache (rounded to f16 for an f16 cache).
+pub fn kv_append<T: KvElem>(
     gpu: &Gpu,
     k: &CudaView<f32>,
     v: &CudaView<f32>,
-    cache: &mut KvLayer,
+    cache: &mut KvLayer<T>,
     s: KvShape,
     pos0: usize,
 ) -> Result<()> {
-    const K: &str = "kv_append_f16";
-    cache.check(K, s)?;
+    let kname = T::KERNELS.0;
+    cache.check(kname, s)?;
     let row = s.n_head_kv * s.head_dim;
     ensure(
-        K,
-        row > 0 && k.len() == v.len() && k.len() % row == 0 && !k.is_empty(),
+        kname,
+        row > 0 && k.len() == v.len() && k.len().is_multiple_of(row) && !k.is_empty(),
         || format!("k {} / v {} are not rows of {row}", k.len(), v.len()),
     )?;
     let n_tok = k.len() / row;
-    ensure(K, pos0 + n_tok <= s.n_ctx, || {
+    ensure(kname, pos0 + n_tok <= s.n_ctx, || {
         format!(
             "positions {pos0}..{} exceed the cache's {}",
             pos0 + n_tok,
@@ -284,16 +307,16 @@ pub fn kv_append(
         )
     })?;
     let args = (
-        to_u32(K, "pos0", pos0)?,
-        to_u32(K, "n_tok", n_tok)?,
-        to_u32(K, "n_head_kv", s.n_head_kv)?,
-        to_u32(K, "head_dim", s.head_dim)?,
-        to_u32(K, "n_ctx", s.n_ctx)?,
+        to_u32(kname, "pos0", pos0)?,
+        to_u32(kname, "n_tok", n_tok)?,
+        to_u32(kname, "n_head_kv", s.n_head_kv)?,
+        to_u32(kname, "head_dim", s.head_dim)?,
+        to_u32(kname, "n_ctx", s.n_ctx)?,
     );
     let (mut kc, mut vc) = (cache.k.as_view_mut(), cache.v.as_view_mut());
     launch!(
         gpu,
-        K,
+        kname,
         grid_1d(k.len(), 256),
         k,
         v,
@@ -338,49 +361,49 @@ pub fn decode_scratch_len(n_head: usize, head_dim: usize, n_kv: usize) -> usize 
 /// Decode attention: one query row `q` (`n_head * head_dim`, at position `n_kv - 1`) against
 /// cache positions `0 .. n_kv`, into `out` (reference: `cpu::attention` with one query).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_decode(
+pub fn attention_decode<T: KvElem>(
     gpu: &Gpu,
     q: &CudaView<f32>,
-    cache: &KvLayer,
+    cache: &KvLayer<T>,
     s: KvShape,
     n_head: usize,
     n_kv: usize,
     scratch: &mut CudaViewMut<f32>,
     out: &mut CudaViewMut<f32>,
 ) -> Result<()> {
-    const K: &str = "attention_decode_f16";
+    let kname: &'static str = T::KERNELS.1;
     const KC: &str = "attention_decode_combine";
-    cache.check(K, s)?;
-    let group = check_heads(K, n_head, s)?;
+    cache.check(kname, s)?;
+    let group = check_heads(kname, n_head, s)?;
     let d = s.head_dim;
-    ensure(K, q.len() == n_head * d && out.len() == q.len(), || {
+    ensure(kname, q.len() == n_head * d && out.len() == q.len(), || {
         format!("q {} / out {} must be {n_head} x {d}", q.len(), out.len())
     })?;
-    ensure(K, n_kv >= 1 && n_kv <= s.n_ctx, || {
+    ensure(kname, n_kv >= 1 && n_kv <= s.n_ctx, || {
         format!("n_kv {n_kv} must be in 1..={}", s.n_ctx)
     })?;
     let n_split = n_kv.div_ceil(DECODE_CHUNK);
     let need = decode_scratch_len(n_head, d, n_kv);
-    ensure(K, scratch.len() >= need, || {
+    ensure(kname, scratch.len() >= need, || {
         format!("scratch holds {}, {need} needed", scratch.len())
     })?;
     let args = (
-        to_u32(K, "n_kv", n_kv)?,
+        to_u32(kname, "n_kv", n_kv)?,
         DECODE_CHUNK as u32,
-        to_u32(K, "n_ctx", s.n_ctx)?,
+        to_u32(kname, "n_ctx", s.n_ctx)?,
         d as u32,
         group as u32,
         1.0 / (d as f32).sqrt(),
     );
     let cfg = LaunchConfig {
-        grid_dim: (to_u32(K, "n_head", n_head)?, n_split as u32, 1),
+        grid_dim: (to_u32(kname, "n_head", n_head)?, n_split as u32, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: (4 * (d + DECODE_CHUNK + 128)) as u32,
     };
     let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
     launch!(
         gpu,
-        K,
+        kname,
         cfg,
         q,
         &kc,
@@ -406,24 +429,24 @@ pub fn attention_decode(
 
 /// Causal prefill attention: `q` = `n_tok` rows of `n_head * head_dim` at positions
 /// `pos0 .. pos0 + n_tok`, against cache positions `0 ..= pos0 + i` (reference: `cpu::attention`).
-pub fn attention_prefill(
+pub fn attention_prefill<T: KvElem>(
     gpu: &Gpu,
     q: &CudaView<f32>,
-    cache: &KvLayer,
+    cache: &KvLayer<T>,
     s: KvShape,
     n_head: usize,
     pos0: usize,
     out: &mut CudaViewMut<f32>,
 ) -> Result<()> {
-    const K: &str = "attention_prefill_f16";
+    let kname: &'static str = T::KERNELS.2;
     const BQ: usize = 16;
     const BK: usize = 32;
-    cache.check(K, s)?;
-    let group = check_heads(K, n_head, s)?;
+    cache.check(kname, s)?;
+    let group = check_heads(kname, n_head, s)?;
     let d = s.head_dim;
     let row = n_head * d;
     ensure(
-        K,
+        kname,
         !q.is_empty() && q.len() % row == 0 && out.len() == q.len(),
         || {
             format!(
@@ -434,7 +457,7 @@ pub fn attention_prefill(
         },
     )?;
     let n_tok = q.len() / row;
-    ensure(K, pos0 + n_tok <= s.n_ctx, || {
+    ensure(kname, pos0 + n_tok <= s.n_ctx, || {
         format!(
             "positions up to {} exceed the cache's {}",
             pos0 + n_tok,
@@ -442,10 +465,10 @@ pub fn attention_prefill(
         )
     })?;
     let args = (
-        to_u32(K, "n_tok", n_tok)?,
-        to_u32(K, "pos0", pos0)?,
-        to_u32(K, "n_ctx", s.n_ctx)?,
-        to_u32(K, "n_head", n_head)?,
+        to_u32(kname, "n_tok", n_tok)?,
+        to_u32(kname, "pos0", pos0)?,
+        to_u32(kname, "n_ctx", s.n_ctx)?,
+        to_u32(kname, "n_head", n_head)?,
         d as u32,
         group as u32,
         1.0 / (d as f32).sqrt(),
@@ -457,7 +480,7 @@ pub fn attention_prefill(
     };
     let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
     launch!(
-        gpu, K, cfg, q, &kc, &vc, out, &args.0, &args.1, &args.2, &args.3, &args.4, &args.5,
+        gpu, kname, cfg, q, &kc, &vc, out, &args.0, &args.1, &args.2, &args.3, &args.4, &args.5,
         &args.6
     );
     Ok(())
