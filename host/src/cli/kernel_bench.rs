@@ -24,6 +24,10 @@
 //! | `sample` | n,top_k (151936,40) | latency |
 //! | `gemm` | n,k,t (4864,896,512), `--type` f16\|f32\|tf32 | tensor-core arithmetic |
 //! | `lm_head` | n_vocab,n_embd (151936,896), `--type` f16\|f32 | bandwidth (t = 1) |
+//!
+//! `--type` for `gemm`/`lm_head`: `f16` (f16 inputs, f32 output and accumulation), `f32` (no tensor
+//! cores), `tf32`, `f16acc` (f16 accumulation), each optionally `-nn` (weight stored transposed).
+//! `kernel-bench cublas` runs every combination on the models' shapes (docs/CUBLAS.md).
 
 use std::time::Instant;
 
@@ -39,7 +43,8 @@ use crate::model::RopeStyle;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Benchmark name (see the module docs), or `all`, or `ceiling` (only the ceilings).
+    /// Benchmark name (see the module docs), or `all`, or `ceiling` (only the ceilings), or
+    /// `cublas` (the GEMM sweep of docs/CUBLAS.md).
     #[arg(default_value = "all")]
     pub name: String,
     /// Tensor type for matvec/embedding/dequant (q5_0, q8_0, q4_k, q6_k, q4_1, f16, …), or the
@@ -115,6 +120,31 @@ pub fn run(args: Args) -> CliResult {
         .map(|s| s.split(',').map(|v| v.trim().parse::<usize>()).collect())
         .transpose()
         .map_err(|e| format!("--shape: {e}"))?;
+    if args.name == "cublas" {
+        // The sweep behind docs/CUBLAS.md: every kind and weight layout on the prefill and
+        // LM-head shapes of both models.
+        let mut failed = 0;
+        for (name, shape) in [
+            ("gemm", [4864usize, 896, 512]),
+            ("gemm", [896, 4864, 512]),
+            ("gemm", [896, 896, 512]),
+            ("gemm", [1536, 576, 512]),
+            ("gemm", [151936, 896, 64]),
+            ("lm_head", [151936, 896, 1]),
+            ("lm_head", [49152, 576, 1]),
+        ] {
+            for ty in ["f16", "f16-nn", "f32", "tf32", "f16acc"] {
+                for r in b.one(name, Some(ty), Some(&shape[..]))? {
+                    failed += r.contains("CHECK FAILED") as usize;
+                    println!("{r}");
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(format!("{failed} benchmark checks failed").into());
+        }
+        return Ok(());
+    }
     let names: Vec<&str> = match args.name.as_str() {
         "all" => ALL.to_vec(),
         "ceiling" => vec![],
@@ -844,8 +874,8 @@ impl Bench<'_> {
         } else {
             (w.clone(), x.clone())
         };
-        // Reference on at most 64 rows of Y (all of them when t is small).
-        let rows_checked = t.min(64);
+        // Reference (f64, on the CPU) on the first rows of Y: about 2^26 multiply-adds.
+        let rows_checked = t.min((1usize << 26) / (n * k)).max(1);
         let want: Vec<f64> = (0..rows_checked * n)
             .map(|i| {
                 let (a, c) = (i / n, i % n);
