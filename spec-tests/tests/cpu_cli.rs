@@ -22,6 +22,7 @@ fn args(model: &str, prompt: &str) -> Args {
             device: Device::Cpu,
             ctx: 64,
             threads: 1,
+            exact: false,
         },
         prompt: prompt.into(),
         chat: false,

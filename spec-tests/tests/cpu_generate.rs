@@ -15,7 +15,15 @@ use host::sample::{Sampler, SamplerConfig, argmax};
 
 fn backend(arch: Arch, n_ctx: usize) -> CpuBackend {
     let g = Gguf::from_bytes(build_bytes(&TinySpec::new(arch, GgmlType::Q8_0))).unwrap();
-    CpuBackend::load(Arc::new(g), &CpuOptions { n_ctx, threads: 2 }).unwrap()
+    CpuBackend::load(
+        Arc::new(g),
+        &CpuOptions {
+            n_ctx,
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn opts(max_tokens: usize) -> GenerateOptions {

@@ -20,6 +20,9 @@ pub struct Args {
     /// CPU threads; 0 = one per core.
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// CPU: f32 dequantized weights instead of 8-bit activations (see `host run --help`).
+    #[arg(long)]
+    pub exact: bool,
     /// Prompt tokens (the ppN test); 0 skips it.
     #[arg(long, short = 'p', default_value_t = 128)]
     pub n_prompt: usize,
@@ -82,6 +85,7 @@ pub fn run(args: Args) -> CliResult {
         device: args.device,
         ctx,
         threads: args.threads,
+        exact: args.exact,
     })?;
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -28,6 +28,9 @@ pub struct Args {
     /// CPU threads; 0 = one per core.
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// CPU: f32 dequantized weights instead of 8-bit activations (see `host run --help`).
+    #[arg(long)]
+    pub exact: bool,
     /// The text to score.
     #[arg(long, short = 'f')]
     pub file: PathBuf,
@@ -158,6 +161,7 @@ pub fn run(args: Args) -> CliResult {
         device: args.device,
         ctx: args.ctx,
         threads: args.threads,
+        exact: args.exact,
     })?;
     let tok = &m.tokenizer;
     let tokens = tok.encode(&text, true, false);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::CliResult;
 use crate::backend::Backend;
-use crate::cpu::{CpuBackend, CpuOptions};
+use crate::cpu::{Arith, CpuBackend, CpuOptions};
 use crate::generate::{GenerateOptions, Generation, Session, StopReason};
 use crate::gguf::Gguf;
 use crate::sample::{Sampler, SamplerConfig};
@@ -41,6 +41,10 @@ pub struct ModelArgs {
     /// CPU threads; 0 = one per core.
     #[arg(long, short = 't', default_value_t = 0)]
     pub threads: usize,
+    /// CPU: dequantize weight rows to f32 instead of quantizing activations to 8 bits (slower;
+    /// the arithmetic of an f32 model).
+    #[arg(long)]
+    pub exact: bool,
 }
 
 /// Sampling flags.
@@ -139,6 +143,7 @@ pub fn open_backend(
     device: Device,
     n_ctx: usize,
     threads: usize,
+    arith: Arith,
 ) -> Result<Box<dyn Backend>, Box<dyn Error>> {
     let cfg = crate::model::Config::from_header(&g.header)?;
     let n_ctx = if n_ctx == 0 { cfg.n_ctx_train } else { n_ctx };
@@ -152,7 +157,11 @@ pub fn open_backend(
     let cpu = || -> Result<Box<dyn Backend>, Box<dyn Error>> {
         Ok(Box::new(CpuBackend::load(
             g.clone(),
-            &CpuOptions { n_ctx, threads },
+            &CpuOptions {
+                n_ctx,
+                threads,
+                arith,
+            },
         )?))
     };
     let cuda = || -> Result<Box<dyn Backend>, Box<dyn Error>> {
@@ -190,7 +199,12 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, Box<dyn Error>> {
     let path = model_path(args.model.as_deref())?;
     let gguf = Arc::new(Gguf::open(&path)?);
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
-    let backend = open_backend(&gguf, args.device, args.ctx, args.threads)?;
+    let arith = if args.exact {
+        Arith::Exact
+    } else {
+        Arith::Quantized
+    };
+    let backend = open_backend(&gguf, args.device, args.ctx, args.threads, arith)?;
     Ok(Loaded {
         path,
         gguf,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::matmul::{Matrix, matmul};
+use super::matmul::{Arith, Input, Matrix, matmul};
 use super::ops;
 use crate::backend::{Backend, BackendError, Logits, check_forward};
 use crate::gguf::{Gguf, TensorInfo};
@@ -23,6 +23,8 @@ pub struct CpuOptions {
     pub n_ctx: usize,
     /// Worker threads; 0 = rayon's global pool (one per core).
     pub threads: usize,
+    /// Arithmetic of the matrix products.
+    pub arith: Arith,
 }
 
 struct Layer {
@@ -54,6 +56,7 @@ pub struct CpuBackend {
     n_past: usize,
     capacity: usize,
     pool: Option<rayon::ThreadPool>,
+    arith: Arith,
     scratch: Vec<f32>,
 }
 
@@ -143,6 +146,7 @@ impl CpuBackend {
             n_past: 0,
             capacity,
             pool,
+            arith: opts.arith,
             scratch: Vec::new(),
             cfg,
             gguf,
@@ -181,11 +185,14 @@ impl CpuBackend {
         let mut proj = vec![0.0f32; n * d];
         let mut gate = vec![0.0f32; n * c.n_ff];
         let mut up = vec![0.0f32; n * c.n_ff];
+        let mut act = vec![0.0f32; n * c.n_ff];
+        let ar = self.arith;
         for (li, l) in self.layers.iter().enumerate() {
             ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut h);
-            matmul(&l.q, data(&l.q), &h, &mut q, scratch)?;
-            matmul(&l.k, data(&l.k), &h, &mut k, scratch)?;
-            matmul(&l.v, data(&l.v), &h, &mut v, scratch)?;
+            let mut hin = Input::new(&h, d);
+            matmul(ar, &l.q, data(&l.q), &mut hin, &mut q, scratch)?;
+            matmul(ar, &l.k, data(&l.k), &mut hin, &mut k, scratch)?;
+            matmul(ar, &l.v, data(&l.v), &mut hin, &mut v, scratch)?;
             for (t, b) in [
                 (&mut q, &l.q_bias),
                 (&mut k, &l.k_bias),
@@ -227,16 +234,30 @@ impl CpuBackend {
                         out,
                     );
                 });
-            matmul(&l.o, data(&l.o), &att, &mut proj, scratch)?;
+            matmul(
+                ar,
+                &l.o,
+                data(&l.o),
+                &mut Input::new(&att, q_dim),
+                &mut proj,
+                scratch,
+            )?;
             ops::add(&mut x, &proj);
 
             ops::rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut h);
-            matmul(&l.gate, data(&l.gate), &h, &mut gate, scratch)?;
-            matmul(&l.up, data(&l.up), &h, &mut up, scratch)?;
-            // SwiGLU into `gate` (the up projection is the multiplier).
-            let g0 = gate.clone();
-            ops::swiglu(&g0, &up, &mut gate);
-            matmul(&l.down, data(&l.down), &gate, &mut proj, scratch)?;
+            let mut hin = Input::new(&h, d);
+            matmul(ar, &l.gate, data(&l.gate), &mut hin, &mut gate, scratch)?;
+            matmul(ar, &l.up, data(&l.up), &mut hin, &mut up, scratch)?;
+            // SwiGLU into `act` (silu of the gate times the up projection).
+            ops::swiglu(&gate, &up, &mut act);
+            matmul(
+                ar,
+                &l.down,
+                data(&l.down),
+                &mut Input::new(&act, c.n_ff),
+                &mut proj,
+                scratch,
+            )?;
             ops::add(&mut x, &proj);
         }
         let rows = match which {
@@ -248,7 +269,14 @@ impl CpuBackend {
         ops::rms_norm(rows, &self.output_norm, c.rms_eps, &mut normed);
         let mut logits = vec![0.0f32; rows.len() / d * c.n_vocab];
         let out = &self.output;
-        matmul(out, data(out), &normed, &mut logits, scratch)?;
+        matmul(
+            self.arith,
+            out,
+            data(out),
+            &mut Input::new(&normed, d),
+            &mut logits,
+            scratch,
+        )?;
         Ok(logits)
     }
 }

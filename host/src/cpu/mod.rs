@@ -11,4 +11,5 @@ pub mod matmul;
 pub mod ops;
 
 pub use forward::{CpuBackend, CpuOptions};
+pub use matmul::Arith;
 pub use ops::{add, attention, embedding, matmul, rms_norm, rope, rope_angle, softmax, swiglu};

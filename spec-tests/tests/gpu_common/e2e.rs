@@ -78,6 +78,7 @@ pub fn cpu_run(g: &Arc<Gguf>, seed: u64) -> CpuRun {
         &CpuOptions {
             n_ctx: 1024,
             threads: 0,
+            arith: host::cpu::Arith::Exact,
         },
     )
     .unwrap();

@@ -1,0 +1,238 @@
+//! The CPU forward on the two real models against the reference outputs of llama.cpp and HF
+//! transformers (`shared/refs`): last-prompt-position logits, greedy generations, and teacher-
+//! forced argmax along the reference generations.
+//!
+//! Bars (from refs/README.md): top-1 equal where the reference top-1/top-2 margin > 0.5, at least
+//! 18 of the top 20 ids shared, |Δ log-prob| ≤ 0.5 on shared ids; teacher-forced argmax equal
+//! wherever the reference margin exceeds 0.5; greedy ids equal up to the first step whose
+//! reference margin is below 0.1, where a divergence before that point must be a near-tie swap
+//! of the top two tokens (see [`NEAR_TIE_SWING`]); every divergence is printed.
+
+use std::sync::Arc;
+
+use host::backend::{Backend, Logits};
+use host::cpu::{CpuBackend, CpuOptions};
+use host::fetch::{KnownModel, QWEN, SMOLLM2};
+use host::gguf::Gguf;
+use host::sample::argmax;
+use serde_json::Value;
+use spec_tests::{read_jsonl, real_model, refs_dir};
+
+fn backend(m: &KnownModel) -> CpuBackend {
+    let g = Gguf::open(real_model(m)).expect("open model");
+    CpuBackend::load(
+        Arc::new(g),
+        &CpuOptions {
+            n_ctx: 512,
+            threads: 0,
+            arith: if std::env::var("FIDELITY_EXACT").is_ok() {
+                host::cpu::Arith::Exact
+            } else {
+                host::cpu::Arith::Quantized
+            },
+        },
+    )
+    .expect("load model")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    logits[id] as f64 - lse
+}
+
+fn model_stem(m: &KnownModel) -> &'static str {
+    m.file.trim_end_matches(".gguf")
+}
+
+fn check_logits(m: &KnownModel) {
+    let mut be = backend(m);
+    for source in ["", ".hf"] {
+        let path = refs_dir().join(format!("logits/{}{source}.jsonl", model_stem(m)));
+        for case in read_jsonl(&path) {
+            let prompt = ids(&case["prompt_ids"]);
+            be.reset();
+            let logits = be.forward(&prompt, 0, Logits::Last).unwrap();
+            let top: Vec<(usize, f64)> = case["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap()))
+                .collect();
+            let ref_lse = case["logsumexp"].as_f64().unwrap();
+            let mut ours: Vec<usize> = (0..logits.len()).collect();
+            ours.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            ours.truncate(top.len());
+            let overlap = top.iter().filter(|(id, _)| ours.contains(id)).count();
+            let margin = top[0].1 - top[1].1;
+            let mut worst = (0usize, 0.0f64);
+            for &(id, l) in &top {
+                let d = (log_softmax_at(&logits, id) - (l - ref_lse)).abs();
+                if d > worst.1 {
+                    worst = (id, d);
+                }
+            }
+            eprintln!(
+                "{} logits{source} case {}: top1 ours {} ref {} (margin {margin:.3}), overlap {overlap}/{}, max |Δ logp| {:.4} at id {}",
+                m.short,
+                case["id"],
+                ours[0],
+                top[0].0,
+                top.len(),
+                worst.1,
+                worst.0
+            );
+            if margin > 0.5 {
+                assert_eq!(ours[0], top[0].0, "{} case {}: top-1", m.short, case["id"]);
+            }
+            assert!(
+                overlap >= 18,
+                "{} case {}: top-20 overlap {overlap}",
+                m.short,
+                case["id"]
+            );
+            assert!(
+                worst.1 <= 0.5,
+                "{} case {}: |Δ log-prob| {} at id {}",
+                m.short,
+                case["id"],
+                worst.1,
+                worst.0
+            );
+        }
+    }
+}
+
+/// How far two correct implementations' logit margins may differ at one step: refs/README.md
+/// measures 0.1–0.6 between llama.cpp and transformers on these models (llama.cpp quantizes
+/// activations to 8 bits), and this engine's own arithmetics (8-bit activations, or f32
+/// dequantized weights) differ from each other by as much. A greedy divergence is accepted only
+/// as a swap of the top two tokens whose combined margin (reference's + ours) is within this.
+const NEAR_TIE_SWING: f64 = 0.6;
+
+fn check_generations(m: &KnownModel) {
+    let mut be = backend(m);
+    let mut failures = Vec::new();
+    let path = refs_dir().join(format!("generate/{}.jsonl", model_stem(m)));
+    for case in read_jsonl(&path) {
+        let prompt = ids(&case["prompt_ids"]);
+        let want = ids(&case["generated_ids"]);
+        let margins: Vec<f64> = case["top1_margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+
+        // Teacher forcing: prompt + the reference tokens in one pass, every position's logits.
+        be.reset();
+        let seq: Vec<u32> = prompt
+            .iter()
+            .chain(&want[..want.len() - 1])
+            .copied()
+            .collect();
+        let all = be.forward(&seq, 0, Logits::All).unwrap();
+        let n_vocab = be.config().n_vocab;
+        let mut checked = 0;
+        for (s, (&w, &margin)) in want.iter().zip(&margins).enumerate() {
+            let row = &all[(prompt.len() - 1 + s) * n_vocab..][..n_vocab];
+            let got = argmax(row).unwrap();
+            if got != w {
+                eprintln!(
+                    "{} case {} step {s}: ours {got} ref {w} (ref margin {margin:.3}, our logit gap {:.3})",
+                    m.short,
+                    case["id"],
+                    row[got as usize] - row[w as usize]
+                );
+            }
+            if margin > 0.5 {
+                checked += 1;
+                if got != w {
+                    failures.push(format!(
+                        "case {}: teacher-forced step {s}: {got} instead of {w} (ref margin {margin:.3})",
+                        case["id"]
+                    ));
+                }
+            }
+        }
+
+        // Free-running greedy up to the first near-tie of the reference.
+        let upto = margins
+            .iter()
+            .position(|&mg| mg < 0.1)
+            .unwrap_or(want.len());
+        be.reset();
+        let mut logits = be.forward(&prompt, 0, Logits::Last).unwrap();
+        let mut diverged = None;
+        for (s, &w) in want[..upto].iter().enumerate() {
+            let next = argmax(&logits).unwrap();
+            if next != w {
+                diverged = Some((s, next, logits.clone()));
+                break;
+            }
+            if s + 1 < upto {
+                logits = be.forward(&[next], prompt.len() + s, Logits::Last).unwrap();
+            }
+        }
+        match diverged {
+            None => eprintln!(
+                "{} case {}: greedy equal for all {upto} steps before the first ref margin < 0.1; teacher-forced argmax equal at {checked} steps with ref margin > 0.5",
+                m.short, case["id"]
+            ),
+            Some((s, next, row)) => {
+                let w = want[s];
+                let gap = (row[next as usize] - row[w as usize]) as f64;
+                let runner_up = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, &v)| i != next as usize && v > row[w as usize])
+                    .count()
+                    == 0;
+                let note = format!(
+                    "case {}: greedy step {s} of {upto}: {next} instead of {w} (ref margin {:.3}, our gap {gap:.3}, swing {:.3})",
+                    case["id"],
+                    margins[s],
+                    margins[s] + gap
+                );
+                eprintln!("{} {note}", m.short);
+                if !(runner_up && margins[s] + gap <= NEAR_TIE_SWING) {
+                    failures.push(note);
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}: {failures:#?}", m.short);
+}
+
+#[test]
+fn qwen_logits_match_references() {
+    check_logits(&QWEN);
+}
+
+#[test]
+fn smollm2_logits_match_references() {
+    check_logits(&SMOLLM2);
+}
+
+#[test]
+fn qwen_generations_match_llama_cpp() {
+    check_generations(&QWEN);
+}
+
+#[test]
+fn smollm2_generations_match_llama_cpp() {
+    check_generations(&SMOLLM2);
+}
