@@ -3,7 +3,7 @@
 # GPU suite on a machine with an NVIDIA GPU and driver and no Rust toolchain, and ends with one
 # summary line: `GPU SUITE PASS|FAIL: …`.
 #
-#   ./run.sh [--no-bench]
+#   ./run.sh [--no-bench] [--real-only]      (--real-only: only the real-model tests)
 #
 # Logs go to $OUT (when set) or ./results. Twins are written to $GPU_WORK (default /tmp/gpu-suite).
 # Real models are looked up in $GGUF_MODEL_CACHE (default ./models); a model that is absent is
@@ -13,7 +13,14 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 bench=1
-[ "${1:-}" = "--no-bench" ] && bench=0
+real_only=0
+for a in "$@"; do
+    case $a in
+        --no-bench) bench=0 ;;
+        --real-only) real_only=1; bench=0 ;;
+        *) echo "unknown option $a" >&2; exit 2 ;;
+    esac
+done
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 logs=${OUT:-$here/results}
 work=${GPU_WORK:-/tmp/gpu-suite}
@@ -47,8 +54,10 @@ run_tests() { # SECONDS NAME [FILTER…]
     echo "$name${1:+ $1}: rc $rc, $p passed, ${f:-0} failed, $((SECONDS - t0)) s"
 }
 
-run_tests "${GPU_T_KERNELS:-240}" gpu_kernels
-run_tests "${GPU_T_E2E:-240}" gpu_e2e
+if [ $real_only -eq 0 ]; then
+    run_tests "${GPU_T_KERNELS:-240}" gpu_kernels
+    run_tests "${GPU_T_E2E:-240}" gpu_e2e
+fi
 for m in smollm2 qwen; do
     case $m in
         smollm2) f=smollm2-135m-instruct-q4_1.gguf ;;

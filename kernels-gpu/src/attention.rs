@@ -82,18 +82,9 @@ unsafe fn attention_decode<C: CacheElem>(
     while p < end {
         let krow = kbase + p * d;
         let mut dot = 0.0f32;
-        let mut j = 0;
-        while j < d {
-            // SAFETY: p < n_kv ≤ n_ctx, j + 1 < d (d even): inside this head's cache; krow + j is
-            // even (d even), so the u32 read of two halves is 4-byte aligned.
-            let two = unsafe { *(k_cache.add(krow + j) as *const u32) };
-            let (k0, k1) = (
-                gpu::f16_to_f32(two as u16),
-                gpu::f16_to_f32((two >> 16) as u16),
-            );
-            // SAFETY: j + 1 < d.
-            unsafe { dot += *q_s.add(j) * k0 + *q_s.add(j + 1) * k1 };
-            j += 2;
+        for j in 0..d {
+            // SAFETY: p < n_kv ≤ n_ctx, j < d: inside this head's cache and q_s.
+            unsafe { dot += *q_s.add(j) * (*k_cache.add(krow + j)).load() };
         }
         let s = dot * scale;
         // SAFETY: p - start < chunk.

@@ -38,7 +38,10 @@ pub struct CudaOptions {
     pub n_ctx: usize,
     /// Most tokens per internal chunk of a forward (sizes the scratch buffers).
     pub max_batch: usize,
-    /// Arithmetic of the prefill GEMMs (T > 1): [`GemmKind::F16F32`] or [`GemmKind::F32`].
+    /// Arithmetic of the prefill GEMMs (T > 1): [`GemmKind::F32`] (the default: f32 without
+    /// tensor cores, which keeps the GPU within the 2e-3 bar of the CPU reference; see
+    /// docs/GPU_ENGINE.md), [`GemmKind::F16F32`] (f16 tensor cores: about 10x faster per GEMM,
+    /// a larger logits error, measured there) or [`GemmKind::Tf32`].
     pub gemm: GemmKind,
     /// Arithmetic of the LM head: [`GemmKind::F16F32`] (f16 copy of the output matrix) or
     /// [`GemmKind::F32`] (f32 copy).
@@ -66,7 +69,7 @@ impl Default for CudaOptions {
             device: 0,
             n_ctx: 4096,
             max_batch: 512,
-            gemm: GemmKind::F16F32,
+            gemm: GemmKind::F32,
             lm_head: GemmKind::F16F32,
             kv_f32: false,
         }
