@@ -157,6 +157,12 @@ fn rel_err(got: &[f32], want: &[f64]) -> (f64, usize) {
         .fold((0.0, 0), |a, (i, e)| if e > a.0 { (e, i) } else { a })
 }
 
+/// How far one token's logits may move when computed by the batched kernel rather than the
+/// matrix-vector one (prefill in other chunk sizes): the integer sums are the same, the f32
+/// accumulation order is not, and a last-bit difference can move an activation across an 8-bit
+/// rounding boundary in the next layer (one quantization step, 1/254 of a block's largest value).
+const KERNEL_NOISE: f64 = 2e-3;
+
 const TOKENS: [u32; 9] = [17, 260, 3, 101, 101, 44, 300, 0, 255];
 
 fn specs() -> Vec<(String, TinySpec)> {
@@ -230,7 +236,10 @@ fn batched_prefill_equals_token_by_token_and_last_equals_all() {
                     .map(|&v| v as f64)
                     .collect::<Vec<_>>(),
             );
-            assert!(err < 1e-5, "{name}: chunk ending at {pos}: {err:e} at {at}");
+            assert!(
+                err < KERNEL_NOISE,
+                "{name}: chunk ending at {pos}: {err:e} at {at}"
+            );
         }
         assert_eq!(be.n_past(), TOKENS.len());
         assert!(
@@ -274,5 +283,11 @@ fn forward_refuses_bad_input_without_corrupting_the_cache() {
         Err(BackendError::BadPosition { pos: 4, filled: 3 })
     ));
     assert_eq!(be.n_past(), 3);
-    assert_eq!(be.forward(&[3], 2, Logits::Last).unwrap(), ok);
+    // Recomputing position 2 alone (a matrix-vector product instead of the batched kernel: the
+    // same integer sums, another float accumulation order) gives the same logits up to
+    // [`KERNEL_NOISE`].
+    let again = be.forward(&[3], 2, Logits::Last).unwrap();
+    let want: Vec<f64> = ok.iter().map(|&v| v as f64).collect();
+    let (err, at) = rel_err(&again, &want);
+    assert!(err < KERNEL_NOISE, "{err:e} at {at}");
 }

@@ -14,8 +14,11 @@
 
 use rayon::prelude::*;
 
+use super::gemm::{self, Fmt, KFmt};
 use crate::gguf::GgmlType;
-use crate::quant::{ActKind, QuantError, QuantizedVec, dequantize_row, matvec_quantized};
+use crate::quant::{
+    ActKind, BlockQ8K, Q8Blocks, QuantError, QuantizedVec, dequantize_row, matvec_quantized,
+};
 
 /// Which arithmetic the matrix products use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,17 +113,65 @@ pub fn matmul(
             if n == 1 {
                 return matvec_quantized(m.ty, w, rows, &xq[0], out);
             }
-            transposed(scratch, n, rows, TILE_ROWS, w, m.row_bytes, |dst, wtile| {
-                let tile_rows = wtile.len() / m.row_bytes;
-                let mut col = [0.0f32; TILE_ROWS];
-                for (i, x) in xq.iter().enumerate() {
-                    matvec_quantized(m.ty, wtile, tile_rows, x, &mut col[..tile_rows])?;
-                    for (r, &v) in col[..tile_rows].iter().enumerate() {
-                        dst[r * n + i] = v;
+            let kfmt = KFmt::of(m.ty).filter(|_| gemm::available());
+            match Fmt::of(m.ty).filter(|_| gemm::available()) {
+                // Each weight block unpacked once per group of activation rows.
+                Some(fmt) => {
+                    let q8: Vec<&Q8Blocks> = xq
+                        .iter()
+                        .filter_map(|x| match x {
+                            QuantizedVec::Q8(b) => Some(b),
+                            _ => None,
+                        })
+                        .collect();
+                    if q8.len() != n {
+                        return Err(QuantError::Length {
+                            what: "8-bit activation rows",
+                            expected: n,
+                            found: q8.len(),
+                        });
                     }
+                    let rb = m.row_bytes;
+                    transposed(scratch, n, rows, TILE_ROWS, w, rb, |dst, wtile| {
+                        gemm::dot_rows(fmt, wtile, rb, &q8, dst);
+                        Ok(())
+                    })?;
                 }
-                Ok(())
-            })?;
+                None if kfmt.is_some() => {
+                    let qk: Vec<&[BlockQ8K]> = xq
+                        .iter()
+                        .filter_map(|x| match x {
+                            QuantizedVec::Q8K(b) => Some(b.as_slice()),
+                            _ => None,
+                        })
+                        .collect();
+                    if qk.len() != n {
+                        return Err(QuantError::Length {
+                            what: "8-bit K activation rows",
+                            expected: n,
+                            found: qk.len(),
+                        });
+                    }
+                    let (rb, fmt) = (m.row_bytes, kfmt.unwrap_or(KFmt::Q4K));
+                    transposed(scratch, n, rows, TILE_ROWS, w, rb, |dst, wtile| {
+                        gemm::dot_rows_k(fmt, wtile, rb, &qk, dst);
+                        Ok(())
+                    })?;
+                }
+                None => {
+                    transposed(scratch, n, rows, TILE_ROWS, w, m.row_bytes, |dst, wtile| {
+                        let tile_rows = wtile.len() / m.row_bytes;
+                        let mut col = [0.0f32; TILE_ROWS];
+                        for (i, x) in xq.iter().enumerate() {
+                            matvec_quantized(m.ty, wtile, tile_rows, x, &mut col[..tile_rows])?;
+                            for (r, &v) in col[..tile_rows].iter().enumerate() {
+                                dst[r * n + i] = v;
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
         }
         Arith::Exact => {
             let x = input.x;
@@ -148,9 +199,15 @@ pub fn matmul(
     if n == 1 {
         out.copy_from_slice(scratch);
     } else {
-        for (r, col) in scratch.chunks_exact(n).enumerate() {
-            for (i, &v) in col.iter().enumerate() {
-                out[i * rows + r] = v;
+        // In tiles of 32 weight rows, so both sides stay in cache.
+        for (t, tile) in scratch.chunks(32 * n).enumerate() {
+            let r0 = t * 32;
+            let tr = tile.len() / n;
+            for i in 0..n {
+                let o = &mut out[i * rows + r0..][..tr];
+                for (r, v) in o.iter_mut().enumerate() {
+                    *v = tile[r * n + i];
+                }
             }
         }
     }

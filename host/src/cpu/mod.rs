@@ -7,6 +7,7 @@
 //! - [`forward`]: [`CpuBackend`], the full forward pass over a KV cache.
 
 pub mod forward;
+pub mod gemm;
 pub mod matmul;
 pub mod ops;
 

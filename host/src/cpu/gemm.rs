@@ -1,0 +1,663 @@
+//! Batched integer dot products for prefill: a weight row of a 32-element format (Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0) against several 8-bit activation rows at once (AVX2).
+//!
+//! A per-pair dot product unpacks each weight block (nibbles, fifth bits) once per activation
+//! row; here a weight row is unpacked once into one byte per element (it stays in L1) and every
+//! activation row of the batch is dotted with that, eight blocks' integer sums scaled per FMA. The arithmetic per (block, row) is
+//! the same as `quant::vec_dot`'s: the integer sum `Σ q_w·q_x` is exact, scaled by `d_w·d_x` in
+//! f32; offsets (Q4_0's 8, Q5_0's 16) and minimums (Q4_1, Q5_1) are applied through the
+//! activation block's `s = d_x·Σq_x`. Only the order of the f32 accumulation differs.
+//!
+//! Layout of the blocks (GGUF, little-endian): Q4_0 `d:f16, qs[16]`; Q4_1 `d, m:f16, qs[16]`;
+//! Q5_0 `d, qh:u32, qs[16]`; Q5_1 `d, m, qh, qs[16]`; Q8_0 `d, qs:i8[32]`. Element `j < 16` is the
+//! low nibble of `qs[j]`, element `j + 16` its high nibble; bit `j` of `qh` is element `j`'s
+//! fifth bit.
+
+use crate::gguf::GgmlType;
+use crate::quant::{BlockQ8K, Q8Blocks, f16_to_f32};
+
+/// A 32-element weight format this module handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fmt {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+impl Fmt {
+    pub fn of(ty: GgmlType) -> Option<Fmt> {
+        Some(match ty {
+            GgmlType::Q4_0 => Fmt::Q4_0,
+            GgmlType::Q4_1 => Fmt::Q4_1,
+            GgmlType::Q5_0 => Fmt::Q5_0,
+            GgmlType::Q5_1 => Fmt::Q5_1,
+            GgmlType::Q8_0 => Fmt::Q8_0,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per block of 32.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Fmt::Q4_0 => 18,
+            Fmt::Q4_1 => 20,
+            Fmt::Q5_0 => 22,
+            Fmt::Q5_1 => 24,
+            Fmt::Q8_0 => 34,
+        }
+    }
+}
+
+/// Whether this CPU runs [`dot_rows`] (AVX2, FMA).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Activation rows processed against a tile of unpacked weight rows before moving on.
+const X_GROUP: usize = 8;
+
+/// Whether this CPU has AVX-512 VNNI (with VL), used by [`dot_rows`] when present.
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst[r * n + i] = w[r] · xs[i]` for each row `r` of `w` (rows of `row_bytes`) and each of the
+/// `n = xs.len()` activation rows. The caller checked that `row_bytes` is a whole number of
+/// blocks of `fmt`, that every `xs[i]` has that many blocks, that `dst` is `rows × n`, and that
+/// [`available`] is true.
+pub fn dot_rows(fmt: Fmt, w: &[u8], row_bytes: usize, xs: &[&Q8Blocks], dst: &mut [f32]) {
+    dot_rows_with(vnni_available(), fmt, w, row_bytes, xs, dst)
+}
+
+/// [`dot_rows`] with the VNNI kernel chosen by the caller (who checked [`vnni_available`] when
+/// `vnni` is true).
+fn dot_rows_with(
+    vnni: bool,
+    fmt: Fmt,
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[&Q8Blocks],
+    dst: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let n = xs.len();
+        // Every row of the tile unpacked once, then activation rows in groups small enough
+        // that the group and the unpacked rows share L1.
+        let signed = fmt == Fmt::Q8_0;
+        let rows: Vec<x86::Unpacked> = w
+            .chunks_exact(row_bytes)
+            .map(|row| {
+                let mut u = x86::Unpacked::default();
+                // SAFETY: `available()` (AVX2 + FMA) was checked by the caller; the row holds
+                // whole blocks (caller's contract).
+                unsafe { x86::unpack(fmt, row, &mut u) };
+                u
+            })
+            .collect();
+        for i0 in (0..n).step_by(X_GROUP) {
+            let group = &xs[i0..n.min(i0 + X_GROUP)];
+            for (u, d) in rows.iter().zip(dst.chunks_exact_mut(n)) {
+                let d = &mut d[i0..i0 + group.len()];
+                // SAFETY: as above; each activation row has as many blocks as the weight row.
+                unsafe {
+                    if vnni {
+                        for (o, x) in d.iter_mut().zip(group) {
+                            *o = x86::dot_vnni(signed, u, x);
+                        }
+                    } else {
+                        for (o, x) in d.iter_mut().zip(group) {
+                            *o = x86::dot(signed, u, x);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (vnni, fmt, w, row_bytes, xs, dst);
+        unreachable!("dot_rows needs AVX2; callers check available()")
+    }
+}
+
+/// A K-quant weight format this module handles (256-element super-blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KFmt {
+    /// `d, dmin: f16, scales[12] (6-bit scale and min per 32), qs[128]` (4-bit quants).
+    Q4K,
+    /// `ql[128], qh[64], scales: i8[16] (per 16), d: f16` (6-bit quants, offset 32).
+    Q6K,
+}
+
+impl KFmt {
+    pub fn of(ty: GgmlType) -> Option<KFmt> {
+        match ty {
+            GgmlType::Q4K => Some(KFmt::Q4K),
+            GgmlType::Q6K => Some(KFmt::Q6K),
+            _ => None,
+        }
+    }
+
+    pub fn block_bytes(self) -> usize {
+        match self {
+            KFmt::Q4K => 144,
+            KFmt::Q6K => 210,
+        }
+    }
+}
+
+/// [`dot_rows`] for the K formats, with activations of the K kind (one `BlockQ8K` per 256).
+pub fn dot_rows_k(fmt: KFmt, w: &[u8], row_bytes: usize, xs: &[&[BlockQ8K]], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let n = xs.len();
+        let mut u = x86::UnpackedK::default();
+        for (row, d) in w.chunks_exact(row_bytes).zip(dst.chunks_exact_mut(n)) {
+            // SAFETY: as in `dot_rows`.
+            unsafe {
+                x86::unpack_k(fmt, row, &mut u);
+                for (o, x) in d.iter_mut().zip(xs) {
+                    *o = x86::dot_k(&u, x);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (fmt, w, row_bytes, xs, dst);
+        unreachable!("dot_rows_k needs AVX2; callers check available()")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockQ8K, Fmt, KFmt, Q8Blocks, f16_to_f32};
+
+    #[inline]
+    fn f16_at(b: &[u8], at: usize) -> f32 {
+        f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+    }
+
+    /// 32 unsigned 4-bit quants: low nibbles of `qs` then high nibbles.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn nibbles(qs: &[u8]) -> __m256i {
+        // SAFETY: `qs` has at least 16 bytes (a block's quants); unaligned load.
+        let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+        let lo = _mm_and_si128(v, _mm_set1_epi8(0x0f));
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), _mm_set1_epi8(0x0f));
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// 0x10 in byte `j` where bit `j` of `qh` is set, else 0.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn fifth_bits(qh: u32) -> __m256i {
+        // Byte j gets byte j/8 of qh (the shuffle works within 128-bit lanes, and every lane
+        // holds all four bytes), then is tested against bit j%8.
+        let all = _mm256_set1_epi32(qh as i32);
+        let pick = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        );
+        let bytes = _mm256_shuffle_epi8(all, pick);
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+
+    /// Sum of `a[j] * b[j]` over 32 bytes (a unsigned, b signed) as 8 i32 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn dot_u8i8(a: __m256i, b: __m256i) -> __m256i {
+        // u8 x i8 pairs into i16: at most 2 * 255 * 127 only when a has 8-bit values, which
+        // only the sign-moved Q8_0 path gives (|w| <= 128: 2 * 128 * 127 = 32512, no saturation).
+        _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// A weight row unpacked once: one byte per element (unsigned quants, or |w| for Q8_0 with
+    /// its signs kept apart), and per block the scale and the factor of the activation's `s`.
+    #[derive(Default)]
+    pub(super) struct Unpacked {
+        q: Vec<u8>,
+        /// Q8_0 only: the signed weights (their signs move onto the activations).
+        w: Vec<i8>,
+        d: Vec<f32>,
+        second: Vec<f32>,
+    }
+
+    /// Unpacks `row` (whole blocks of `fmt`) into `u`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn unpack(fmt: Fmt, row: &[u8], u: &mut Unpacked) {
+        let bb = fmt.block_bytes();
+        let nb = row.len() / bb;
+        u.q.resize(nb * 32, 0);
+        u.d.clear();
+        u.second.clear();
+        if fmt == Fmt::Q8_0 {
+            u.w.resize(nb * 32, 0);
+        }
+        for (b, blk) in row.chunks_exact(bb).enumerate() {
+            let dw = f16_at(blk, 0);
+            let (q, second) = match fmt {
+                Fmt::Q4_0 => (nibbles(&blk[2..18]), -8.0 * dw),
+                Fmt::Q4_1 => (nibbles(&blk[4..20]), f16_at(blk, 2)),
+                Fmt::Q5_0 => {
+                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    (
+                        _mm256_or_si256(nibbles(&blk[6..22]), fifth_bits(qh)),
+                        -16.0 * dw,
+                    )
+                }
+                Fmt::Q5_1 => {
+                    let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+                    (
+                        _mm256_or_si256(nibbles(&blk[8..24]), fifth_bits(qh)),
+                        f16_at(blk, 2),
+                    )
+                }
+                Fmt::Q8_0 => {
+                    // SAFETY: a Q8_0 block has 32 quant bytes after its 2-byte scale; `u.w`
+                    // has 32 bytes at block b.
+                    let w = unsafe { _mm256_loadu_si256(blk[2..34].as_ptr().cast()) };
+                    unsafe { _mm256_storeu_si256(u.w[b * 32..].as_mut_ptr().cast(), w) };
+                    (_mm256_sign_epi8(w, w), 0.0)
+                }
+            };
+            // SAFETY: `u.q` has nb * 32 bytes.
+            unsafe { _mm256_storeu_si256(u.q[b * 32..].as_mut_ptr().cast(), q) };
+            u.d.push(dw);
+            u.second.push(second);
+        }
+    }
+
+    /// The 8 block sums of 8 vectors of i32 partial sums, in order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn block_sums(s: [__m256i; 8]) -> __m256i {
+        let a = _mm256_hadd_epi32(s[0], s[1]);
+        let b = _mm256_hadd_epi32(s[2], s[3]);
+        let c = _mm256_hadd_epi32(s[4], s[5]);
+        let d = _mm256_hadd_epi32(s[6], s[7]);
+        let ab = _mm256_hadd_epi32(a, b);
+        let cd = _mm256_hadd_epi32(c, d);
+        // Lane 0 of ab/cd holds the low halves' sums of blocks 0-3 / 4-7, lane 1 the high halves'.
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(ab, cd),
+            _mm256_permute2x128_si256::<0x31>(ab, cd),
+        )
+    }
+
+    /// [`dot_u8i8`] in one VNNI instruction (no 16-bit intermediate).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    fn dot_u8i8_vnni(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b)
+    }
+
+    macro_rules! dot_fn {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $mul:ident) => {
+    $(#[$doc])*
+    #[target_feature(enable = $features)]
+    ///
+    /// `u` and `x` have the same number of blocks (the caller's contract; indexing checks it).
+    pub(super) fn $name(signed: bool, u: &Unpacked, x: &Q8Blocks) -> f32 {
+        let nb = x.len();
+        let (xq, xd, xs) = (x.qs(), x.d(), x.s());
+        let mut acc = _mm256_setzero_ps();
+        let mut cacc = _mm256_setzero_ps();
+        let groups = nb / 8;
+        // The operands of block b: unpacked weights (unsigned) and activation quants, with the
+        // weights' signs moved onto the activations for Q8_0.
+        // SAFETY: the slices are bounds-checked and each holds 32 bytes from its start.
+        let op = |b: usize| unsafe {
+            let q = _mm256_loadu_si256(u.q[b * 32..b * 32 + 32].as_ptr().cast());
+            let x = _mm256_loadu_si256(xq[b].as_ptr().cast());
+            let x = if signed {
+                _mm256_sign_epi8(x, _mm256_loadu_si256(u.w[b * 32..b * 32 + 32].as_ptr().cast()))
+            } else {
+                x
+            };
+            (q, x)
+        };
+        for g in 0..groups {
+            let b0 = g * 8;
+            let sums = block_sums(core::array::from_fn(|k| {
+                let (q, xv) = op(b0 + k);
+                $mul(q, xv)
+            }));
+            // SAFETY: blocks b0 .. b0 + 8 exist in every per-block array (bounds-checked).
+            unsafe {
+                let dw = _mm256_loadu_ps(u.d[b0..b0 + 8].as_ptr());
+                let dx = _mm256_loadu_ps(xd[b0..b0 + 8].as_ptr());
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, dx), acc);
+                let sw = _mm256_loadu_ps(u.second[b0..b0 + 8].as_ptr());
+                let sx = _mm256_loadu_ps(xs[b0..b0 + 8].as_ptr());
+                cacc = _mm256_fmadd_ps(sw, sx, cacc);
+            }
+        }
+        let mut total = hsum(_mm256_add_ps(acc, cacc));
+        for b in groups * 8..nb {
+            let (q, xv) = op(b);
+            let v = $mul(q, xv);
+            let s = _mm256_cvtepi32_ps(v);
+            total += hsum(s) * (u.d[b] * xd[b]) + u.second[b] * xs[b];
+        }
+        total
+    }
+        };
+    }
+
+    dot_fn!(
+        /// One unpacked weight row against one activation row (AVX2).
+        dot,
+        "avx2,fma",
+        dot_u8i8
+    );
+    dot_fn!(
+        /// [`dot`] with AVX-512 VNNI's fused unsigned-by-signed byte dot product.
+        dot_vnni,
+        "avx2,fma,avx512f,avx512vl,avx512vnni",
+        dot_u8i8_vnni
+    );
+
+    /// A K-quant weight row unpacked once: unsigned quants (one byte each), per chunk of 32 the
+    /// two group scales as an i16 vector (8 copies each), per super-block the 16 coefficients of
+    /// the activation's group sums, `d`, and the factor of the minimum term.
+    #[derive(Default)]
+    pub(super) struct UnpackedK {
+        q: Vec<u8>,
+        scales: Vec<[i16; 16]>,
+        mins: Vec<[i16; 16]>,
+        d: Vec<f32>,
+        fmin: Vec<f32>,
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn unpack_k(fmt: KFmt, row: &[u8], u: &mut UnpackedK) {
+        let bb = fmt.block_bytes();
+        let nb = row.len() / bb;
+        u.q.resize(nb * 256, 0);
+        u.scales.clear();
+        u.mins.clear();
+        u.d.clear();
+        u.fmin.clear();
+        let low4 = _mm256_set1_epi8(0x0f);
+        for (b, blk) in row.chunks_exact(bb).enumerate() {
+            let out = &mut u.q[b * 256..(b + 1) * 256];
+            // Per group of 16: the scale multiplying Σ q·x and the coefficient of the group's
+            // activation sum in the minimum term.
+            let (sc16, cg16, d, fmin): ([i16; 16], [i16; 16], f32, f32) = match fmt {
+                KFmt::Q4K => {
+                    let d = f16_at(blk, 0);
+                    let dmin = f16_at(blk, 2);
+                    let scales: &[u8; 12] = blk[4..16].try_into().unwrap_or(&[0; 12]);
+                    let sm = kernels_gpu::quant::k_scales_mins(scales);
+                    // Chunk c of 64 elements: 32 low nibbles (sub-block 2c), 32 high (2c+1).
+                    for c in 0..4 {
+                        // SAFETY: qs has 128 bytes at 16..144; `out` has 256.
+                        unsafe {
+                            let v = _mm256_loadu_si256(blk[16 + 32 * c..].as_ptr().cast());
+                            let lo = _mm256_and_si256(v, low4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
+                            _mm256_storeu_si256(out[64 * c..].as_mut_ptr().cast(), lo);
+                            _mm256_storeu_si256(out[64 * c + 32..].as_mut_ptr().cast(), hi);
+                        }
+                    }
+                    let sc = core::array::from_fn(|g| sm[g / 2] as i16);
+                    let m = core::array::from_fn(|g| sm[8 + g / 2] as i16);
+                    (sc, m, d, -dmin)
+                }
+                KFmt::Q6K => {
+                    let d = f16_at(blk, 208);
+                    // Half h (128 elements): element 32k + l (k in 0..4) has its low 4 bits in
+                    // ql[64h + 32(k%2) + l] (nibble k/2) and its high 2 bits in qh[32h + l]
+                    // (bits 2k, 2k+1); the stored value is the quant + 32.
+                    for h in 0..2 {
+                        // SAFETY: ql is bytes 0..128, qh 128..192; `out` has 256.
+                        unsafe {
+                            let qh = _mm256_loadu_si256(blk[128 + 32 * h..].as_ptr().cast());
+                            for k in 0..4 {
+                                let ql = _mm256_loadu_si256(
+                                    blk[64 * h + 32 * (k % 2)..].as_ptr().cast(),
+                                );
+                                let lo = if k < 2 {
+                                    _mm256_and_si256(ql, low4)
+                                } else {
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4)
+                                };
+                                let hi = match k {
+                                    0 => qh,
+                                    1 => _mm256_srli_epi16::<2>(qh),
+                                    2 => _mm256_srli_epi16::<4>(qh),
+                                    _ => _mm256_srli_epi16::<6>(qh),
+                                };
+                                let hi = _mm256_slli_epi16::<4>(_mm256_and_si256(
+                                    hi,
+                                    _mm256_set1_epi8(3),
+                                ));
+                                let q = _mm256_or_si256(lo, hi);
+                                _mm256_storeu_si256(out[128 * h + 32 * k..].as_mut_ptr().cast(), q);
+                            }
+                        }
+                    }
+                    let sc: [i16; 16] = core::array::from_fn(|g| blk[192 + g] as i8 as i16);
+                    (sc, sc, d, -32.0 * d)
+                }
+            };
+            for c in 0..8 {
+                u.scales.push(core::array::from_fn(|i| sc16[2 * c + i / 8]));
+            }
+            u.mins.push(cg16);
+            u.d.push(d);
+            u.fmin.push(fmin);
+        }
+    }
+
+    /// One unpacked K row against one activation row.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_k(u: &UnpackedK, x: &[BlockQ8K]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut macc = _mm256_setzero_ps();
+        for (b, xb) in x.iter().enumerate().take(u.d.len()) {
+            let mut isum = _mm256_setzero_si256();
+            for c in 0..8 {
+                // SAFETY: `u.q` has 256 bytes per super-block, `xb.qs` 256, the scale vectors 16
+                // i16 each.
+                unsafe {
+                    let q = _mm256_loadu_si256(u.q[b * 256 + 32 * c..].as_ptr().cast());
+                    let xq = _mm256_loadu_si256(xb.qs[32 * c..].as_ptr().cast());
+                    let sc = _mm256_loadu_si256(u.scales[8 * b + c].as_ptr().cast());
+                    let p = _mm256_maddubs_epi16(q, xq);
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, sc));
+                }
+            }
+            // SAFETY: 16 i16 each.
+            let mins = unsafe {
+                _mm256_madd_epi16(
+                    _mm256_loadu_si256(u.mins[b].as_ptr().cast()),
+                    _mm256_loadu_si256(xb.bsums.as_ptr().cast()),
+                )
+            };
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(u.d[b] * xb.d), acc);
+            macc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(mins),
+                _mm256_set1_ps(u.fmin[b] * xb.d),
+                macc,
+            );
+        }
+        hsum(_mm256_add_ps(acc, macc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{QuantizedVec, vec_dot};
+
+    /// SplitMix64.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn uniform(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    /// Random bytes with sane f16 scales (and minimums) in each block.
+    fn random_row(fmt: Fmt, n_blocks: usize, rng: &mut Rng) -> Vec<u8> {
+        let bb = fmt.block_bytes();
+        let mut v: Vec<u8> = (0..n_blocks * bb).map(|_| rng.next() as u8).collect();
+        for blk in v.chunks_exact_mut(bb) {
+            let d = half::f16::from_f32(0.01 + 0.02 * rng.uniform().abs()).to_le_bytes();
+            blk[..2].copy_from_slice(&d);
+            if matches!(fmt, Fmt::Q4_1 | Fmt::Q5_1) {
+                let m = half::f16::from_f32(0.05 * rng.uniform()).to_le_bytes();
+                blk[2..4].copy_from_slice(&m);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn dot_rows_matches_vec_dot_for_every_format_and_group_size() {
+        if !available() {
+            eprintln!("no AVX2 on this CPU: dot_rows is not used here");
+            return;
+        }
+        let mut rng = Rng(7);
+        for (fmt, ty) in [
+            (Fmt::Q4_0, GgmlType::Q4_0),
+            (Fmt::Q4_1, GgmlType::Q4_1),
+            (Fmt::Q5_0, GgmlType::Q5_0),
+            (Fmt::Q5_1, GgmlType::Q5_1),
+            (Fmt::Q8_0, GgmlType::Q8_0),
+        ] {
+            for (n_blocks, rows, n) in [(28, 3, 9), (1, 1, 1), (7, 2, 4), (5, 5, 6), (16, 2, 3)] {
+                let cols = n_blocks * 32;
+                let w = random_row(fmt, n_blocks * rows, &mut rng);
+                let xs: Vec<QuantizedVec> = (0..n)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..cols).map(|_| 3.0 * rng.uniform()).collect();
+                        QuantizedVec::for_weights(ty, &x).unwrap()
+                    })
+                    .collect();
+                let q8: Vec<&Q8Blocks> = xs
+                    .iter()
+                    .map(|x| match x {
+                        QuantizedVec::Q8(b) => b,
+                        _ => unreachable!("32-element formats take Q8 activations"),
+                    })
+                    .collect();
+                let rb = n_blocks * fmt.block_bytes();
+                for vnni in [false, true] {
+                    if vnni && !vnni_available() {
+                        continue;
+                    }
+                    let mut dst = vec![f32::NAN; rows * n];
+                    dot_rows_with(vnni, fmt, &w, rb, &q8, &mut dst);
+                    for r in 0..rows {
+                        for i in 0..n {
+                            let want = vec_dot(ty, &w[r * rb..(r + 1) * rb], &xs[i]).unwrap();
+                            let got = dst[r * n + i];
+                            // Same integer sums; the f32 accumulation order differs.
+                            let tol = 1e-5 * (1.0 + want.abs()) * n_blocks as f32;
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{fmt:?} vnni {vnni} blocks {n_blocks} row {r} col {i}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dot_rows_k_matches_vec_dot() {
+        if !available() {
+            eprintln!("no AVX2 on this CPU: dot_rows_k is not used here");
+            return;
+        }
+        let mut rng = Rng(11);
+        for (fmt, ty) in [(KFmt::Q4K, GgmlType::Q4K), (KFmt::Q6K, GgmlType::Q6K)] {
+            for (n_blocks, rows, n) in [(19, 3, 5), (1, 2, 1), (4, 1, 7)] {
+                let bb = fmt.block_bytes();
+                let mut w: Vec<u8> = (0..n_blocks * rows * bb)
+                    .map(|_| rng.next() as u8)
+                    .collect();
+                for blk in w.chunks_exact_mut(bb) {
+                    let d = half::f16::from_f32(0.001 + 0.002 * rng.uniform().abs());
+                    let at = if fmt == KFmt::Q4K { 0 } else { 208 };
+                    blk[at..at + 2].copy_from_slice(&d.to_le_bytes());
+                    if fmt == KFmt::Q4K {
+                        let dmin = half::f16::from_f32(0.001 * rng.uniform().abs());
+                        blk[2..4].copy_from_slice(&dmin.to_le_bytes());
+                    }
+                }
+                let cols = n_blocks * 256;
+                let xs: Vec<QuantizedVec> = (0..n)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..cols).map(|_| 2.0 * rng.uniform()).collect();
+                        QuantizedVec::for_weights(ty, &x).unwrap()
+                    })
+                    .collect();
+                let qk: Vec<&[BlockQ8K]> = xs
+                    .iter()
+                    .map(|x| match x {
+                        QuantizedVec::Q8K(b) => b.as_slice(),
+                        _ => unreachable!("K formats take Q8K activations"),
+                    })
+                    .collect();
+                let mut dst = vec![f32::NAN; rows * n];
+                let rb = n_blocks * bb;
+                dot_rows_k(fmt, &w, rb, &qk, &mut dst);
+                for r in 0..rows {
+                    for i in 0..n {
+                        let want = vec_dot(ty, &w[r * rb..(r + 1) * rb], &xs[i]).unwrap();
+                        let got = dst[r * n + i];
+                        let tol = 1e-5 * (1.0 + want.abs()) * n_blocks as f32;
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{fmt:?} blocks {n_blocks} row {r} col {i}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
