@@ -62,9 +62,6 @@ pub fn available() -> bool {
     }
 }
 
-/// Activation rows processed against a tile of unpacked weight rows before moving on.
-const X_GROUP: usize = 8;
-
 /// Whether this CPU has AVX-512 VNNI (with VL), used by [`dot_rows`] when present.
 pub fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -77,11 +74,65 @@ pub fn vnni_available() -> bool {
     }
 }
 
+/// An activation row of 8-bit blocks repacked for the interleaved kernel: blocks padded with
+/// zero blocks to a multiple of 8, and each group of 8 blocks stored as 8 steps of 32 bytes, step
+/// `k` holding bytes `4k .. 4k + 4` of blocks 0..8 in turn. One 32-byte multiply-add per step then
+/// leaves block `j`'s partial sum in 32-bit lane `j`, so a group's 8 block sums come out of 8
+/// steps in one register, scaled by one FMA, with no horizontal reduction.
+pub struct PackedX {
+    q: Vec<u8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Block-major bytes (`nb` blocks of 32) to the interleaved layout, padded to `nbp` blocks.
+fn interleave(src: &[u8], nb: usize, nbp: usize, dst: &mut Vec<u8>) {
+    dst.clear();
+    dst.resize(nbp * 32, 0);
+    for g in 0..nbp / 8 {
+        for j in 0..8 {
+            let b = 8 * g + j;
+            if b >= nb {
+                break;
+            }
+            for k in 0..8 {
+                let from = b * 32 + 4 * k;
+                let to = ((g * 8 + k) * 8 + j) * 4;
+                dst[to..to + 4].copy_from_slice(&src[from..from + 4]);
+            }
+        }
+    }
+}
+
+impl PackedX {
+    pub fn new(x: &Q8Blocks) -> Self {
+        let nb = x.len();
+        let nbp = nb.div_ceil(8) * 8;
+        let bytes: Vec<u8> = x.qs().iter().flatten().map(|&q| q as u8).collect();
+        let mut q = Vec::new();
+        interleave(&bytes, nb, nbp, &mut q);
+        let pad = |v: &[f32]| {
+            let mut p = v.to_vec();
+            p.resize(nbp, 0.0);
+            p
+        };
+        PackedX {
+            q,
+            d: pad(x.d()),
+            s: pad(x.s()),
+        }
+    }
+
+    fn n_blocks_padded(&self) -> usize {
+        self.d.len()
+    }
+}
+
 /// `dst[r * n + i] = w[r] · xs[i]` for each row `r` of `w` (rows of `row_bytes`) and each of the
 /// `n = xs.len()` activation rows. The caller checked that `row_bytes` is a whole number of
-/// blocks of `fmt`, that every `xs[i]` has that many blocks, that `dst` is `rows × n`, and that
-/// [`available`] is true.
-pub fn dot_rows(fmt: Fmt, w: &[u8], row_bytes: usize, xs: &[&Q8Blocks], dst: &mut [f32]) {
+/// blocks of `fmt`, that every `xs[i]` was packed from a row of that many blocks, that `dst` is
+/// `rows × n`, and that [`available`] is true.
+pub fn dot_rows(fmt: Fmt, w: &[u8], row_bytes: usize, xs: &[PackedX], dst: &mut [f32]) {
     dot_rows_with(vnni_available(), fmt, w, row_bytes, xs, dst)
 }
 
@@ -92,48 +143,70 @@ fn dot_rows_with(
     fmt: Fmt,
     w: &[u8],
     row_bytes: usize,
-    xs: &[&Q8Blocks],
+    xs: &[PackedX],
     dst: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         let n = xs.len();
-        // Every row of the tile unpacked once, then activation rows in groups small enough
-        // that the group and the unpacked rows share L1.
-        let signed = fmt == Fmt::Q8_0;
-        let rows: Vec<x86::Unpacked> = w
-            .chunks_exact(row_bytes)
-            .map(|row| {
-                let mut u = x86::Unpacked::default();
+        let nb = row_bytes / fmt.block_bytes();
+        let nbp = nb.div_ceil(8) * 8;
+        assert!(
+            xs.iter().all(|x| x.n_blocks_padded() == nbp) && dst.len() == w.len() / row_bytes * n,
+            "dot_rows: activation rows or output do not match the weights"
+        );
+        // Every weight row of the tile packed once (it stays in L1), then register tiles of
+        // RM weight rows x RN activation rows. The packing buffers are kept per thread.
+        thread_local! {
+            static PACKED: std::cell::RefCell<(x86::Unpacked, Vec<x86::PackedW>)> =
+                std::cell::RefCell::new(Default::default());
+        }
+        PACKED.with_borrow_mut(|(u, rows)| {
+            let n_rows = w.len() / row_bytes;
+            if rows.len() < n_rows {
+                rows.resize_with(n_rows, Default::default);
+            }
+            for (row, p) in w.chunks_exact(row_bytes).zip(rows.iter_mut()) {
                 // SAFETY: `available()` (AVX2 + FMA) was checked by the caller; the row holds
                 // whole blocks (caller's contract).
-                unsafe { x86::unpack(fmt, row, &mut u) };
-                u
-            })
-            .collect();
-        for i0 in (0..n).step_by(X_GROUP) {
-            let group = &xs[i0..n.min(i0 + X_GROUP)];
-            for (u, d) in rows.iter().zip(dst.chunks_exact_mut(n)) {
-                let d = &mut d[i0..i0 + group.len()];
-                // SAFETY: as above; each activation row has as many blocks as the weight row.
-                unsafe {
-                    if vnni {
-                        for (o, x) in d.iter_mut().zip(group) {
-                            *o = x86::dot_vnni(signed, u, x);
-                        }
-                    } else {
-                        for (o, x) in d.iter_mut().zip(group) {
-                            *o = x86::dot(signed, u, x);
-                        }
-                    }
-                }
+                unsafe { x86::unpack(fmt, row, u) };
+                p.pack(u, fmt == Fmt::Q8_0, vnni);
             }
-        }
+            tiles(vnni, &rows[..n_rows], xs, n, dst);
+        });
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (vnni, fmt, w, row_bytes, xs, dst);
         unreachable!("dot_rows needs AVX2; callers check available()")
+    }
+}
+
+/// The register tiles over packed weight rows and activation rows.
+#[cfg(target_arch = "x86_64")]
+fn tiles(vnni: bool, rows: &[x86::PackedW], xs: &[PackedX], n: usize, dst: &mut [f32]) {
+    {
+        let (rm, rn) = if vnni { (2, 4) } else { (2, 2) };
+        for i0 in (0..n).step_by(rn) {
+            let cn = (n - i0).min(rn);
+            for r0 in (0..rows.len()).step_by(rm) {
+                let cm = (rows.len() - r0).min(rm);
+                let mut out = [[0.0f32; 4]; 2];
+                let ws = &rows[r0..r0 + cm];
+                let xg = &xs[i0..i0 + cn];
+                // SAFETY: the caller checked the CPU features and the shapes.
+                unsafe {
+                    if vnni {
+                        x86::tile_vnni_dispatch(ws, xg, &mut out);
+                    } else {
+                        x86::tile_avx2_dispatch(ws, xg, &mut out);
+                    }
+                }
+                for (m, o) in out.iter().enumerate().take(cm) {
+                    dst[(r0 + m) * n + i0..][..cn].copy_from_slice(&o[..cn]);
+                }
+            }
+        }
     }
 }
 
@@ -190,7 +263,7 @@ pub fn dot_rows_k(fmt: KFmt, w: &[u8], row_bytes: usize, xs: &[&[BlockQ8K]], dst
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BlockQ8K, Fmt, KFmt, Q8Blocks, f16_to_f32};
+    use super::{BlockQ8K, Fmt, KFmt, f16_to_f32};
 
     #[inline]
     fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -248,8 +321,8 @@ mod x86 {
     #[derive(Default)]
     pub(super) struct Unpacked {
         q: Vec<u8>,
-        /// Q8_0 only: the signed weights (their signs move onto the activations).
-        w: Vec<i8>,
+        /// Q8_0 only: the signed weights' bytes.
+        w: Vec<u8>,
         d: Vec<f32>,
         second: Vec<f32>,
     }
@@ -265,6 +338,7 @@ mod x86 {
         if fmt == Fmt::Q8_0 {
             u.w.resize(nb * 32, 0);
         }
+        u.w.truncate(if fmt == Fmt::Q8_0 { nb * 32 } else { 0 });
         for (b, blk) in row.chunks_exact(bb).enumerate() {
             let dw = f16_at(blk, 0);
             let (q, second) = match fmt {
@@ -299,95 +373,175 @@ mod x86 {
         }
     }
 
-    /// The 8 block sums of 8 vectors of i32 partial sums, in order.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn block_sums(s: [__m256i; 8]) -> __m256i {
-        let a = _mm256_hadd_epi32(s[0], s[1]);
-        let b = _mm256_hadd_epi32(s[2], s[3]);
-        let c = _mm256_hadd_epi32(s[4], s[5]);
-        let d = _mm256_hadd_epi32(s[6], s[7]);
-        let ab = _mm256_hadd_epi32(a, b);
-        let cd = _mm256_hadd_epi32(c, d);
-        // Lane 0 of ab/cd holds the low halves' sums of blocks 0-3 / 4-7, lane 1 the high halves'.
-        _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(ab, cd),
-            _mm256_permute2x128_si256::<0x31>(ab, cd),
-        )
+    /// A weight row packed for the interleaved kernel (see [`super::PackedX`]): the unsigned
+    /// operand, for AVX2's Q8_0 the signed weights apart (their signs move onto the activations),
+    /// and per block (padded) the scale and the factor of the activation's `s`.
+    #[derive(Default)]
+    pub(super) struct PackedW {
+        q: Vec<u8>,
+        sign: Vec<u8>,
+        d: Vec<f32>,
+        second: Vec<f32>,
     }
 
-    /// [`dot_u8i8`] in one VNNI instruction (no 16-bit intermediate).
-    #[inline]
-    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    fn dot_u8i8_vnni(a: __m256i, b: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b)
-    }
-
-    macro_rules! dot_fn {
-        ($(#[$doc:meta])* $name:ident, $features:literal, $mul:ident) => {
-    $(#[$doc])*
-    #[target_feature(enable = $features)]
-    ///
-    /// `u` and `x` have the same number of blocks (the caller's contract; indexing checks it).
-    pub(super) fn $name(signed: bool, u: &Unpacked, x: &Q8Blocks) -> f32 {
-        let nb = x.len();
-        let (xq, xd, xs) = (x.qs(), x.d(), x.s());
-        let mut acc = _mm256_setzero_ps();
-        let mut cacc = _mm256_setzero_ps();
-        let groups = nb / 8;
-        // The operands of block b: unpacked weights (unsigned) and activation quants, with the
-        // weights' signs moved onto the activations for Q8_0.
-        // SAFETY: the slices are bounds-checked and each holds 32 bytes from its start.
-        let op = |b: usize| unsafe {
-            let q = _mm256_loadu_si256(u.q[b * 32..b * 32 + 32].as_ptr().cast());
-            let x = _mm256_loadu_si256(xq[b].as_ptr().cast());
-            let x = if signed {
-                _mm256_sign_epi8(x, _mm256_loadu_si256(u.w[b * 32..b * 32 + 32].as_ptr().cast()))
+    impl PackedW {
+        /// Packs an unpacked row. Q8_0 (`signed`): with VNNI (no 16-bit saturation) the operand is
+        /// `w + 128` with `−128·d` added to the activation-sum factor; without, it is `|w|` and the
+        /// signs are kept for the activations.
+        pub(super) fn pack(&mut self, u: &Unpacked, signed: bool, vnni: bool) {
+            let nb = u.d.len();
+            let nbp = nb.div_ceil(8) * 8;
+            self.d.clear();
+            self.d.extend_from_slice(&u.d);
+            self.d.resize(nbp, 0.0);
+            self.second.clear();
+            self.second.extend_from_slice(&u.second);
+            self.sign.clear();
+            if signed && vnni {
+                let biased: Vec<u8> = u.w.iter().map(|&w| (w as i8 as i16 + 128) as u8).collect();
+                super::interleave(&biased, nb, nbp, &mut self.q);
+                for (s, &d) in self.second.iter_mut().zip(&u.d) {
+                    *s = -128.0 * d;
+                }
             } else {
-                x
-            };
-            (q, x)
-        };
-        for g in 0..groups {
-            let b0 = g * 8;
-            let sums = block_sums(core::array::from_fn(|k| {
-                let (q, xv) = op(b0 + k);
-                $mul(q, xv)
-            }));
-            // SAFETY: blocks b0 .. b0 + 8 exist in every per-block array (bounds-checked).
+                super::interleave(&u.q, nb, nbp, &mut self.q);
+                if signed {
+                    super::interleave(&u.w, nb, nbp, &mut self.sign);
+                }
+            }
+            self.second.resize(nbp, 0.0);
+        }
+    }
+
+    /// `Σ_blocks second_w · s_x` (the offset / minimum term), 8 blocks per FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn second_term(w: &PackedW, x: &super::PackedX) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (a, b) in w.second.chunks_exact(8).zip(x.s.chunks_exact(8)) {
+            // SAFETY: 8 floats each.
             unsafe {
-                let dw = _mm256_loadu_ps(u.d[b0..b0 + 8].as_ptr());
-                let dx = _mm256_loadu_ps(xd[b0..b0 + 8].as_ptr());
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(dw, dx), acc);
-                let sw = _mm256_loadu_ps(u.second[b0..b0 + 8].as_ptr());
-                let sx = _mm256_loadu_ps(xs[b0..b0 + 8].as_ptr());
-                cacc = _mm256_fmadd_ps(sw, sx, cacc);
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr()),
+                    _mm256_loadu_ps(b.as_ptr()),
+                    acc,
+                );
             }
         }
-        let mut total = hsum(_mm256_add_ps(acc, cacc));
-        for b in groups * 8..nb {
-            let (q, xv) = op(b);
-            let v = $mul(q, xv);
-            let s = _mm256_cvtepi32_ps(v);
-            total += hsum(s) * (u.d[b] * xd[b]) + u.second[b] * xs[b];
-        }
-        total
+        hsum(acc)
     }
+
+    /// [`dot_u8i8`] in one VNNI instruction, accumulated (no 16-bit intermediate).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    fn dpbusd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, a, b)
+    }
+
+    macro_rules! tile_fn {
+        ($name:ident, $features:literal, $step:ident) => {
+            /// `out[m][n] = w[m] · x[n]` for a register tile of `RM` weight rows and `RN`
+            /// activation rows (all packed from rows of the same number of blocks).
+            #[target_feature(enable = $features)]
+            fn $name<const RM: usize, const RN: usize>(
+                w: &[PackedW],
+                x: &[super::PackedX],
+                out: &mut [[f32; 4]; 2],
+            ) {
+                let nbp = x[0].d.len();
+                let signed = !w[0].sign.is_empty();
+                let mut facc = [[_mm256_setzero_ps(); RN]; RM];
+                for g in 0..nbp / 8 {
+                    let mut iacc = [[_mm256_setzero_si256(); RN]; RM];
+                    for k in 0..8 {
+                        let off = (g * 8 + k) * 32;
+                        // SAFETY: every packed row holds nbp * 32 bytes (asserted by the
+                        // caller: same padded block count).
+                        let wv: [__m256i; RM] = core::array::from_fn(|m| unsafe {
+                            _mm256_loadu_si256(w[m].q[off..off + 32].as_ptr().cast())
+                        });
+                        let xv: [__m256i; RN] = core::array::from_fn(|n| unsafe {
+                            _mm256_loadu_si256(x[n].q[off..off + 32].as_ptr().cast())
+                        });
+                        for m in 0..RM {
+                            let sgn = if signed {
+                                // SAFETY: as above, `sign` is packed like `q`.
+                                Some(unsafe {
+                                    _mm256_loadu_si256(w[m].sign[off..off + 32].as_ptr().cast())
+                                })
+                            } else {
+                                None
+                            };
+                            for n in 0..RN {
+                                let xs = match sgn {
+                                    Some(sv) => _mm256_sign_epi8(xv[n], sv),
+                                    None => xv[n],
+                                };
+                                iacc[m][n] = $step(iacc[m][n], wv[m], xs);
+                            }
+                        }
+                    }
+                    // SAFETY: 8 floats at block 8g in every padded per-block array.
+                    let dw: [__m256; RM] = core::array::from_fn(|m| unsafe {
+                        _mm256_loadu_ps(w[m].d[8 * g..8 * g + 8].as_ptr())
+                    });
+                    let dx: [__m256; RN] = core::array::from_fn(|n| unsafe {
+                        _mm256_loadu_ps(x[n].d[8 * g..8 * g + 8].as_ptr())
+                    });
+                    for m in 0..RM {
+                        for n in 0..RN {
+                            facc[m][n] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(iacc[m][n]),
+                                _mm256_mul_ps(dw[m], dx[n]),
+                                facc[m][n],
+                            );
+                        }
+                    }
+                }
+                for m in 0..RM {
+                    for n in 0..RN {
+                        out[m][n] = hsum(facc[m][n]) + second_term(&w[m], &x[n]);
+                    }
+                }
+            }
         };
     }
 
-    dot_fn!(
-        /// One unpacked weight row against one activation row (AVX2).
-        dot,
-        "avx2,fma",
-        dot_u8i8
-    );
-    dot_fn!(
-        /// [`dot`] with AVX-512 VNNI's fused unsigned-by-signed byte dot product.
-        dot_vnni,
-        "avx2,fma,avx512f,avx512vl,avx512vnni",
-        dot_u8i8_vnni
-    );
+    /// One AVX2 step: u8 x i8 pairs into i16, pairs of those into i32, accumulated.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn step_avx2(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, dot_u8i8(a, b))
+    }
+
+    tile_fn!(tile_avx2, "avx2,fma", step_avx2);
+    tile_fn!(tile_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dpbusd);
+
+    /// Runs the AVX2 tile kernel instantiated for `w.len()` (1..=2) x `x.len()` (1..=2).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn tile_avx2_dispatch(w: &[PackedW], x: &[super::PackedX], out: &mut [[f32; 4]; 2]) {
+        match (w.len(), x.len()) {
+            (2, 2) => tile_avx2::<2, 2>(w, x, out),
+            (2, _) => tile_avx2::<2, 1>(w, x, out),
+            (_, 2) => tile_avx2::<1, 2>(w, x, out),
+            _ => tile_avx2::<1, 1>(w, x, out),
+        }
+    }
+
+    /// Runs the VNNI tile kernel instantiated for `w.len()` (1..=2) x `x.len()` (1..=4).
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    pub(super) fn tile_vnni_dispatch(w: &[PackedW], x: &[super::PackedX], out: &mut [[f32; 4]; 2]) {
+        match (w.len(), x.len()) {
+            (2, 4) => tile_vnni::<2, 4>(w, x, out),
+            (2, 3) => tile_vnni::<2, 3>(w, x, out),
+            (2, 2) => tile_vnni::<2, 2>(w, x, out),
+            (2, _) => tile_vnni::<2, 1>(w, x, out),
+            (_, 4) => tile_vnni::<1, 4>(w, x, out),
+            (_, 3) => tile_vnni::<1, 3>(w, x, out),
+            (_, 2) => tile_vnni::<1, 2>(w, x, out),
+            _ => tile_vnni::<1, 1>(w, x, out),
+        }
+    }
 
     /// A K-quant weight row unpacked once: unsigned quants (one byte each), per chunk of 32 the
     /// two group scales as an i16 vector (8 copies each), per super-block the 16 coefficients of
@@ -589,7 +743,8 @@ mod tests {
                         continue;
                     }
                     let mut dst = vec![f32::NAN; rows * n];
-                    dot_rows_with(vnni, fmt, &w, rb, &q8, &mut dst);
+                    let packed: Vec<PackedX> = q8.iter().map(|x| PackedX::new(x)).collect();
+                    dot_rows_with(vnni, fmt, &w, rb, &packed, &mut dst);
                     for r in 0..rows {
                         for i in 0..n {
                             let want = vec_dot(ty, &w[r * rb..(r + 1) * rb], &xs[i]).unwrap();

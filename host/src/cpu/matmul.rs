@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{self, Fmt, KFmt};
+use super::gemm::{self, Fmt, KFmt, PackedX};
 use crate::gguf::GgmlType;
 use crate::quant::{
     ActKind, BlockQ8K, Q8Blocks, QuantError, QuantizedVec, dequantize_row, matvec_quantized,
@@ -132,8 +132,9 @@ pub fn matmul(
                         });
                     }
                     let rb = m.row_bytes;
+                    let packed: Vec<PackedX> = q8.par_iter().map(|x| PackedX::new(x)).collect();
                     transposed(scratch, n, rows, TILE_ROWS, w, rb, |dst, wtile| {
-                        gemm::dot_rows(fmt, wtile, rb, &q8, dst);
+                        gemm::dot_rows(fmt, wtile, rb, &packed, dst);
                         Ok(())
                     })?;
                 }
