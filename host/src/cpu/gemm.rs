@@ -236,25 +236,107 @@ impl KFmt {
     }
 }
 
-/// [`dot_rows`] for the K formats, with activations of the K kind (one `BlockQ8K` per 256).
-pub fn dot_rows_k(fmt: KFmt, w: &[u8], row_bytes: usize, xs: &[&[BlockQ8K]], dst: &mut [f32]) {
+/// Byte offset of element `e` of super-block `sb` in the K interleaved layout: each half
+/// super-block (8 groups of 16) is 4 steps of 32 bytes, step `k` holding bytes `4k .. 4k + 4` of
+/// groups 0..8 in turn, so a multiply-add per step leaves group `j`'s partial sum in lane `j`.
+fn k_offset(sb: usize, e: usize) -> usize {
+    let (g, r) = (e / 16, e % 16);
+    let (h, j, k, t) = (g / 8, g % 8, r / 4, r % 4);
+    (((sb * 2 + h) * 4 + k) * 8 + j) * 4 + t
+}
+
+/// Natural-order bytes (`n_sb` super-blocks of 256) to the K interleaved layout.
+fn interleave_k(src: &[u8], dst: &mut Vec<u8>) {
+    dst.clear();
+    dst.resize(src.len(), 0);
+    for (sb, chunk) in src.chunks_exact(256).enumerate() {
+        for (e, w) in chunk.chunks_exact(4).enumerate() {
+            let to = k_offset(sb, 4 * e);
+            dst[to..to + 4].copy_from_slice(w);
+        }
+    }
+}
+
+/// An activation row of K blocks repacked for the interleaved K kernel.
+pub struct PackedXK {
+    q: Vec<u8>,
+    d: Vec<f32>,
+    bsums: Vec<[i16; 16]>,
+}
+
+impl PackedXK {
+    pub fn new(x: &[BlockQ8K]) -> Self {
+        let bytes: Vec<u8> = x.iter().flat_map(|b| b.qs.map(|q| q as u8)).collect();
+        let mut q = Vec::new();
+        interleave_k(&bytes, &mut q);
+        PackedXK {
+            q,
+            d: x.iter().map(|b| b.d).collect(),
+            bsums: x.iter().map(|b| b.bsums).collect(),
+        }
+    }
+}
+
+/// [`dot_rows`] for the K formats.
+pub fn dot_rows_k(fmt: KFmt, w: &[u8], row_bytes: usize, xs: &[PackedXK], dst: &mut [f32]) {
+    dot_rows_k_with(vnni_available(), fmt, w, row_bytes, xs, dst)
+}
+
+fn dot_rows_k_with(
+    vnni: bool,
+    fmt: KFmt,
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[PackedXK],
+    dst: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         let n = xs.len();
-        let mut u = x86::UnpackedK::default();
-        for (row, d) in w.chunks_exact(row_bytes).zip(dst.chunks_exact_mut(n)) {
-            // SAFETY: as in `dot_rows`.
-            unsafe {
-                x86::unpack_k(fmt, row, &mut u);
-                for (o, x) in d.iter_mut().zip(xs) {
-                    *o = x86::dot_k(&u, x);
+        let n_sb = row_bytes / fmt.block_bytes();
+        assert!(
+            xs.iter().all(|x| x.d.len() == n_sb) && dst.len() == w.len() / row_bytes * n,
+            "dot_rows_k: activation rows or output do not match the weights"
+        );
+        thread_local! {
+            static PACKED: std::cell::RefCell<(Vec<u8>, Vec<x86::PackedWK>)> =
+                std::cell::RefCell::new(Default::default());
+        }
+        PACKED.with_borrow_mut(|(u, rows)| {
+            let n_rows = w.len() / row_bytes;
+            if rows.len() < n_rows {
+                rows.resize_with(n_rows, Default::default);
+            }
+            for (row, p) in w.chunks_exact(row_bytes).zip(rows.iter_mut()) {
+                // SAFETY: `available()` was checked by the caller; whole super-blocks.
+                unsafe { x86::unpack_k(fmt, row, u, p) };
+            }
+            let rows = &rows[..n_rows];
+            let (rm, rn) = if vnni { (2, 4) } else { (2, 2) };
+            for i0 in (0..n).step_by(rn) {
+                let cn = (n - i0).min(rn);
+                for r0 in (0..n_rows).step_by(rm) {
+                    let cm = (n_rows - r0).min(rm);
+                    let mut out = [[0.0f32; 4]; 2];
+                    let (ws, xg) = (&rows[r0..r0 + cm], &xs[i0..i0 + cn]);
+                    // SAFETY: features checked by the caller, shapes asserted above.
+                    unsafe {
+                        if vnni {
+                            x86::tile_k_vnni_dispatch(ws, xg, &mut out);
+                        } else {
+                            x86::tile_k_avx2_dispatch(ws, xg, &mut out);
+                        }
+                    }
+                    for (m, o) in out.iter().enumerate().take(cm) {
+                        dst[(r0 + m) * n + i0..][..cn].copy_from_slice(&o[..cn]);
+                    }
                 }
             }
-        }
+        });
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (fmt, w, row_bytes, xs, dst);
+        let _ = (vnni, fmt, w, row_bytes, xs, dst);
         unreachable!("dot_rows_k needs AVX2; callers check available()")
     }
 }
@@ -263,7 +345,7 @@ pub fn dot_rows_k(fmt: KFmt, w: &[u8], row_bytes: usize, xs: &[&[BlockQ8K]], dst
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BlockQ8K, Fmt, KFmt, f16_to_f32};
+    use super::{Fmt, KFmt, f16_to_f32};
 
     #[inline]
     fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -543,30 +625,30 @@ mod x86 {
         }
     }
 
-    /// A K-quant weight row unpacked once: unsigned quants (one byte each), per chunk of 32 the
-    /// two group scales as an i16 vector (8 copies each), per super-block the 16 coefficients of
-    /// the activation's group sums, `d`, and the factor of the minimum term.
+    /// A K-quant weight row packed for the interleaved kernel: the unsigned quants (one byte
+    /// each, K interleaved layout), and per super-block `d · scale` of its 16 groups (f32), the
+    /// 16 coefficients of the activation's group sums in the minimum term, and that term's factor.
     #[derive(Default)]
-    pub(super) struct UnpackedK {
+    pub(super) struct PackedWK {
         q: Vec<u8>,
-        scales: Vec<[i16; 16]>,
+        dsc: Vec<[f32; 16]>,
         mins: Vec<[i16; 16]>,
-        d: Vec<f32>,
         fmin: Vec<f32>,
     }
 
+    /// Unpacks and packs one K row; `u` is scratch for the natural-order quants.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn unpack_k(fmt: KFmt, row: &[u8], u: &mut UnpackedK) {
+    pub(super) fn unpack_k(fmt: KFmt, row: &[u8], u: &mut Vec<u8>, p: &mut PackedWK) {
         let bb = fmt.block_bytes();
         let nb = row.len() / bb;
-        u.q.resize(nb * 256, 0);
-        u.scales.clear();
-        u.mins.clear();
-        u.d.clear();
-        u.fmin.clear();
+        u.clear();
+        u.resize(nb * 256, 0);
+        p.dsc.clear();
+        p.mins.clear();
+        p.fmin.clear();
         let low4 = _mm256_set1_epi8(0x0f);
         for (b, blk) in row.chunks_exact(bb).enumerate() {
-            let out = &mut u.q[b * 256..(b + 1) * 256];
+            let out = &mut u[b * 256..(b + 1) * 256];
             // Per group of 16: the scale multiplying Σ q·x and the coefficient of the group's
             // activation sum in the minimum term.
             let (sc16, cg16, d, fmin): ([i16; 16], [i16; 16], f32, f32) = match fmt {
@@ -627,48 +709,123 @@ mod x86 {
                     (sc, sc, d, -32.0 * d)
                 }
             };
-            for c in 0..8 {
-                u.scales.push(core::array::from_fn(|i| sc16[2 * c + i / 8]));
+            // d · scale is exact in f32 (an 11-bit mantissa times a scale of at most 7 bits).
+            p.dsc.push(core::array::from_fn(|g| d * sc16[g] as f32));
+            p.mins.push(cg16);
+            p.fmin.push(fmin);
+        }
+        super::interleave_k(u, &mut p.q);
+    }
+
+    /// `Σ_superblocks fmin · d_x · Σ_groups coef · bsum` (the minimum / offset term).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn min_term(w: &PackedWK, x: &super::PackedXK) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for sb in 0..w.fmin.len() {
+            // SAFETY: 16 i16 each.
+            let m = unsafe {
+                _mm256_madd_epi16(
+                    _mm256_loadu_si256(w.mins[sb].as_ptr().cast()),
+                    _mm256_loadu_si256(x.bsums[sb].as_ptr().cast()),
+                )
+            };
+            acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(m),
+                _mm256_set1_ps(w.fmin[sb] * x.d[sb]),
+                acc,
+            );
+        }
+        hsum(acc)
+    }
+
+    macro_rules! tile_k_fn {
+        ($name:ident, $features:literal, $step:ident) => {
+            /// `out[m][n] = w[m] · x[n]` for a register tile of K rows.
+            #[target_feature(enable = $features)]
+            fn $name<const RM: usize, const RN: usize>(
+                w: &[PackedWK],
+                x: &[super::PackedXK],
+                out: &mut [[f32; 4]; 2],
+            ) {
+                let n_sb = x[0].d.len();
+                let mut facc = [[_mm256_setzero_ps(); RN]; RM];
+                for sb in 0..n_sb {
+                    // SAFETY (whole loop body): every packed row holds n_sb super-blocks (the
+                    // caller asserted equal counts); offsets stay inside super-block sb.
+                    let dx: [__m256; RN] = core::array::from_fn(|n| _mm256_set1_ps(x[n].d[sb]));
+                    for h in 0..2 {
+                        let mut iacc = [[_mm256_setzero_si256(); RN]; RM];
+                        for k in 0..4 {
+                            let off = ((sb * 2 + h) * 4 + k) * 32;
+                            let wv: [__m256i; RM] = core::array::from_fn(|m| unsafe {
+                                _mm256_loadu_si256(w[m].q[off..off + 32].as_ptr().cast())
+                            });
+                            let xv: [__m256i; RN] = core::array::from_fn(|n| unsafe {
+                                _mm256_loadu_si256(x[n].q[off..off + 32].as_ptr().cast())
+                            });
+                            for m in 0..RM {
+                                for n in 0..RN {
+                                    iacc[m][n] = $step(iacc[m][n], wv[m], xv[n]);
+                                }
+                            }
+                        }
+                        let dsc: [__m256; RM] = core::array::from_fn(|m| unsafe {
+                            _mm256_loadu_ps(w[m].dsc[sb][8 * h..8 * h + 8].as_ptr())
+                        });
+                        for m in 0..RM {
+                            for n in 0..RN {
+                                facc[m][n] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(iacc[m][n]),
+                                    _mm256_mul_ps(dsc[m], dx[n]),
+                                    facc[m][n],
+                                );
+                            }
+                        }
+                    }
+                }
+                for m in 0..RM {
+                    for n in 0..RN {
+                        out[m][n] = hsum(facc[m][n]) + min_term(&w[m], &x[n]);
+                    }
+                }
             }
-            u.mins.push(cg16);
-            u.d.push(d);
-            u.fmin.push(fmin);
+        };
+    }
+
+    tile_k_fn!(tile_k_avx2, "avx2,fma", step_avx2);
+    tile_k_fn!(tile_k_vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dpbusd);
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn tile_k_avx2_dispatch(
+        w: &[PackedWK],
+        x: &[super::PackedXK],
+        out: &mut [[f32; 4]; 2],
+    ) {
+        match (w.len(), x.len()) {
+            (2, 2) => tile_k_avx2::<2, 2>(w, x, out),
+            (2, _) => tile_k_avx2::<2, 1>(w, x, out),
+            (_, 2) => tile_k_avx2::<1, 2>(w, x, out),
+            _ => tile_k_avx2::<1, 1>(w, x, out),
         }
     }
 
-    /// One unpacked K row against one activation row.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn dot_k(u: &UnpackedK, x: &[BlockQ8K]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut macc = _mm256_setzero_ps();
-        for (b, xb) in x.iter().enumerate().take(u.d.len()) {
-            let mut isum = _mm256_setzero_si256();
-            for c in 0..8 {
-                // SAFETY: `u.q` has 256 bytes per super-block, `xb.qs` 256, the scale vectors 16
-                // i16 each.
-                unsafe {
-                    let q = _mm256_loadu_si256(u.q[b * 256 + 32 * c..].as_ptr().cast());
-                    let xq = _mm256_loadu_si256(xb.qs[32 * c..].as_ptr().cast());
-                    let sc = _mm256_loadu_si256(u.scales[8 * b + c].as_ptr().cast());
-                    let p = _mm256_maddubs_epi16(q, xq);
-                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, sc));
-                }
-            }
-            // SAFETY: 16 i16 each.
-            let mins = unsafe {
-                _mm256_madd_epi16(
-                    _mm256_loadu_si256(u.mins[b].as_ptr().cast()),
-                    _mm256_loadu_si256(xb.bsums.as_ptr().cast()),
-                )
-            };
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(u.d[b] * xb.d), acc);
-            macc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(mins),
-                _mm256_set1_ps(u.fmin[b] * xb.d),
-                macc,
-            );
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+    pub(super) fn tile_k_vnni_dispatch(
+        w: &[PackedWK],
+        x: &[super::PackedXK],
+        out: &mut [[f32; 4]; 2],
+    ) {
+        match (w.len(), x.len()) {
+            (2, 4) => tile_k_vnni::<2, 4>(w, x, out),
+            (2, 3) => tile_k_vnni::<2, 3>(w, x, out),
+            (2, 2) => tile_k_vnni::<2, 2>(w, x, out),
+            (2, _) => tile_k_vnni::<2, 1>(w, x, out),
+            (_, 4) => tile_k_vnni::<1, 4>(w, x, out),
+            (_, 3) => tile_k_vnni::<1, 3>(w, x, out),
+            (_, 2) => tile_k_vnni::<1, 2>(w, x, out),
+            _ => tile_k_vnni::<1, 1>(w, x, out),
         }
-        hsum(_mm256_add_ps(acc, macc))
     }
 }
 
@@ -798,18 +955,24 @@ mod tests {
                         _ => unreachable!("K formats take Q8K activations"),
                     })
                     .collect();
-                let mut dst = vec![f32::NAN; rows * n];
                 let rb = n_blocks * bb;
-                dot_rows_k(fmt, &w, rb, &qk, &mut dst);
-                for r in 0..rows {
-                    for i in 0..n {
-                        let want = vec_dot(ty, &w[r * rb..(r + 1) * rb], &xs[i]).unwrap();
-                        let got = dst[r * n + i];
-                        let tol = 1e-5 * (1.0 + want.abs()) * n_blocks as f32;
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "{fmt:?} blocks {n_blocks} row {r} col {i}: {got} vs {want}"
-                        );
+                let packed: Vec<PackedXK> = qk.iter().map(|x| PackedXK::new(x)).collect();
+                for vnni in [false, true] {
+                    if vnni && !vnni_available() {
+                        continue;
+                    }
+                    let mut dst = vec![f32::NAN; rows * n];
+                    dot_rows_k_with(vnni, fmt, &w, rb, &packed, &mut dst);
+                    for r in 0..rows {
+                        for i in 0..n {
+                            let want = vec_dot(ty, &w[r * rb..(r + 1) * rb], &xs[i]).unwrap();
+                            let got = dst[r * n + i];
+                            let tol = 1e-5 * (1.0 + want.abs()) * n_blocks as f32;
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{fmt:?} vnni {vnni} blocks {n_blocks} row {r} col {i}: {got} vs {want}"
+                            );
+                        }
                     }
                 }
             }

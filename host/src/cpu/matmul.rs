@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{self, Fmt, KFmt, PackedX};
+use super::gemm::{self, Fmt, KFmt, PackedX, PackedXK};
 use crate::gguf::GgmlType;
 use crate::quant::{
     ActKind, BlockQ8K, Q8Blocks, QuantError, QuantizedVec, dequantize_row, matvec_quantized,
@@ -154,8 +154,9 @@ pub fn matmul(
                         });
                     }
                     let (rb, fmt) = (m.row_bytes, kfmt.unwrap_or(KFmt::Q4K));
+                    let packed: Vec<PackedXK> = qk.par_iter().map(|x| PackedXK::new(x)).collect();
                     transposed(scratch, n, rows, TILE_ROWS, w, rb, |dst, wtile| {
-                        gemm::dot_rows_k(fmt, wtile, rb, &qk, dst);
+                        gemm::dot_rows_k(fmt, wtile, rb, &packed, dst);
                         Ok(())
                     })?;
                 }
