@@ -56,11 +56,15 @@ pub fn rope(
         positions.len()
     );
     let half = head_dim / 2;
+    let mut sc = vec![(0.0f32, 0.0f32); half];
     for (xr, &pos) in x.chunks_exact_mut(row).zip(positions) {
+        // The angles depend on the position and the pair only: once per row, for every head.
+        for (i, v) in sc.iter_mut().enumerate() {
+            let (sin, cos) = rope_angle(pos, i, head_dim, theta).sin_cos();
+            *v = (sin as f32, cos as f32);
+        }
         for head in xr.chunks_exact_mut(head_dim) {
-            for i in 0..half {
-                let (sin, cos) = rope_angle(pos, i, head_dim, theta).sin_cos();
-                let (sin, cos) = (sin as f32, cos as f32);
+            for (i, &(sin, cos)) in sc.iter().enumerate() {
                 let (ia, ib) = match style {
                     RopeStyle::Normal => (2 * i, 2 * i + 1),
                     RopeStyle::Neox => (i, i + half),
