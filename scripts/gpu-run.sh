@@ -37,7 +37,7 @@ run_tests() { # SECONDS NAME [FILTER…]
     local limit=$1 name=$2; shift 2
     local log=$logs/$name${1:+-$1}.log
     local t0=$SECONDS
-    timeout "$limit" "$here/tests/$name" --include-ignored --test-threads=1 "$@" >"$log" 2>&1
+    timeout "$limit" "$here/tests/$name" --include-ignored --test-threads=1 --nocapture "$@" >"$log" 2>&1
     local rc=$?
     grep -E "^test .* \.\.\. |^(device|cpu reference|.*rel L2 median|.*KV cache alone|.*logits.* case|.*generate case)" "$log" | sed 's/^/  /'
     local p f
@@ -49,7 +49,7 @@ run_tests() { # SECONDS NAME [FILTER…]
         [ "${f:-0}" -eq 0 ] && failed=$((failed + 1))
         failures+=("$name${1:+ $1} (rc $rc)")
         [ "$rc" -eq 124 ] && { echo "  ! timed out after $limit s; last lines:"; tail -5 "$log" | sed 's/^/  ! /'; }
-        awk '/^---- /{p=1} /^failures:$/{n++} n==2{exit} p' "$log" | awk '!seen[$0]++' | head -40 | sed 's/^/  ! /'
+        grep -A8 "panicked at" "$log" | awk '!seen[$0]++' | head -40 | sed 's/^/  ! /'
     fi
     echo "$name${1:+ $1}: rc $rc, $p passed, ${f:-0} failed, $((SECONDS - t0)) s"
 }

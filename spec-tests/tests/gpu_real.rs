@@ -6,7 +6,9 @@
 //! - the CPU issue's fidelity bars against the reference outputs of llama.cpp and HF transformers
 //!   (`$GPU_REFS_DIR`, default `shared/refs`): top-1 equal where the reference margin > 0.5,
 //!   ≥ 18 of the top-20 ids shared, |Δ log-prob| ≤ 0.5 on shared ids; teacher-forced argmax equal
-//!   where the reference margin > 0.5; greedy ids equal up to the first reference margin < 0.1.
+//!   where the reference margin > 0.5; greedy ids (chosen on the device) equal up to the first
+//!   reference margin < 0.1, a divergence before that accepted only as a near-tie swap of the top
+//!   two tokens (combined margin ≤ 0.6), as for the CPU.
 //!
 //! A model file that is absent fails its test (it never passes without its model); the bundle's
 //! runner does not start this binary for a model it does not have, and says so.
@@ -60,6 +62,11 @@ fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
             .ln();
     logits[id] as f64 - lse
 }
+
+/// The CPU issue's bar for a greedy divergence before the first reference near-tie (the same as
+/// `fidelity_real.rs`): llama.cpp (8-bit activations) and this engine (f32 arithmetic) differ by
+/// up to this much in a top-two margin.
+const NEAR_TIE_SWING: f64 = 0.6;
 
 fn stem(m: &KnownModel) -> &'static str {
     m.file.trim_end_matches(".gguf")
@@ -160,31 +167,59 @@ fn reference_bars(m: &KnownModel) {
                 );
             }
         }
-        // Greedy with the device-side argmax, up to the first reference near-tie.
+        // Greedy with the device-side argmax, up to the first reference near-tie (margin < 0.1).
+        // A divergence before that is accepted only as the CPU issue's bar accepts it: a swap of
+        // our top two tokens whose combined margin (reference's + ours) is at most NEAR_TIE_SWING.
         let upto = margins
             .iter()
             .position(|&mg| mg < 0.1)
             .unwrap_or(want.len());
         be.reset();
-        let mut got = Vec::new();
         let mut next = be.forward_next(&prompt, 0, None).unwrap();
-        for s in 0..upto {
-            got.push(next);
+        let mut diverged = None;
+        for (s, &w) in want[..upto].iter().enumerate() {
+            if next != w {
+                diverged = Some((s, next));
+                break;
+            }
             if s + 1 < upto {
                 next = be.forward_next(&[next], prompt.len() + s, None).unwrap();
             }
         }
-        eprintln!(
-            "{} generate case {}: teacher-forced argmax equal at {checked} steps; greedy equal for {upto} steps",
-            m.short, case["id"]
-        );
-        assert_eq!(
-            got,
-            want[..upto],
-            "{} case {}: greedy ids",
-            m.short,
-            case["id"]
-        );
+        match diverged {
+            None => eprintln!(
+                "{} generate case {}: teacher-forced argmax equal at {checked} steps; greedy equal for all {upto} steps",
+                m.short, case["id"]
+            ),
+            Some((s, next)) => {
+                // This step's logits: rerun the token before it at its position (same cache).
+                let (tok, pos) = if s == 0 {
+                    (prompt[prompt.len() - 1], prompt.len() - 1)
+                } else {
+                    (want[s - 1], prompt.len() + s - 1)
+                };
+                let row = be.forward(&[tok], pos, Logits::Last).unwrap();
+                let w = want[s];
+                let gap = (row[next as usize] - row[w as usize]) as f64;
+                let runner_up = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, &v)| i != next as usize && v > row[w as usize])
+                    .count()
+                    == 0;
+                let swing = margins[s] + gap;
+                eprintln!(
+                    "{} generate case {}: greedy step {s} of {upto}: {next} instead of {w} (ref margin {:.3}, our gap {gap:.3}, swing {swing:.3})",
+                    m.short, case["id"], margins[s]
+                );
+                assert!(
+                    runner_up && swing <= NEAR_TIE_SWING,
+                    "{} case {}: greedy step {s}: {next} instead of {w} is not a near-tie swap (swing {swing:.3})",
+                    m.short,
+                    case["id"]
+                );
+            }
+        }
     }
 }
 
