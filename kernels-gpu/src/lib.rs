@@ -19,6 +19,7 @@
 )]
 #![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
 
+pub mod matvec_dot;
 pub mod quant;
 
 #[cfg(target_arch = "nvptx64")]

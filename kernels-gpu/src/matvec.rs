@@ -3,21 +3,31 @@
 //! `host::quant::dequantize_row`, dotted with `x` in f64).
 //!
 //! `matvec_<type>(w, x, y, rows, cols)`: `W` is row-major, `rows` rows of `cols` elements.
-//! One warp per row: lane `l` decodes the 32-element pieces `l, l + 32, …` of the row through the
-//! shared decode functions and dots them with `x`; a warp shuffle sums the lanes.
+//! One warp per row; a warp shuffle sums the lanes at the end. Three lane layouts:
+//! - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: 4 lanes per 32-element block, 8 blocks per warp step; each lane
+//!   decodes its quarter in registers (`matvec_dot::Legacy4`).
+//! - Q4_K, Q6_K: a block of 4 warps per row, a warp's 32 lanes share a 256-element super-block,
+//!   8 elements each (`matvec_dot::KWarp`); a block reduction sums the warps.
+//! - the others (F32, F16, BF16, Q2_K, Q3_K, Q5_K): lane `l` decodes the 32-element pieces
+//!   `l, l + 32, …` of the row through the shared decode functions into a buffer.
 //!
-//! Launch: grid = (ceil(rows / 4), 1, 1), block = (128, 1, 1) (4 warps = 4 rows per block).
+//! Launch: grid = (ceil(rows / 4), 1, 1), block = (128, 1, 1) (4 warps = 4 rows per block); for
+//! Q4_K and Q6_K grid = (rows, 1, 1), block = (128, 1, 1) (one row per block: these rows are long,
+//! ffn_down's 4864, and a warp per row leaves too few warps in flight).
 //! Limits: `cols` a multiple of the type's block size (and of 32); `rows < 2^32`.
 
 use crate::formats::{Bf16x32, F16x32, F32x32, Sub32, decode_sub};
 use crate::gpu;
+use crate::matvec_dot::{KWarp, Legacy4};
 use crate::quant::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
     BlockQ8_0,
 };
 
-/// Rows (warps) per block.
+/// Rows (warps) per block, except for the K-quant kernels (Q4_K, Q6_K).
 pub const ROWS_PER_BLOCK: usize = 4;
+/// Warps per block (and per row) of the K-quant kernels (Q4_K, Q6_K): one row per block.
+pub const KWARP_WARPS: usize = 4;
 
 #[inline(always)]
 unsafe fn matvec<B: Sub32>(w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32) {
@@ -49,6 +59,92 @@ unsafe fn matvec<B: Sub32>(w: *const u8, x: *const f32, y: *mut f32, rows: u32, 
     }
 }
 
+/// Legacy types: lane `l` takes quarter `l % 4` of blocks `l / 4, l / 4 + 8, …`.
+#[inline(always)]
+unsafe fn matvec_legacy<B: Legacy4>(
+    w: *const u8,
+    x: *const f32,
+    y: *mut f32,
+    rows: u32,
+    cols: u32,
+) {
+    let row = gpu::block_x() as usize * ROWS_PER_BLOCK + gpu::warp() as usize;
+    if row >= rows as usize {
+        return; // warp-uniform; no barriers below
+    }
+    let nb = cols as usize / 32;
+    // SAFETY: row < rows: inside W.
+    let wr = unsafe { w.add(row * nb * B::BYTES) };
+    let lane = gpu::lane() as usize;
+    let q = lane % 4;
+    let mut b = lane / 4;
+    let mut acc = 0.0f32;
+    while b < nb {
+        // SAFETY: b < cols / 32: a whole block of the row, 2-byte aligned (even block sizes,
+        // device allocations); x holds cols floats.
+        acc += unsafe { B::dot(wr.add(b * B::BYTES), q, x.add(32 * b)) };
+        b += 8;
+    }
+    let acc = gpu::warp_sum(acc);
+    if lane == 0 {
+        // SAFETY: row < rows; y holds rows floats.
+        unsafe { *y.add(row) = acc };
+    }
+}
+
+/// K-quants: one block (4 warps) per row; warp `w` takes super-blocks `w, w + 4, …`, all its
+/// lanes on one; a block reduction sums the warps.
+#[inline(always)]
+unsafe fn matvec_kwarp<B: KWarp>(w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32) {
+    let row = gpu::block_x() as usize;
+    if row >= rows as usize {
+        return; // block-uniform: the barriers of block_sum are reached by all or none
+    }
+    let nb = cols as usize / 256;
+    // SAFETY: row < rows: inside W.
+    let wr = unsafe { w.add(row * nb * B::BYTES) };
+    let lane = gpu::lane() as usize;
+    let mut acc = 0.0f32;
+    let mut b = gpu::warp() as usize;
+    while b < nb {
+        // SAFETY: b < cols / 256: a whole super-block, 2-byte aligned; x holds cols floats.
+        acc += unsafe { B::dot(wr.add(b * B::BYTES), lane, x.add(256 * b)) };
+        b += KWARP_WARPS;
+    }
+    let acc = gpu::block_sum(acc);
+    if gpu::thread_x() == 0 {
+        // SAFETY: row < rows; y holds rows floats.
+        unsafe { *y.add(row) = acc };
+    }
+}
+
+macro_rules! matvec_kernels_with {
+    ($f:ident: $($name:ident => $t:ty;)*) => {$(
+        /// # Safety
+        /// Shapes as in the module header, validated by the launcher.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(
+            w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { $f::<$t>(w, x, y, rows, cols) }
+        }
+    )*};
+}
+
+matvec_kernels_with! { matvec_legacy:
+    matvec_q4_0 => BlockQ4_0;
+    matvec_q4_1 => BlockQ4_1;
+    matvec_q5_0 => BlockQ5_0;
+    matvec_q5_1 => BlockQ5_1;
+    matvec_q8_0 => BlockQ8_0;
+}
+
+matvec_kernels_with! { matvec_kwarp:
+    matvec_q4_k => BlockQ4K;
+    matvec_q6_k => BlockQ6K;
+}
+
 macro_rules! matvec_kernels {
     ($($name:ident => $t:ty;)*) => {$(
         /// # Safety
@@ -67,14 +163,7 @@ matvec_kernels! {
     matvec_f32 => F32x32;
     matvec_f16 => F16x32;
     matvec_bf16 => Bf16x32;
-    matvec_q4_0 => BlockQ4_0;
-    matvec_q4_1 => BlockQ4_1;
-    matvec_q5_0 => BlockQ5_0;
-    matvec_q5_1 => BlockQ5_1;
-    matvec_q8_0 => BlockQ8_0;
     matvec_q2_k => BlockQ2K;
     matvec_q3_k => BlockQ3K;
-    matvec_q4_k => BlockQ4K;
     matvec_q5_k => BlockQ5K;
-    matvec_q6_k => BlockQ6K;
 }

@@ -5,10 +5,15 @@
 //! - `tgN`: N single-token forwards from an empty cache, each token random.
 //!
 //! One warm-up run of each, then `--reps` timed runs; prints mean ± standard deviation in tok/s.
+//!
+//! With `--device cuda` the tgN steps use `CudaBackend::forward_next` (greedy on the device, one
+//! token id copied back), as generation does; the other devices take the last row's logits.
 
 use super::CliResult;
-use super::run::{Device, ModelArgs, load};
+use super::run::{Device, ModelArgs, load, model_path};
 use crate::backend::{Backend, Logits};
+use crate::cuda::{CudaBackend, CudaOptions};
+use crate::gguf::Gguf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -67,6 +72,39 @@ fn tg(b: &mut dyn Backend, tokens: &[u32]) -> Result<f64, Box<dyn std::error::Er
     Ok(tokens.len() as f64 / t.elapsed().as_secs_f64())
 }
 
+/// `tg` on the GPU: each step chooses its token on the device and copies back only its id.
+fn tg_cuda(b: &mut CudaBackend, tokens: &[u32]) -> Result<f64, Box<dyn std::error::Error>> {
+    b.reset();
+    let t = std::time::Instant::now();
+    for (i, &tok) in tokens.iter().enumerate() {
+        b.forward_next(&[tok], i, None)?;
+    }
+    Ok(tokens.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The backend under test: any, or the GPU one (whose `tg` uses `forward_next`).
+enum Target {
+    Any(Box<dyn Backend>),
+    Cuda(Box<CudaBackend>),
+}
+
+impl Target {
+    fn backend(&mut self) -> &mut dyn Backend {
+        match self {
+            Target::Any(b) => b.as_mut(),
+            Target::Cuda(b) => b.as_mut(),
+        }
+    }
+
+    fn run(&mut self, test: &str, tokens: &[u32]) -> Result<f64, Box<dyn std::error::Error>> {
+        match (test, self) {
+            ("pp", t) => pp(t.backend(), tokens),
+            (_, Target::Cuda(b)) => tg_cuda(b, tokens),
+            (_, Target::Any(b)) => tg(b.as_mut(), tokens),
+        }
+    }
+}
+
 fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
@@ -80,38 +118,48 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 
 pub fn run(args: Args) -> CliResult {
     let ctx = args.n_prompt.max(args.n_gen).max(1);
-    let mut m = load(&ModelArgs {
+    let model_args = ModelArgs {
         model: args.model.clone(),
         device: args.device,
         ctx,
         threads: args.threads,
         exact: args.exact,
-    })?;
+    };
+    let (path, mut target) = if args.device == Device::Cuda {
+        let path = model_path(args.model.as_deref())?;
+        let g = Gguf::open(&path)?;
+        let opts = CudaOptions {
+            n_ctx: ctx,
+            ..Default::default()
+        };
+        let b = CudaBackend::load(&g, opts)?;
+        (path, Target::Cuda(Box::new(b)))
+    } else {
+        let m = load(&model_args)?;
+        (m.path, Target::Any(m.backend))
+    };
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         args.threads
     };
-    let n_vocab = m.backend.config().n_vocab;
-    let b = m.backend.as_mut();
+    let n_vocab = target.backend().config().n_vocab;
     let reps = args.reps.max(1);
     let mut results = Vec::new();
-    for (name, n, f) in [
-        ("pp", args.n_prompt, pp as fn(&mut dyn Backend, &[u32]) -> _),
-        ("tg", args.n_gen, tg as fn(&mut dyn Backend, &[u32]) -> _),
-    ] {
+    for (name, n) in [("pp", args.n_prompt), ("tg", args.n_gen)] {
         if n == 0 {
             continue;
         }
-        f(b, &random_tokens(n, n_vocab, 0))?;
+        target.run(name, &random_tokens(n, n_vocab, 0))?;
         let runs = (1..=reps as u64)
-            .map(|r| f(b, &random_tokens(n, n_vocab, r)))
+            .map(|r| target.run(name, &random_tokens(n, n_vocab, r)))
             .collect::<Result<Vec<_>, _>>()?;
         let (mean, sd) = mean_sd(&runs);
         results.push((format!("{name}{n}"), mean, sd));
     }
-    let model = m.path.file_name().map_or_else(
-        || m.path.display().to_string(),
+    let b = target.backend();
+    let model = path.file_name().map_or_else(
+        || path.display().to_string(),
         |f| f.to_string_lossy().into(),
     );
     if args.json {

@@ -559,8 +559,14 @@ pub fn matvec(
         )
     })?;
     let (rows, cols) = (to_u32(k, "rows", w.rows)?, to_u32(k, "cols", w.cols)?);
+    // kernels-gpu/src/matvec.rs: Q4_K and Q6_K run one row per block, the others 4 rows.
+    let rows_per_block = if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
+        1
+    } else {
+        4
+    };
     let cfg = LaunchConfig {
-        grid_dim: (w.rows.div_ceil(4) as u32, 1, 1),
+        grid_dim: (w.rows.div_ceil(rows_per_block) as u32, 1, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };

@@ -1,0 +1,356 @@
+//! The per-thread pieces of the matvec kernels (`matvec.rs`): the dot product of one slice of a
+//! quantized block with the matching activations, decoded in registers straight from the block
+//! bytes (no decode buffer, so nothing spills to local memory).
+//!
+//! Legacy formats (32-element blocks): 4 threads share a block, thread `q` (0..4) takes the quants
+//! in bytes `4q .. 4q + 4` of the nibble array (elements `4q..4q+4` and `16+4q..16+4q+4`), or for
+//! Q8_0 bytes `8q .. 8q + 8`. K-quants (256-element super-blocks): the 32 lanes of a warp share a
+//! super-block, 8 elements each.
+//!
+//! Byte layouts are those of the block structs in [`crate::quant`] (offsets from their docs,
+//! checked against the structs' field offsets below). Blocks are only 2-byte aligned in a GGUF
+//! tensor, so multi-byte reads are `u16` loads. Compiled for the host too, where the tests below
+//! check every piece against the block's own `dequantize`.
+
+use crate::quant::{
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, f16_to_f32,
+    k_scale_min,
+};
+
+/// Reads a little-endian u16 at `p`.
+///
+/// # Safety
+/// `p` is 2-byte aligned and 2 bytes are readable there.
+#[inline(always)]
+unsafe fn ld16(p: *const u8) -> u32 {
+    // SAFETY: caller contract.
+    u16::from_le(unsafe { *(p as *const u16) }) as u32
+}
+
+/// Reads a little-endian u32 at a 2-byte aligned `p`, as two u16 loads.
+///
+/// # Safety
+/// `p` is 2-byte aligned and 4 bytes are readable there.
+#[inline(always)]
+unsafe fn ld32(p: *const u8) -> u32 {
+    // SAFETY: caller contract (p and p + 2 are 2-byte aligned and readable).
+    unsafe { ld16(p) | (ld16(p.add(2)) << 16) }
+}
+
+/// # Safety
+/// `x` points to at least `n + 1` readable f32.
+#[inline(always)]
+unsafe fn xa(x: *const f32, n: usize) -> f32 {
+    // SAFETY: caller contract.
+    unsafe { *x.add(n) }
+}
+
+/// A legacy (32-element block) type whose blocks 4 threads share.
+pub trait Legacy4 {
+    /// Bytes per block.
+    const BYTES: usize;
+    /// `Σ w_i x_i` over the elements of thread `q`'s quarter of the block at `blk`.
+    ///
+    /// # Safety
+    /// `blk` points to a whole, 2-byte aligned block; `x` to the block's 32 activations.
+    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32;
+}
+
+/// Σ over 4 nibble pairs: `(lo_i + off) x[i]` and `(hi_i + off) x[16 + i]`, with 5th bits `h_lo`,
+/// `h_hi` (bit i of each) added as bit 4; returns (Σ q x, Σ x).
+///
+/// # Safety
+/// `x` points to 20 readable f32 (x[0..4] and x[16..20] are used).
+#[inline(always)]
+unsafe fn nibbles4(v: u32, h_lo: u32, h_hi: u32, off: i32, x: *const f32) -> (f32, f32) {
+    let mut s = 0.0f32;
+    let mut sx = 0.0f32;
+    for i in 0..4 {
+        let b = v >> (8 * i);
+        let lo = ((b & 15) | (((h_lo >> i) & 1) << 4)) as i32 + off;
+        let hi = (((b >> 4) & 15) | (((h_hi >> i) & 1) << 4)) as i32 + off;
+        // SAFETY: i < 4; caller contract.
+        let (x0, x1) = unsafe { (xa(x, i), xa(x, 16 + i)) };
+        s += lo as f32 * x0 + hi as f32 * x1;
+        sx += x0 + x1;
+    }
+    (s, sx)
+}
+
+impl Legacy4 for BlockQ4_0 {
+    const BYTES: usize = 18;
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+        // SAFETY: d at 0, qs at 2 (+4q + 4 ≤ 18); x offsets 4q.. and 16 + 4q.. < 32.
+        unsafe {
+            let d = f16_to_f32(ld16(blk) as u16);
+            let v = ld32(blk.add(2 + 4 * q));
+            d * nibbles4(v, 0, 0, -8, x.add(4 * q)).0
+        }
+    }
+}
+
+impl Legacy4 for BlockQ4_1 {
+    const BYTES: usize = 20;
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+        // SAFETY: d at 0, m at 2, qs at 4 (+4q + 4 ≤ 20).
+        unsafe {
+            let d = f16_to_f32(ld16(blk) as u16);
+            let m = f16_to_f32(ld16(blk.add(2)) as u16);
+            let v = ld32(blk.add(4 + 4 * q));
+            let (s, sx) = nibbles4(v, 0, 0, 0, x.add(4 * q));
+            d * s + m * sx
+        }
+    }
+}
+
+impl Legacy4 for BlockQ5_0 {
+    const BYTES: usize = 22;
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+        // SAFETY: d at 0, qh at 2 (4 bytes), qs at 6 (+4q + 4 ≤ 22).
+        unsafe {
+            let d = f16_to_f32(ld16(blk) as u16);
+            let qh = ld32(blk.add(2));
+            let v = ld32(blk.add(6 + 4 * q));
+            let (h_lo, h_hi) = (qh >> (4 * q), qh >> (16 + 4 * q));
+            d * nibbles4(v, h_lo, h_hi, -16, x.add(4 * q)).0
+        }
+    }
+}
+
+impl Legacy4 for BlockQ5_1 {
+    const BYTES: usize = 24;
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+        // SAFETY: d at 0, m at 2, qh at 4 (4 bytes), qs at 8 (+4q + 4 ≤ 24).
+        unsafe {
+            let d = f16_to_f32(ld16(blk) as u16);
+            let m = f16_to_f32(ld16(blk.add(2)) as u16);
+            let qh = ld32(blk.add(4));
+            let v = ld32(blk.add(8 + 4 * q));
+            let (h_lo, h_hi) = (qh >> (4 * q), qh >> (16 + 4 * q));
+            let (s, sx) = nibbles4(v, h_lo, h_hi, 0, x.add(4 * q));
+            d * s + m * sx
+        }
+    }
+}
+
+impl Legacy4 for BlockQ8_0 {
+    const BYTES: usize = 34;
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+        // SAFETY: d at 0, qs at 2 (+8q + 8 ≤ 34); x offsets 8q..8q+8 < 32.
+        unsafe {
+            let d = f16_to_f32(ld16(blk) as u16);
+            let mut s = 0.0f32;
+            for h in 0..2 {
+                let v = ld32(blk.add(2 + 8 * q + 4 * h));
+                for i in 0..4 {
+                    let qv = ((v >> (8 * i)) & 0xff) as u8 as i8;
+                    s += qv as f32 * xa(x, 8 * q + 4 * h + i);
+                }
+            }
+            d * s
+        }
+    }
+}
+
+/// A K-quant type whose 256-element super-blocks the 32 lanes of a warp share.
+pub trait KWarp {
+    /// Bytes per super-block.
+    const BYTES: usize;
+    /// `Σ w_i x_i` over lane `l`'s 8 elements of the super-block at `blk`.
+    ///
+    /// # Safety
+    /// `blk` points to a whole, 2-byte aligned super-block; `x` to its 256 activations; `l < 32`.
+    unsafe fn dot(blk: *const u8, l: usize, x: *const f32) -> f32;
+}
+
+impl KWarp for BlockQ4K {
+    const BYTES: usize = 144;
+    /// Lane `l`: pair `p = l / 8` of groups (2p low nibbles, 2p + 1 high nibbles of
+    /// `qs[32p .. 32p + 32]`), bytes `4 (l % 8) .. + 4` of it.
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, l: usize, x: *const f32) -> f32 {
+        let (p, k) = (l / 8, l % 8);
+        // SAFETY: d at 0, dmin at 2, scales at 4..16, qs at 16 + 32p + 4k + 4 ≤ 144; the x
+        // offsets are < 256.
+        unsafe {
+            let d = f16_to_f32(ld16(blk) as u16);
+            let dmin = f16_to_f32(ld16(blk.add(2)) as u16);
+            let scales = &*(blk.add(4) as *const [u8; 12]);
+            let (sc0, m0) = k_scale_min(scales, 2 * p);
+            let (sc1, m1) = k_scale_min(scales, 2 * p + 1);
+            let v = ld32(blk.add(16 + 32 * p + 4 * k));
+            let x0 = x.add(64 * p + 4 * k);
+            let x1 = x0.add(32);
+            let (mut s0, mut s1, mut sx0, mut sx1) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+            for i in 0..4 {
+                let b = v >> (8 * i);
+                let (a0, a1) = (xa(x0, i), xa(x1, i));
+                s0 += (b & 15) as f32 * a0;
+                s1 += ((b >> 4) & 15) as f32 * a1;
+                sx0 += a0;
+                sx1 += a1;
+            }
+            d * (sc0 as f32 * s0 + sc1 as f32 * s1) - dmin * (m0 as f32 * sx0 + m1 as f32 * sx1)
+        }
+    }
+}
+
+impl KWarp for BlockQ6K {
+    const BYTES: usize = 210;
+    /// Lane `l`: half `n = l / 16`, positions `ll = 2 (l % 16) + {0, 1}` of it, each giving the
+    /// elements `128n + ll + {0, 32, 64, 96}` (see [`BlockQ6K`]'s layout).
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, l: usize, x: *const f32) -> f32 {
+        let (n, base) = (l / 16, 2 * (l % 16));
+        // SAFETY: ql at 0..128, qh at 128..192, scales at 192..208, d at 208; every offset below
+        // is even for the u16 loads and inside those ranges; x offsets < 256.
+        unsafe {
+            let a = ld16(blk.add(64 * n + base));
+            let b = ld16(blk.add(64 * n + base + 32));
+            let h = ld16(blk.add(128 + 32 * n + base));
+            let sc = blk.add(192 + 8 * n + base / 16) as *const i8;
+            let d = f16_to_f32(ld16(blk.add(208)) as u16);
+            let xb = x.add(128 * n + base);
+            let (mut s0, mut s1, mut s2, mut s3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+            for kk in 0..2 {
+                let (a, b, h) = (a >> (8 * kk), b >> (8 * kk), h >> (8 * kk));
+                let q0 = ((a & 15) | ((h & 3) << 4)) as i32 - 32;
+                let q1 = ((b & 15) | (((h >> 2) & 3) << 4)) as i32 - 32;
+                let q2 = (((a >> 4) & 15) | (((h >> 4) & 3) << 4)) as i32 - 32;
+                let q3 = (((b >> 4) & 15) | (((h >> 6) & 3) << 4)) as i32 - 32;
+                s0 += q0 as f32 * xa(xb, kk);
+                s1 += q1 as f32 * xa(xb, kk + 32);
+                s2 += q2 as f32 * xa(xb, kk + 64);
+                s3 += q3 as f32 * xa(xb, kk + 96);
+            }
+            let t = *sc as f32 * s0
+                + *sc.add(2) as f32 * s1
+                + *sc.add(4) as f32 * s2
+                + *sc.add(6) as f32 * s3;
+            d * t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{Block, QK_K, QK32};
+    use core::mem::offset_of;
+
+    // The offsets used above are the structs' own.
+    const _: () = {
+        assert!(offset_of!(BlockQ4_0, qs) == 2);
+        assert!(offset_of!(BlockQ4_1, m) == 2 && offset_of!(BlockQ4_1, qs) == 4);
+        assert!(offset_of!(BlockQ5_0, qh) == 2 && offset_of!(BlockQ5_0, qs) == 6);
+        assert!(offset_of!(BlockQ5_1, m) == 2);
+        assert!(offset_of!(BlockQ5_1, qh) == 4 && offset_of!(BlockQ5_1, qs) == 8);
+        assert!(offset_of!(BlockQ8_0, qs) == 2);
+        assert!(offset_of!(BlockQ4K, dmin) == 2);
+        assert!(offset_of!(BlockQ4K, scales) == 4 && offset_of!(BlockQ4K, qs) == 16);
+        assert!(offset_of!(BlockQ6K, qh) == 128 && offset_of!(BlockQ6K, scales) == 192);
+        assert!(offset_of!(BlockQ6K, d) == 208);
+    };
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+        /// Random bytes, except f16 fields set to small normal values by `fix`.
+        fn bytes<const N: usize>(&mut self) -> [u8; N] {
+            core::array::from_fn(|_| self.next() as u8)
+        }
+        fn f(&mut self) -> f32 {
+            (self.next() % 2001) as f32 / 1000.0 - 1.0
+        }
+    }
+
+    /// An f16 in ±[2^-8, 2^-6): normal, so the comparison below is meaningful.
+    fn small_f16(r: &mut Lcg) -> [u8; 2] {
+        let exp = 7 + r.next() % 2; // biased exponent 7..9
+        let h = ((r.next() & 1) << 15) | (exp << 10) | (r.next() & 0x3ff);
+        (h as u16).to_le_bytes()
+    }
+
+    /// Checks Σ over pieces against the dequantized block dotted in f64.
+    fn check(vals: &[f32], x: &[f32], got: f32) {
+        let want: f64 = vals.iter().zip(x).map(|(&w, &x)| w as f64 * x as f64).sum();
+        let mag: f64 = vals
+            .iter()
+            .zip(x)
+            .map(|(&w, &x)| (w as f64 * x as f64).abs())
+            .sum();
+        assert!(
+            (got as f64 - want).abs() <= 1e-5 * mag + 1e-30,
+            "got {got}, want {want} (Σ|wx| {mag})"
+        );
+    }
+
+    fn legacy<B: Block<32> + Legacy4, const N: usize>(fix: &[usize]) {
+        let mut r = Lcg(7 + N as u64);
+        for _ in 0..500 {
+            let mut bytes: [u8; N] = r.bytes();
+            for &o in fix {
+                bytes[o..o + 2].copy_from_slice(&small_f16(&mut r));
+            }
+            // A u16-aligned copy, as on the device.
+            let mut buf = [0u16; 32];
+            // SAFETY: buf has 64 ≥ N bytes; u8 has alignment 1.
+            let p = buf.as_mut_ptr() as *mut u8;
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, N) };
+            let blk = crate::quant::read_block::<32, B>(&bytes).unwrap();
+            let mut vals = [0.0f32; QK32];
+            blk.dequantize(&mut vals);
+            let x: [f32; 32] = core::array::from_fn(|_| r.f());
+            // SAFETY: p holds a whole 2-byte aligned block; x holds 32 floats.
+            let got: f32 = (0..4).map(|q| unsafe { B::dot(p, q, x.as_ptr()) }).sum();
+            check(&vals, &x, got);
+        }
+    }
+
+    fn k_quant<B: Block<256> + KWarp, const N: usize>(fix: &[usize]) {
+        let mut r = Lcg(11 + N as u64);
+        for _ in 0..200 {
+            let mut bytes: [u8; N] = r.bytes();
+            for &o in fix {
+                bytes[o..o + 2].copy_from_slice(&small_f16(&mut r));
+            }
+            let mut buf = [0u16; 128];
+            let p = buf.as_mut_ptr() as *mut u8;
+            // SAFETY: buf has 256 ≥ N bytes.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, N) };
+            let blk = crate::quant::read_block::<256, B>(&bytes).unwrap();
+            let mut vals = [0.0f32; QK_K];
+            blk.dequantize(&mut vals);
+            let x: [f32; 256] = core::array::from_fn(|_| r.f());
+            // SAFETY: p holds a whole 2-byte aligned super-block; x holds 256 floats.
+            let got: f32 = (0..32).map(|l| unsafe { B::dot(p, l, x.as_ptr()) }).sum();
+            check(&vals, &x, got);
+        }
+    }
+
+    #[test]
+    fn legacy_pieces_sum_to_the_dequantized_dot() {
+        legacy::<BlockQ4_0, 18>(&[0]);
+        legacy::<BlockQ4_1, 20>(&[0, 2]);
+        legacy::<BlockQ5_0, 22>(&[0]);
+        legacy::<BlockQ5_1, 24>(&[0, 2]);
+        legacy::<BlockQ8_0, 34>(&[0]);
+    }
+
+    #[test]
+    fn k_quant_lanes_sum_to_the_dequantized_dot() {
+        k_quant::<BlockQ4K, 144>(&[0, 2]);
+        k_quant::<BlockQ6K, 210>(&[208]);
+    }
+}
