@@ -2,7 +2,9 @@
 //! GGUF blocks (no repacking), f32 activations and accumulation (reference: the row dequantized by
 //! `host::quant::dequantize_row`, dotted with `x` in f64).
 //!
-//! `matvec_<type>(w, x, y, rows, cols)`: `W` is row-major, `rows` rows of `cols` elements.
+//! `matvec_<type>(w, x, y, rows, cols, add, mode)`: `W` is row-major, `rows` rows of `cols`
+//! elements; `mode` 0 stores `y = W x`, 1 stores `y = W x + add` (a bias, `add` holds rows floats),
+//! 2 stores `y += W x` (a residual; `add` unused but a valid pointer).
 //! One warp per row; a warp shuffle sums the lanes at the end. Three lane layouts:
 //! - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: 4 lanes per 32-element block, 8 blocks per warp step; each lane
 //!   decodes its quarter in registers (`matvec_dot::Legacy4`).
@@ -30,7 +32,15 @@ pub const ROWS_PER_BLOCK: usize = 4;
 pub const KWARP_WARPS: usize = 4;
 
 #[inline(always)]
-unsafe fn matvec<B: Sub32>(w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32) {
+unsafe fn matvec<B: Sub32>(
+    w: *const u8,
+    x: *const f32,
+    y: *mut f32,
+    rows: u32,
+    cols: u32,
+    add: *const f32,
+    mode: u32,
+) {
     let row = gpu::block_x() as usize * ROWS_PER_BLOCK + gpu::warp() as usize;
     if row >= rows as usize {
         return; // warp-uniform; no barriers below
@@ -55,9 +65,34 @@ unsafe fn matvec<B: Sub32>(w: *const u8, x: *const f32, y: *mut f32, rows: u32, 
     let acc = gpu::warp_sum(acc);
     if gpu::lane() == 0 {
         // SAFETY: row < rows; y holds rows floats.
-        unsafe { *y.add(row) = acc };
+        unsafe { store(y, row, acc, add, mode) };
     }
 }
+
+/// Writes row `row`'s result: `mode` [`STORE`] `y = acc`, [`ADD`] `y = acc + add[row]` (a bias),
+/// [`ACCUMULATE`] `y = y + acc` (a residual: the same f32 additions, operand for operand, as a
+/// separate `add_f32` launch after a plain store).
+///
+/// # Safety
+/// `row` < rows; `y` holds rows floats, and so does `add` when `mode` is [`ADD`].
+#[inline(always)]
+unsafe fn store(y: *mut f32, row: usize, acc: f32, add: *const f32, mode: u32) {
+    // SAFETY: caller contract.
+    unsafe {
+        match mode {
+            ADD => *y.add(row) = acc + *add.add(row),
+            ACCUMULATE => *y.add(row) += acc,
+            _ => *y.add(row) = acc,
+        }
+    }
+}
+
+/// `y = W x`.
+pub const STORE: u32 = 0;
+/// `y = W x + add` (bias).
+pub const ADD: u32 = 1;
+/// `y += W x` (residual).
+pub const ACCUMULATE: u32 = 2;
 
 /// Legacy types: lane `l` takes quarter `l % 4` of blocks `l / 4, l / 4 + 8, …`.
 #[inline(always)]
@@ -67,6 +102,8 @@ unsafe fn matvec_legacy<B: Legacy4>(
     y: *mut f32,
     rows: u32,
     cols: u32,
+    add: *const f32,
+    mode: u32,
 ) {
     let row = gpu::block_x() as usize * ROWS_PER_BLOCK + gpu::warp() as usize;
     if row >= rows as usize {
@@ -88,14 +125,22 @@ unsafe fn matvec_legacy<B: Legacy4>(
     let acc = gpu::warp_sum(acc);
     if lane == 0 {
         // SAFETY: row < rows; y holds rows floats.
-        unsafe { *y.add(row) = acc };
+        unsafe { store(y, row, acc, add, mode) };
     }
 }
 
 /// K-quants: one block (4 warps) per row; warp `w` takes super-blocks `w, w + 4, …`, all its
 /// lanes on one; a block reduction sums the warps.
 #[inline(always)]
-unsafe fn matvec_kwarp<B: KWarp>(w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32) {
+unsafe fn matvec_kwarp<B: KWarp>(
+    w: *const u8,
+    x: *const f32,
+    y: *mut f32,
+    rows: u32,
+    cols: u32,
+    add: *const f32,
+    mode: u32,
+) {
     let row = gpu::block_x() as usize;
     if row >= rows as usize {
         return; // block-uniform: the barriers of block_sum are reached by all or none
@@ -114,7 +159,7 @@ unsafe fn matvec_kwarp<B: KWarp>(w: *const u8, x: *const f32, y: *mut f32, rows:
     let acc = gpu::block_sum(acc);
     if gpu::thread_x() == 0 {
         // SAFETY: row < rows; y holds rows floats.
-        unsafe { *y.add(row) = acc };
+        unsafe { store(y, row, acc, add, mode) };
     }
 }
 
@@ -125,9 +170,10 @@ macro_rules! matvec_kernels_with {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(
             w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32,
+            add: *const f32, mode: u32,
         ) {
             // SAFETY: forwarded contract.
-            unsafe { $f::<$t>(w, x, y, rows, cols) }
+            unsafe { $f::<$t>(w, x, y, rows, cols, add, mode) }
         }
     )*};
 }
@@ -152,9 +198,10 @@ macro_rules! matvec_kernels {
         #[unsafe(no_mangle)]
         pub unsafe extern "ptx-kernel" fn $name(
             w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32,
+            add: *const f32, mode: u32,
         ) {
             // SAFETY: forwarded contract.
-            unsafe { matvec::<$t>(w, x, y, rows, cols) }
+            unsafe { matvec::<$t>(w, x, y, rows, cols, add, mode) }
         }
     )*};
 }

@@ -4,7 +4,8 @@
 //! so an element the kernel fails to write fails the test; NaN never passes.
 //!
 //! Tolerances, per kernel (`atol` is relative to the RMS of the reference):
-//! - `add`, `rope`, `kv_append`, `dequant`/`embedding`: bit-exact. The same IEEE operations in the
+//! - `add`, `rope`, `kv_append`, `dequant`/`embedding`, the matvec bias/residual epilogues
+//!   (against the plain matvec plus the addition): bit-exact. The same IEEE operations in the
 //!   same order (no fused multiply-add: the PTX uses `.rn` operations, which ptxas never fuses);
 //!   the RoPE table holds the CPU's own f64 angles rounded once.
 //! - `rms_norm`: rtol 1e-4. The sum of squares is summed in a different order (a tree on the GPU,
@@ -29,7 +30,7 @@ use gpu_common::{
 };
 use host::cpu;
 use host::cuda::ops::{
-    self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, RopeTable, SampleParams,
+    self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut, RopeTable, SampleParams,
 };
 use host::gguf::GgmlType;
 use host::model::RopeStyle;
@@ -468,6 +469,18 @@ proptest! {
             prop_assert!((got[r] as f64 - want).abs() <= bound,
                 "{:?} {}x{} row {}: got {} want {} (bound {:e})", t, rows, cols, r, got[r], want, bound);
         }
+        // The fused epilogues: the same f32 additions as a separate `add` after the plain store.
+        let xd = upload(&g, &x);
+        let bias = random(&mut rng, rows, 2.0);
+        let mut yb = poisoned(&g, rows, f32::NAN);
+        ops::matvec_with(&g, &w, &xd.as_view(), &mut yb.as_view_mut(), MatvecOut::Bias(&upload(&g, &bias).as_view())).unwrap();
+        let want_b: Vec<f32> = got.iter().zip(&bias).map(|(&a, &b)| a + b).collect();
+        assert_bits_eq(&format!("matvec {t:?} {rows}x{cols} + bias"), &download(&g, &yb), &want_b);
+        let resid = random(&mut rng, rows, 2.0);
+        let mut ya = upload(&g, &resid);
+        ops::matvec_with(&g, &w, &xd.as_view(), &mut ya.as_view_mut(), MatvecOut::Accumulate).unwrap();
+        let want_a: Vec<f32> = resid.iter().zip(&got).map(|(&r, &a)| r + a).collect();
+        assert_bits_eq(&format!("matvec {t:?} {rows}x{cols} into residual"), &download(&g, &ya), &want_a);
     }
 
     #[test]

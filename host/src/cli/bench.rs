@@ -37,6 +37,9 @@ pub struct Args {
     /// Timed repetitions of each test.
     #[arg(long, short = 'r', default_value_t = 5)]
     pub reps: usize,
+    /// CUDA: separate bias and residual `add` launches in decode (to measure the fusion).
+    #[arg(long)]
+    pub no_fuse: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -130,6 +133,7 @@ pub fn run(args: Args) -> CliResult {
         let g = Gguf::open(&path)?;
         let opts = CudaOptions {
             n_ctx: ctx,
+            fuse_epilogues: !args.no_fuse,
             ..Default::default()
         };
         let b = CudaBackend::load(&g, opts)?;

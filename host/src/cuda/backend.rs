@@ -23,7 +23,7 @@ use super::device::Gpu;
 use super::error::CudaError;
 use super::gemm::{GemmKind, gemm};
 use super::ops::{
-    self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, RopeTable, SampleParams,
+    self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut, RopeTable, SampleParams,
 };
 use crate::backend::{Backend, BackendError, Logits, check_forward};
 use crate::gguf::{Gguf, TensorInfo};
@@ -48,6 +48,9 @@ pub struct CudaOptions {
     pub lm_head: GemmKind,
     /// KV cache in f32 instead of f16 (twice the memory; for reference-precision comparisons).
     pub kv_f32: bool,
+    /// Decode (T = 1): add the q/k/v biases and the residuals inside the matvec launches instead
+    /// of separate `add` launches (the same f32 additions; off only to measure the difference).
+    pub fuse_epilogues: bool,
 }
 
 impl CudaOptions {
@@ -72,6 +75,7 @@ impl Default for CudaOptions {
             gemm: GemmKind::F32,
             lm_head: GemmKind::F16F32,
             kv_f32: false,
+            fuse_epilogues: true,
         }
     }
 }
@@ -409,6 +413,7 @@ impl CudaBackend {
         let lin = Linear {
             gpu,
             kind: self.opts.gemm,
+            fuse: self.opts.fuse_epilogues,
         };
         for (li, l) in self.layers.iter().enumerate() {
             ops::rms_norm(
@@ -419,42 +424,36 @@ impl CudaBackend {
                 &mut s.xn.slice_mut(..t * d),
             )?;
             let xn = s.xn.slice(..t * d);
-            lin.run(
+            lin.run_bias(
                 &l.wq,
                 &xn,
                 &mut s.q.slice_mut(..t * qd),
                 t,
+                l.bq.as_ref(),
                 &mut s.wdeq32,
                 &mut s.wdeq16,
                 &mut s.x16,
             )?;
-            lin.run(
+            lin.run_bias(
                 &l.wk,
                 &xn,
                 &mut s.k.slice_mut(..t * kvd),
                 t,
+                l.bk.as_ref(),
                 &mut s.wdeq32,
                 &mut s.wdeq16,
                 &mut s.x16,
             )?;
-            lin.run(
+            lin.run_bias(
                 &l.wv,
                 &xn,
                 &mut s.v.slice_mut(..t * kvd),
                 t,
+                l.bv.as_ref(),
                 &mut s.wdeq32,
                 &mut s.wdeq16,
                 &mut s.x16,
             )?;
-            if let Some(b) = &l.bq {
-                ops::add(gpu, &mut s.q.slice_mut(..t * qd), &b.as_view())?;
-            }
-            if let Some(b) = &l.bk {
-                ops::add(gpu, &mut s.k.slice_mut(..t * kvd), &b.as_view())?;
-            }
-            if let Some(b) = &l.bv {
-                ops::add(gpu, &mut s.v.slice_mut(..t * kvd), &b.as_view())?;
-            }
             ops::rope(
                 gpu,
                 &mut s.q.slice_mut(..t * qd),
@@ -493,16 +492,16 @@ impl CudaBackend {
                     step.run(&mut layers[li], &k, &v, &q, &mut part, &mut out)?
                 }
             }
-            lin.run(
+            lin.run_residual(
                 &l.wo,
                 &s.attn.slice(..t * qd),
+                &mut s.x.slice_mut(..t * d),
                 &mut s.proj.slice_mut(..t * d),
                 t,
                 &mut s.wdeq32,
                 &mut s.wdeq16,
                 &mut s.x16,
             )?;
-            ops::add(gpu, &mut s.x.slice_mut(..t * d), &s.proj.slice(..t * d))?;
 
             ops::rms_norm(
                 gpu,
@@ -536,16 +535,16 @@ impl CudaBackend {
                 &s.up.slice(..t * ff),
                 &mut s.h.slice_mut(..t * ff),
             )?;
-            lin.run(
+            lin.run_residual(
                 &l.down,
                 &s.h.slice(..t * ff),
+                &mut s.x.slice_mut(..t * d),
                 &mut s.proj.slice_mut(..t * d),
                 t,
                 &mut s.wdeq32,
                 &mut s.wdeq16,
                 &mut s.x16,
             )?;
-            ops::add(gpu, &mut s.x.slice_mut(..t * d), &s.proj.slice(..t * d))?;
         }
         Ok(())
     }
@@ -689,9 +688,61 @@ impl AttnStep<'_> {
 struct Linear<'a> {
     gpu: &'a Gpu,
     kind: GemmKind,
+    /// [`CudaOptions::fuse_epilogues`].
+    fuse: bool,
 }
 
 impl Linear<'_> {
+    /// `y = x Wᵀ + bias` (the bias broadcast over the `t` rows); for `t = 1` the bias is added
+    /// inside the matvec (one launch, the same f32 addition).
+    #[allow(clippy::too_many_arguments)]
+    fn run_bias(
+        &self,
+        w: &DeviceTensor,
+        x: &CudaView<f32>,
+        y: &mut CudaViewMut<f32>,
+        t: usize,
+        bias: Option<&CudaSlice<f32>>,
+        wdeq32: &mut CudaSlice<f32>,
+        wdeq16: &mut CudaSlice<u16>,
+        x16: &mut CudaSlice<u16>,
+    ) -> Result<(), CudaError> {
+        if t == 1 && self.fuse {
+            let bv = bias.map(|b| b.as_view());
+            let out = match &bv {
+                Some(b) => MatvecOut::Bias(b),
+                None => MatvecOut::Store,
+            };
+            return ops::matvec_with(self.gpu, w, x, y, out);
+        }
+        self.run(w, x, y, t, wdeq32, wdeq16, x16)?;
+        if let Some(b) = bias {
+            ops::add(self.gpu, y, &b.as_view())?;
+        }
+        Ok(())
+    }
+
+    /// `resid += x Wᵀ`; for `t = 1` inside the matvec, otherwise through `tmp` and an add (the
+    /// same f32 additions either way).
+    #[allow(clippy::too_many_arguments)]
+    fn run_residual(
+        &self,
+        w: &DeviceTensor,
+        x: &CudaView<f32>,
+        resid: &mut CudaViewMut<f32>,
+        tmp: &mut CudaViewMut<f32>,
+        t: usize,
+        wdeq32: &mut CudaSlice<f32>,
+        wdeq16: &mut CudaSlice<u16>,
+        x16: &mut CudaSlice<u16>,
+    ) -> Result<(), CudaError> {
+        if t == 1 && self.fuse {
+            return ops::matvec_with(self.gpu, w, x, resid, MatvecOut::Accumulate);
+        }
+        self.run(w, x, tmp, t, wdeq32, wdeq16, x16)?;
+        ops::add(self.gpu, resid, &tmp.as_view())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,

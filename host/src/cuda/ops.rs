@@ -540,12 +540,34 @@ impl DeviceTensor {
     }
 }
 
+/// What [`matvec_with`] does with `W x` (kernels-gpu/src/matvec.rs, `mode`).
+#[derive(Clone, Copy)]
+pub enum MatvecOut<'a, 'b> {
+    /// `y = W x`.
+    Store,
+    /// `y = W x + bias` (`bias` has `rows` elements).
+    Bias(&'a CudaView<'b, f32>),
+    /// `y += W x` (a residual), with the same f32 additions as a separate [`add`].
+    Accumulate,
+}
+
 /// `y = W x` for one vector `x` (`cols`), `y` (`rows`), reading `W` in its blocks.
 pub fn matvec(
     gpu: &Gpu,
     w: &DeviceTensor,
     x: &CudaView<f32>,
     y: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    matvec_with(gpu, w, x, y, MatvecOut::Store)
+}
+
+/// [`matvec`] with a bias added or the result added into `y` in the same launch.
+pub fn matvec_with(
+    gpu: &Gpu,
+    w: &DeviceTensor,
+    x: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    out: MatvecOut,
 ) -> Result<()> {
     let k = matvec_kernel(w.ty);
     ensure(k, x.len() == w.cols && y.len() == w.rows, || {
@@ -571,7 +593,18 @@ pub fn matvec(
         shared_mem_bytes: 0,
     };
     let wv = w.data.as_view();
-    launch!(gpu, k, cfg, &wv, x, y, &rows, &cols);
+    // The kernel's `add` argument: the bias, or (unread) `x` as a valid pointer.
+    let (add, mode) = match out {
+        MatvecOut::Store => (x, 0u32),
+        MatvecOut::Bias(b) => {
+            ensure(k, b.len() == w.rows, || {
+                format!("{}: bias {} for {} rows", w.name, b.len(), w.rows)
+            })?;
+            (b, 1)
+        }
+        MatvecOut::Accumulate => (x, 2),
+    };
+    launch!(gpu, k, cfg, &wv, x, y, &rows, &cols, add, &mode);
     Ok(())
 }
 
