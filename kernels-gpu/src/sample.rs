@@ -24,6 +24,8 @@ pub const CAND: usize = 2048;
 /// Largest top_k.
 pub const MAX_TOP_K: usize = 1024;
 const THREADS: usize = 1024;
+/// Loads in flight per thread in `argmax_f32`.
+const UNROLL: usize = 8;
 
 core::arch::global_asm!(
     ".shared .align 16 .b8 SAMPLE_HIST[1024];", // 256 u32 radix histogram
@@ -64,8 +66,21 @@ fn better(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn argmax_f32(x: *const f32, n: u32, out: *mut u32) {
     let mut best = (f32::NEG_INFINITY, u32::MAX);
+    let n = n as usize;
     let mut i = gpu::thread_x() as usize;
-    while i < n as usize {
+    // UNROLL independent loads in flight per thread: one block has to cover the whole vocabulary,
+    // so memory latency, not bandwidth, bounds it (`better` is order-independent).
+    while i + (UNROLL - 1) * THREADS < n {
+        // SAFETY: i + k * THREADS < n for every k < UNROLL.
+        let v: [f32; UNROLL] = core::array::from_fn(|k| unsafe { *x.add(i + k * THREADS) });
+        for (k, &v) in v.iter().enumerate() {
+            if !v.is_nan() {
+                best = better(best, (v, (i + k * THREADS) as u32));
+            }
+        }
+        i += UNROLL * THREADS;
+    }
+    while i < n {
         // SAFETY: i < n.
         let v = unsafe { *x.add(i) };
         if !v.is_nan() {
