@@ -9,10 +9,26 @@ use host::cli::run::{Args, Device, ModelArgs, SampleArgs};
 use host::gguf::{GgmlType, Value};
 use host::model::Arch;
 
-fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+/// A file in the temp dir, removed when the test is done with it.
+struct TempFile(PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> TempFile {
     let p = std::env::temp_dir().join(format!("cpu-cli-{}-{name}", std::process::id()));
     std::fs::write(&p, bytes).unwrap();
-    p
+    TempFile(p)
 }
 
 fn args(model: &str, prompt: &str) -> Args {
