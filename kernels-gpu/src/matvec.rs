@@ -20,7 +20,7 @@
 
 use crate::formats::{Bf16x32, F16x32, F32x32, Sub32, decode_sub};
 use crate::gpu;
-use crate::matvec_dot::{KWarp, Legacy4};
+use crate::matvec_dot::{KWarp, Legacy4, Raw};
 use crate::quant::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
     BlockQ8_0,
@@ -28,6 +28,10 @@ use crate::quant::{
 
 /// Rows (warps) per block, except for the K-quant kernels (Q4_K, Q6_K).
 pub const ROWS_PER_BLOCK: usize = 4;
+/// Blocks (legacy) or super-blocks (K-quants) whose weight loads a lane issues before any of
+/// their arithmetic: the kernels are bound by DRAM latency, so the loads of one loop step
+/// should all be in flight together.
+pub const UNROLL: usize = 4; // the loops below are written out for 4
 /// Warps per block (and per row) of the K-quant kernels (Q4_K, Q6_K): one row per block.
 pub const KWARP_WARPS: usize = 4;
 
@@ -117,10 +121,27 @@ unsafe fn matvec_legacy<B: Legacy4>(
     let mut b = lane / 4;
     let mut acc = 0.0f32;
     while b < nb {
-        // SAFETY: b < cols / 32: a whole block of the row, 2-byte aligned (even block sizes,
-        // device allocations); x holds cols floats.
-        acc += unsafe { B::dot(wr.add(b * B::BYTES), q, x.add(32 * b)) };
-        b += 8;
+        // Loads first: UNROLL blocks' bits in flight at once (indices past the row clamped to its
+        // last block, loaded but not counted), then the arithmetic.
+        let ld = |u: usize| {
+            let bb = (b + 8 * u).min(nb - 1);
+            // SAFETY: bb < cols / 32: a whole block of the row, 2-byte aligned (even block
+            // sizes, device allocations).
+            unsafe { B::load(wr.add(bb * B::BYTES), q) }
+        };
+        let raw: [Raw; UNROLL] = [ld(0), ld(1), ld(2), ld(3)];
+        let mut step = |u: usize| {
+            let bb = b + 8 * u;
+            if bb < nb {
+                // SAFETY: x holds cols = 32 nb floats.
+                acc += unsafe { B::dot_raw(raw[u], q, x.add(32 * bb)) };
+            }
+        };
+        step(0);
+        step(1);
+        step(2);
+        step(3);
+        b += 8 * UNROLL;
     }
     let acc = gpu::warp_sum(acc);
     if lane == 0 {
@@ -152,9 +173,25 @@ unsafe fn matvec_kwarp<B: KWarp>(
     let mut acc = 0.0f32;
     let mut b = gpu::warp() as usize;
     while b < nb {
-        // SAFETY: b < cols / 256: a whole super-block, 2-byte aligned; x holds cols floats.
-        acc += unsafe { B::dot(wr.add(b * B::BYTES), lane, x.add(256 * b)) };
-        b += KWARP_WARPS;
+        // Loads first, as in `matvec_legacy`.
+        let ld = |u: usize| {
+            let bb = (b + KWARP_WARPS * u).min(nb - 1);
+            // SAFETY: bb < cols / 256: a whole super-block, 2-byte aligned.
+            unsafe { B::load(wr.add(bb * B::BYTES), lane) }
+        };
+        let raw: [Raw; UNROLL] = [ld(0), ld(1), ld(2), ld(3)];
+        let mut step = |u: usize| {
+            let bb = b + KWARP_WARPS * u;
+            if bb < nb {
+                // SAFETY: x holds cols = 256 nb floats.
+                acc += unsafe { B::dot_raw(raw[u], lane, x.add(256 * bb)) };
+            }
+        };
+        step(0);
+        step(1);
+        step(2);
+        step(3);
+        b += KWARP_WARPS * UNROLL;
     }
     let acc = gpu::block_sum(acc);
     if gpu::thread_x() == 0 {

@@ -45,15 +45,33 @@ unsafe fn xa(x: *const f32, n: usize) -> f32 {
     unsafe { *x.add(n) }
 }
 
+/// The weight bits one lane needs for its piece of a block: loaded first (for every block a lane
+/// will use, so the loads are in flight together), decoded afterwards.
+pub type Raw = (u32, u32, u32);
+
 /// A legacy (32-element block) type whose blocks 4 threads share.
 pub trait Legacy4 {
     /// Bytes per block.
     const BYTES: usize;
-    /// `Σ w_i x_i` over the elements of thread `q`'s quarter of the block at `blk`.
+    /// The bits of thread `q`'s quarter of the block at `blk`.
     ///
     /// # Safety
-    /// `blk` points to a whole, 2-byte aligned block; `x` to the block's 32 activations.
-    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32;
+    /// `blk` points to a whole, 2-byte aligned block; `q < 4`.
+    unsafe fn load(blk: *const u8, q: usize) -> Raw;
+    /// `Σ w_i x_i` over thread `q`'s quarter, from its [`Legacy4::load`]ed bits.
+    ///
+    /// # Safety
+    /// `x` points to the block's 32 activations; `q < 4`.
+    unsafe fn dot_raw(r: Raw, q: usize, x: *const f32) -> f32;
+    /// Both steps.
+    ///
+    /// # Safety
+    /// As [`Legacy4::load`] and [`Legacy4::dot_raw`].
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { Self::dot_raw(Self::load(blk, q), q, x) }
+    }
 }
 
 /// Σ over 4 nibble pairs: `(lo_i + off) x[i]` and `(hi_i + off) x[16 + i]`, with 5th bits `h_lo`,
@@ -77,83 +95,96 @@ unsafe fn nibbles4(v: u32, h_lo: u32, h_hi: u32, off: i32, x: *const f32) -> (f3
     (s, sx)
 }
 
+/// The f16 in the low (`hi = false`) or high half of `v`, as f32.
+#[inline(always)]
+fn half(v: u32, hi: bool) -> f32 {
+    f16_to_f32(if hi { (v >> 16) as u16 } else { v as u16 })
+}
+
 impl Legacy4 for BlockQ4_0 {
     const BYTES: usize = 18;
     #[inline(always)]
-    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
-        // SAFETY: d at 0, qs at 2 (+4q + 4 ≤ 18); x offsets 4q.. and 16 + 4q.. < 32.
-        unsafe {
-            let d = f16_to_f32(ld16(blk) as u16);
-            let v = ld32(blk.add(2 + 4 * q));
-            d * nibbles4(v, 0, 0, -8, x.add(4 * q)).0
-        }
+    unsafe fn load(blk: *const u8, q: usize) -> Raw {
+        // SAFETY: d at 0, qs at 2 (+4q + 4 ≤ 18).
+        unsafe { (ld16(blk), 0, ld32(blk.add(2 + 4 * q))) }
+    }
+    #[inline(always)]
+    unsafe fn dot_raw((d, _, v): Raw, q: usize, x: *const f32) -> f32 {
+        // SAFETY: x offsets 4q.. and 16 + 4q.. < 32.
+        half(d, false) * unsafe { nibbles4(v, 0, 0, -8, x.add(4 * q)) }.0
     }
 }
 
 impl Legacy4 for BlockQ4_1 {
     const BYTES: usize = 20;
     #[inline(always)]
-    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+    unsafe fn load(blk: *const u8, q: usize) -> Raw {
         // SAFETY: d at 0, m at 2, qs at 4 (+4q + 4 ≤ 20).
-        unsafe {
-            let d = f16_to_f32(ld16(blk) as u16);
-            let m = f16_to_f32(ld16(blk.add(2)) as u16);
-            let v = ld32(blk.add(4 + 4 * q));
-            let (s, sx) = nibbles4(v, 0, 0, 0, x.add(4 * q));
-            d * s + m * sx
-        }
+        unsafe { (ld32(blk), 0, ld32(blk.add(4 + 4 * q))) }
+    }
+    #[inline(always)]
+    unsafe fn dot_raw((dm, _, v): Raw, q: usize, x: *const f32) -> f32 {
+        // SAFETY: as for Q4_0.
+        let (s, sx) = unsafe { nibbles4(v, 0, 0, 0, x.add(4 * q)) };
+        half(dm, false) * s + half(dm, true) * sx
     }
 }
 
 impl Legacy4 for BlockQ5_0 {
     const BYTES: usize = 22;
     #[inline(always)]
-    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+    unsafe fn load(blk: *const u8, q: usize) -> Raw {
         // SAFETY: d at 0, qh at 2 (4 bytes), qs at 6 (+4q + 4 ≤ 22).
-        unsafe {
-            let d = f16_to_f32(ld16(blk) as u16);
-            let qh = ld32(blk.add(2));
-            let v = ld32(blk.add(6 + 4 * q));
-            let (h_lo, h_hi) = (qh >> (4 * q), qh >> (16 + 4 * q));
-            d * nibbles4(v, h_lo, h_hi, -16, x.add(4 * q)).0
-        }
+        unsafe { (ld16(blk), ld32(blk.add(2)), ld32(blk.add(6 + 4 * q))) }
+    }
+    #[inline(always)]
+    unsafe fn dot_raw((d, qh, v): Raw, q: usize, x: *const f32) -> f32 {
+        let (h_lo, h_hi) = (qh >> (4 * q), qh >> (16 + 4 * q));
+        // SAFETY: as for Q4_0.
+        half(d, false) * unsafe { nibbles4(v, h_lo, h_hi, -16, x.add(4 * q)) }.0
     }
 }
 
 impl Legacy4 for BlockQ5_1 {
     const BYTES: usize = 24;
     #[inline(always)]
-    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
+    unsafe fn load(blk: *const u8, q: usize) -> Raw {
         // SAFETY: d at 0, m at 2, qh at 4 (4 bytes), qs at 8 (+4q + 4 ≤ 24).
-        unsafe {
-            let d = f16_to_f32(ld16(blk) as u16);
-            let m = f16_to_f32(ld16(blk.add(2)) as u16);
-            let qh = ld32(blk.add(4));
-            let v = ld32(blk.add(8 + 4 * q));
-            let (h_lo, h_hi) = (qh >> (4 * q), qh >> (16 + 4 * q));
-            let (s, sx) = nibbles4(v, h_lo, h_hi, 0, x.add(4 * q));
-            d * s + m * sx
-        }
+        unsafe { (ld32(blk), ld32(blk.add(4)), ld32(blk.add(8 + 4 * q))) }
+    }
+    #[inline(always)]
+    unsafe fn dot_raw((dm, qh, v): Raw, q: usize, x: *const f32) -> f32 {
+        let (h_lo, h_hi) = (qh >> (4 * q), qh >> (16 + 4 * q));
+        // SAFETY: as for Q4_0.
+        let (s, sx) = unsafe { nibbles4(v, h_lo, h_hi, 0, x.add(4 * q)) };
+        half(dm, false) * s + half(dm, true) * sx
     }
 }
 
 impl Legacy4 for BlockQ8_0 {
     const BYTES: usize = 34;
     #[inline(always)]
-    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
-        // SAFETY: d at 0, qs at 2 (+8q + 8 ≤ 34); x offsets 8q..8q+8 < 32.
+    unsafe fn load(blk: *const u8, q: usize) -> Raw {
+        // SAFETY: d at 0, qs at 2 (+8q + 8 ≤ 34).
         unsafe {
-            let d = f16_to_f32(ld16(blk) as u16);
-            let mut s = 0.0f32;
-            for h in 0..2 {
-                let v = ld32(blk.add(2 + 8 * q + 4 * h));
-                for i in 0..4 {
-                    let qv = ((v >> (8 * i)) & 0xff) as u8 as i8;
-                    s += qv as f32 * xa(x, 8 * q + 4 * h + i);
-                }
-            }
-            d * s
+            (
+                ld16(blk),
+                ld32(blk.add(2 + 8 * q)),
+                ld32(blk.add(6 + 8 * q)),
+            )
         }
+    }
+    #[inline(always)]
+    unsafe fn dot_raw((d, v0, v1): Raw, q: usize, x: *const f32) -> f32 {
+        let mut s = 0.0f32;
+        for (h, v) in [v0, v1].into_iter().enumerate() {
+            for i in 0..4 {
+                let qv = ((v >> (8 * i)) & 0xff) as u8 as i8;
+                // SAFETY: x offsets 8q..8q+8 < 32.
+                s += qv as f32 * unsafe { xa(x, 8 * q + 4 * h + i) };
+            }
+        }
+        half(d, false) * s
     }
 }
 
@@ -161,41 +192,62 @@ impl Legacy4 for BlockQ8_0 {
 pub trait KWarp {
     /// Bytes per super-block.
     const BYTES: usize;
-    /// `Σ w_i x_i` over lane `l`'s 8 elements of the super-block at `blk`.
+    /// The bits of lane `l`'s 8 elements of the super-block at `blk`.
     ///
     /// # Safety
-    /// `blk` points to a whole, 2-byte aligned super-block; `x` to its 256 activations; `l < 32`.
-    unsafe fn dot(blk: *const u8, l: usize, x: *const f32) -> f32;
+    /// `blk` points to a whole, 2-byte aligned super-block; `l < 32`.
+    unsafe fn load(blk: *const u8, l: usize) -> Raw;
+    /// `Σ w_i x_i` over lane `l`'s 8 elements, from its [`KWarp::load`]ed bits.
+    ///
+    /// # Safety
+    /// `x` points to the super-block's 256 activations; `l < 32`.
+    unsafe fn dot_raw(r: Raw, l: usize, x: *const f32) -> f32;
+    /// Both steps.
+    ///
+    /// # Safety
+    /// As [`KWarp::load`] and [`KWarp::dot_raw`].
+    #[inline(always)]
+    unsafe fn dot(blk: *const u8, l: usize, x: *const f32) -> f32 {
+        // SAFETY: forwarded contract.
+        unsafe { Self::dot_raw(Self::load(blk, l), l, x) }
+    }
 }
 
 impl KWarp for BlockQ4K {
     const BYTES: usize = 144;
     /// Lane `l`: pair `p = l / 8` of groups (2p low nibbles, 2p + 1 high nibbles of
-    /// `qs[32p .. 32p + 32]`), bytes `4 (l % 8) .. + 4` of it.
+    /// `qs[32p .. 32p + 32]`), bytes `4 (l % 8) .. + 4` of it. Raw: d | dmin << 16, the scales and
+    /// mins of both groups (sc0 | m0 << 8 | sc1 << 16 | m1 << 24), the 4 quant bytes.
     #[inline(always)]
-    unsafe fn dot(blk: *const u8, l: usize, x: *const f32) -> f32 {
+    unsafe fn load(blk: *const u8, l: usize) -> Raw {
         let (p, k) = (l / 8, l % 8);
-        // SAFETY: d at 0, dmin at 2, scales at 4..16, qs at 16 + 32p + 4k + 4 ≤ 144; the x
-        // offsets are < 256.
+        // SAFETY: d at 0, dmin at 2, scales at 4..16, qs at 16 + 32p + 4k + 4 ≤ 144.
         unsafe {
-            let d = f16_to_f32(ld16(blk) as u16);
-            let dmin = f16_to_f32(ld16(blk.add(2)) as u16);
             let scales = &*(blk.add(4) as *const [u8; 12]);
             let (sc0, m0) = k_scale_min(scales, 2 * p);
             let (sc1, m1) = k_scale_min(scales, 2 * p + 1);
-            let v = ld32(blk.add(16 + 32 * p + 4 * k));
+            let sm = sc0 as u32 | (m0 as u32) << 8 | (sc1 as u32) << 16 | (m1 as u32) << 24;
+            (ld32(blk), sm, ld32(blk.add(16 + 32 * p + 4 * k)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot_raw((dd, sm, v): Raw, l: usize, x: *const f32) -> f32 {
+        let (p, k) = (l / 8, l % 8);
+        let b = |i: u32| ((sm >> (8 * i)) & 0xff) as f32;
+        // SAFETY: the x offsets are < 256.
+        unsafe {
             let x0 = x.add(64 * p + 4 * k);
             let x1 = x0.add(32);
             let (mut s0, mut s1, mut sx0, mut sx1) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
             for i in 0..4 {
-                let b = v >> (8 * i);
+                let q = v >> (8 * i);
                 let (a0, a1) = (xa(x0, i), xa(x1, i));
-                s0 += (b & 15) as f32 * a0;
-                s1 += ((b >> 4) & 15) as f32 * a1;
+                s0 += (q & 15) as f32 * a0;
+                s1 += ((q >> 4) & 15) as f32 * a1;
                 sx0 += a0;
                 sx1 += a1;
             }
-            d * (sc0 as f32 * s0 + sc1 as f32 * s1) - dmin * (m0 as f32 * sx0 + m1 as f32 * sx1)
+            half(dd, false) * (b(0) * s0 + b(2) * s1) - half(dd, true) * (b(1) * sx0 + b(3) * sx1)
         }
     }
 }
@@ -203,22 +255,36 @@ impl KWarp for BlockQ4K {
 impl KWarp for BlockQ6K {
     const BYTES: usize = 210;
     /// Lane `l`: half `n = l / 16`, positions `ll = 2 (l % 16) + {0, 1}` of it, each giving the
-    /// elements `128n + ll + {0, 32, 64, 96}` (see [`BlockQ6K`]'s layout).
+    /// elements `128n + ll + {0, 32, 64, 96}` (see [`BlockQ6K`]'s layout). Raw: the two ql u16s
+    /// (a | b << 16), the qh u16 | d << 16, the 4 group scales (i8 bytes).
     #[inline(always)]
-    unsafe fn dot(blk: *const u8, l: usize, x: *const f32) -> f32 {
+    unsafe fn load(blk: *const u8, l: usize) -> Raw {
         let (n, base) = (l / 16, 2 * (l % 16));
         // SAFETY: ql at 0..128, qh at 128..192, scales at 192..208, d at 208; every offset below
-        // is even for the u16 loads and inside those ranges; x offsets < 256.
+        // is even for the u16 loads and inside those ranges.
         unsafe {
             let a = ld16(blk.add(64 * n + base));
             let b = ld16(blk.add(64 * n + base + 32));
             let h = ld16(blk.add(128 + 32 * n + base));
-            let sc = blk.add(192 + 8 * n + base / 16) as *const i8;
-            let d = f16_to_f32(ld16(blk.add(208)) as u16);
+            let d = ld16(blk.add(208));
+            let sc = blk.add(192 + 8 * n + base / 16);
+            let scs = *sc as u32
+                | (*sc.add(2) as u32) << 8
+                | (*sc.add(4) as u32) << 16
+                | (*sc.add(6) as u32) << 24;
+            (a | b << 16, h | d << 16, scs)
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot_raw((ab, hd, scs): Raw, l: usize, x: *const f32) -> f32 {
+        let (n, base) = (l / 16, 2 * (l % 16));
+        let sc = |g: u32| ((scs >> (8 * g)) & 0xff) as u8 as i8 as f32;
+        // SAFETY: x offsets < 256.
+        unsafe {
             let xb = x.add(128 * n + base);
             let (mut s0, mut s1, mut s2, mut s3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
             for kk in 0..2 {
-                let (a, b, h) = (a >> (8 * kk), b >> (8 * kk), h >> (8 * kk));
+                let (a, b, h) = (ab >> (8 * kk), ab >> (16 + 8 * kk), hd >> (8 * kk));
                 let q0 = ((a & 15) | ((h & 3) << 4)) as i32 - 32;
                 let q1 = ((b & 15) | (((h >> 2) & 3) << 4)) as i32 - 32;
                 let q2 = (((a >> 4) & 15) | (((h >> 4) & 3) << 4)) as i32 - 32;
@@ -228,11 +294,8 @@ impl KWarp for BlockQ6K {
                 s2 += q2 as f32 * xa(xb, kk + 64);
                 s3 += q3 as f32 * xa(xb, kk + 96);
             }
-            let t = *sc as f32 * s0
-                + *sc.add(2) as f32 * s1
-                + *sc.add(4) as f32 * s2
-                + *sc.add(6) as f32 * s3;
-            d * t
+            let t = sc(0) * s0 + sc(1) * s1 + sc(2) * s2 + sc(3) * s3;
+            half(hd, true) * t
         }
     }
 }
