@@ -24,6 +24,13 @@ pub unsafe extern "ptx-kernel" fn add_f32(dst: *mut f32, src: *const f32, n: u32
     }
 }
 
+/// `silu(g) · u` = `g / (1 + e^-g) · u`: the SwiGLU of one element (also used by the fused
+/// gate/up matvec, so both give the same bits).
+#[inline(always)]
+pub fn silu_mul(g: f32, u: f32) -> f32 {
+    g / (1.0 + gpu::exp(-g)) * u
+}
+
 /// # Safety
 /// `gate`, `up`, `out` hold `n` floats (launcher contract).
 #[unsafe(no_mangle)]
@@ -38,8 +45,7 @@ pub unsafe extern "ptx-kernel" fn swiglu_f32(
     while i < n {
         // SAFETY: i < n.
         unsafe {
-            let g = *gate.add(i);
-            *out.add(i) = g / (1.0 + gpu::exp(-g)) * *up.add(i);
+            *out.add(i) = silu_mul(*gate.add(i), *up.add(i));
         }
         i += gpu::stride_x();
     }

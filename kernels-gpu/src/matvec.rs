@@ -18,6 +18,7 @@
 //! ffn_down's 4864, and a warp per row leaves too few warps in flight).
 //! Limits: `cols` a multiple of the type's block size (and of 32); `rows < 2^32`.
 
+use crate::elementwise::silu_mul;
 use crate::formats::{Bf16x32, F16x32, F32x32, Sub32, decode_sub};
 use crate::gpu;
 use crate::matvec_dot::{KWarp, Legacy4, Raw};
@@ -117,6 +118,22 @@ unsafe fn matvec_legacy<B: Legacy4>(
     // SAFETY: row < rows: inside W.
     let wr = unsafe { w.add(row * nb * B::BYTES) };
     let lane = gpu::lane() as usize;
+    // SAFETY: forwarded: wr is a whole row of nb blocks, x holds 32 nb floats.
+    let acc = unsafe { row_dot_legacy::<B>(wr, nb, lane, x) };
+    let acc = gpu::warp_sum(acc);
+    if lane == 0 {
+        // SAFETY: row < rows; y holds rows floats.
+        unsafe { store(y, row, acc, add, mode) };
+    }
+}
+
+/// Lane `lane`'s part of the dot product of the row at `wr` (`nb` blocks) with `x`: quarter
+/// `lane % 4` of blocks `lane / 4, lane / 4 + 8, …` (sum the warp's lanes for the row's value).
+///
+/// # Safety
+/// `wr` points to a whole row of `nb ≥ 1` blocks, 2-byte aligned; `x` holds `32 nb` floats.
+#[inline(always)]
+unsafe fn row_dot_legacy<B: Legacy4>(wr: *const u8, nb: usize, lane: usize, x: *const f32) -> f32 {
     let q = lane % 4;
     let mut b = lane / 4;
     let mut acc = 0.0f32;
@@ -143,11 +160,63 @@ unsafe fn matvec_legacy<B: Legacy4>(
         step(3);
         b += 8 * UNROLL;
     }
-    let acc = gpu::warp_sum(acc);
-    if lane == 0 {
-        // SAFETY: row < rows; y holds rows floats.
-        unsafe { store(y, row, acc, add, mode) };
+    acc
+}
+
+/// `h[r] = silu((Wg x)[r]) · (Wu x)[r]`: the gate and up projections and the SwiGLU in one
+/// launch (a warp per row, as `matvec_legacy`; the same sums and the same `silu_mul` as the
+/// separate kernels, so the same bits).
+#[inline(always)]
+unsafe fn matvec_swiglu_legacy<B: Legacy4>(
+    wg: *const u8,
+    wu: *const u8,
+    x: *const f32,
+    h: *mut f32,
+    rows: u32,
+    cols: u32,
+) {
+    let row = gpu::block_x() as usize * ROWS_PER_BLOCK + gpu::warp() as usize;
+    if row >= rows as usize {
+        return; // warp-uniform; no barriers below
     }
+    let nb = cols as usize / 32;
+    let lane = gpu::lane() as usize;
+    // SAFETY: row < rows: both rows lie inside their matrices (same shape); x holds cols floats.
+    let (g, u) = unsafe {
+        let off = row * nb * B::BYTES;
+        (
+            row_dot_legacy::<B>(wg.add(off), nb, lane, x),
+            row_dot_legacy::<B>(wu.add(off), nb, lane, x),
+        )
+    };
+    let (g, u) = (gpu::warp_sum(g), gpu::warp_sum(u));
+    if lane == 0 {
+        // SAFETY: row < rows; h holds rows floats.
+        unsafe { *h.add(row) = silu_mul(g, u) };
+    }
+}
+
+macro_rules! matvec_swiglu_kernels {
+    ($($name:ident => $t:ty;)*) => {$(
+        /// # Safety
+        /// `wg`, `wu`: `rows × cols` matrices of the type; `x` holds cols floats, `h` rows;
+        /// `cols` a multiple of 32 (validated by the launcher).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name(
+            wg: *const u8, wu: *const u8, x: *const f32, h: *mut f32, rows: u32, cols: u32,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { matvec_swiglu_legacy::<$t>(wg, wu, x, h, rows, cols) }
+        }
+    )*};
+}
+
+matvec_swiglu_kernels! {
+    matvec_swiglu_q4_0 => BlockQ4_0;
+    matvec_swiglu_q4_1 => BlockQ4_1;
+    matvec_swiglu_q5_0 => BlockQ5_0;
+    matvec_swiglu_q5_1 => BlockQ5_1;
+    matvec_swiglu_q8_0 => BlockQ8_0;
 }
 
 /// K-quants: one block (4 warps) per row; warp `w` takes super-blocks `w, w + 4, …`, all its

@@ -5,7 +5,8 @@
 //!
 //! Tolerances, per kernel (`atol` is relative to the RMS of the reference):
 //! - `add`, `rope`, `kv_append`, `dequant`/`embedding`, the matvec bias/residual epilogues
-//!   (against the plain matvec plus the addition): bit-exact. The same IEEE operations in the
+//!   (against the plain matvec plus the addition), the fused gate/up/SwiGLU matvec (against two
+//!   matvecs and `swiglu`): bit-exact. The same IEEE operations in the
 //!   same order (no fused multiply-add: the PTX uses `.rn` operations, which ptxas never fuses);
 //!   the RoPE table holds the CPU's own f64 angles rounded once.
 //! - `rms_norm`: rtol 1e-4. The sum of squares is summed in a different order (a tree on the GPU,
@@ -481,6 +482,18 @@ proptest! {
         ops::matvec_with(&g, &w, &xd.as_view(), &mut ya.as_view_mut(), MatvecOut::Accumulate).unwrap();
         let want_a: Vec<f32> = resid.iter().zip(&got).map(|(&r, &a)| r + a).collect();
         assert_bits_eq(&format!("matvec {t:?} {rows}x{cols} into residual"), &download(&g, &ya), &want_a);
+        // The fused gate/up/SwiGLU matvec (legacy types): the bits of two matvecs and `swiglu`.
+        let (ub, _) = random_tensor(t, rows, cols, &mut rng);
+        let wu = DeviceTensor::upload(&g, "u", t, rows, cols, &ub).unwrap();
+        if ops::matvec_swiglu_supported(&w, &wu) {
+            let mut yu = poisoned(&g, rows, f32::NAN);
+            ops::matvec(&g, &wu, &xd.as_view(), &mut yu.as_view_mut()).unwrap();
+            let mut h = poisoned(&g, rows, f32::NAN);
+            ops::swiglu(&g, &y.as_view(), &yu.as_view(), &mut h.as_view_mut()).unwrap();
+            let mut hf = poisoned(&g, rows, f32::NAN);
+            ops::matvec_swiglu(&g, &w, &wu, &xd.as_view(), &mut hf.as_view_mut()).unwrap();
+            assert_bits_eq(&format!("matvec_swiglu {t:?} {rows}x{cols}"), &download(&g, &hf), &download(&g, &h));
+        }
     }
 
     #[test]

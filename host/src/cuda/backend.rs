@@ -49,7 +49,8 @@ pub struct CudaOptions {
     /// KV cache in f32 instead of f16 (twice the memory; for reference-precision comparisons).
     pub kv_f32: bool,
     /// Decode (T = 1): add the q/k/v biases and the residuals inside the matvec launches instead
-    /// of separate `add` launches (the same f32 additions; off only to measure the difference).
+    /// of separate `add` launches, and run gate, up and SwiGLU as one launch where the types allow
+    /// (the same f32 operations either way; off only to measure the difference).
     pub fuse_epilogues: bool,
 }
 
@@ -511,30 +512,34 @@ impl CudaBackend {
                 &mut s.xn.slice_mut(..t * d),
             )?;
             let xn = s.xn.slice(..t * d);
-            lin.run(
-                &l.gate,
-                &xn,
-                &mut s.gate.slice_mut(..t * ff),
-                t,
-                &mut s.wdeq32,
-                &mut s.wdeq16,
-                &mut s.x16,
-            )?;
-            lin.run(
-                &l.up,
-                &xn,
-                &mut s.up.slice_mut(..t * ff),
-                t,
-                &mut s.wdeq32,
-                &mut s.wdeq16,
-                &mut s.x16,
-            )?;
-            ops::swiglu(
-                gpu,
-                &s.gate.slice(..t * ff),
-                &s.up.slice(..t * ff),
-                &mut s.h.slice_mut(..t * ff),
-            )?;
+            if t == 1 && lin.fuse && ops::matvec_swiglu_supported(&l.gate, &l.up) {
+                ops::matvec_swiglu(gpu, &l.gate, &l.up, &xn, &mut s.h.slice_mut(..ff))?;
+            } else {
+                lin.run(
+                    &l.gate,
+                    &xn,
+                    &mut s.gate.slice_mut(..t * ff),
+                    t,
+                    &mut s.wdeq32,
+                    &mut s.wdeq16,
+                    &mut s.x16,
+                )?;
+                lin.run(
+                    &l.up,
+                    &xn,
+                    &mut s.up.slice_mut(..t * ff),
+                    t,
+                    &mut s.wdeq32,
+                    &mut s.wdeq16,
+                    &mut s.x16,
+                )?;
+                ops::swiglu(
+                    gpu,
+                    &s.gate.slice(..t * ff),
+                    &s.up.slice(..t * ff),
+                    &mut s.h.slice_mut(..t * ff),
+                )?;
+            }
             lin.run_residual(
                 &l.down,
                 &s.h.slice(..t * ff),

@@ -28,6 +28,11 @@ pub const KERNELS: &[&str] = &[
     "matvec_q5_0",
     "matvec_q5_1",
     "matvec_q8_0",
+    "matvec_swiglu_q4_0",
+    "matvec_swiglu_q4_1",
+    "matvec_swiglu_q5_0",
+    "matvec_swiglu_q5_1",
+    "matvec_swiglu_q8_0",
     "matvec_q2_k",
     "matvec_q3_k",
     "matvec_q4_k",
@@ -83,6 +88,13 @@ pub fn type_suffix(t: GgmlType) -> &'static str {
 /// The matvec kernel for weights of type `t`.
 pub fn matvec_kernel(t: GgmlType) -> &'static str {
     find(&format!("matvec_{}", type_suffix(t)))
+}
+
+/// The fused gate/up/SwiGLU matvec kernel for weights of type `t`, where there is one (the
+/// legacy 32-element block types).
+pub fn matvec_swiglu_kernel(t: GgmlType) -> Option<&'static str> {
+    let name = format!("matvec_swiglu_{}", type_suffix(t));
+    KERNELS.iter().copied().find(|k| *k == name)
 }
 
 /// The dequantization kernel for type `t` writing f32 (`f16_out = false`) or f16.

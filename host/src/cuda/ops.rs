@@ -7,7 +7,7 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
 
 use super::device::{Gpu, launch};
 use super::error::CudaError;
-use super::kernels::{dequant_kernel, matvec_kernel};
+use super::kernels::{dequant_kernel, matvec_kernel, matvec_swiglu_kernel};
 use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
 
@@ -605,6 +605,57 @@ pub fn matvec_with(
         MatvecOut::Accumulate => (x, 2),
     };
     launch!(gpu, k, cfg, &wv, x, y, &rows, &cols, add, &mode);
+    Ok(())
+}
+
+/// Whether [`matvec_swiglu`] serves gate and up matrices of these types and shapes.
+pub fn matvec_swiglu_supported(gate: &DeviceTensor, up: &DeviceTensor) -> bool {
+    gate.ty == up.ty
+        && gate.rows == up.rows
+        && gate.cols == up.cols
+        && matvec_swiglu_kernel(gate.ty).is_some()
+}
+
+/// `h = silu(Wg x) · (Wu x)` in one launch: the same bits as two [`matvec`]s and [`swiglu`].
+/// Legacy block types only (see [`matvec_swiglu_supported`]).
+pub fn matvec_swiglu(
+    gpu: &Gpu,
+    gate: &DeviceTensor,
+    up: &DeviceTensor,
+    x: &CudaView<f32>,
+    h: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    const K: &str = "matvec_swiglu";
+    let Some(k) = matvec_swiglu_kernel(gate.ty) else {
+        return Err(shape_err(
+            K,
+            format!("{}: no fused gate/up kernel for {}", gate.name, gate.ty),
+        ));
+    };
+    ensure(k, matvec_swiglu_supported(gate, up), || {
+        format!(
+            "{} ({} {} x {}) and {} ({} {} x {}) differ",
+            gate.name, gate.ty, gate.rows, gate.cols, up.name, up.ty, up.rows, up.cols
+        )
+    })?;
+    ensure(k, x.len() == gate.cols && h.len() == gate.rows, || {
+        format!(
+            "{}: x {} / h {} for a {} x {} matrix",
+            gate.name,
+            x.len(),
+            h.len(),
+            gate.rows,
+            gate.cols
+        )
+    })?;
+    let (rows, cols) = (to_u32(k, "rows", gate.rows)?, to_u32(k, "cols", gate.cols)?);
+    let cfg = LaunchConfig {
+        grid_dim: (gate.rows.div_ceil(4) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (gv, uv) = (gate.data.as_view(), up.data.as_view());
+    launch!(gpu, k, cfg, &gv, &uv, x, h, &rows, &cols);
     Ok(())
 }
 
