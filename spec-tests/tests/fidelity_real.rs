@@ -15,8 +15,9 @@ use host::cpu::{CpuBackend, CpuOptions};
 use host::fetch::{KnownModel, QWEN, SMOLLM2};
 use host::gguf::Gguf;
 use host::sample::argmax;
-use serde_json::Value;
-use spec_tests::{read_jsonl, real_model, refs_dir};
+use spec_tests::{
+    NEAR_TIE_SWING, ids, log_softmax_at, model_stem, read_jsonl, real_model, refs_dir,
+};
 
 fn backend(m: &KnownModel) -> CpuBackend {
     let g = Gguf::open(real_model(m)).expect("open model");
@@ -33,29 +34,6 @@ fn backend(m: &KnownModel) -> CpuBackend {
         },
     )
     .expect("load model")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = max
-        + logits
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    logits[id] as f64 - lse
-}
-
-fn model_stem(m: &KnownModel) -> &'static str {
-    m.file.trim_end_matches(".gguf")
 }
 
 fn check_logits(m: &KnownModel) {
@@ -115,13 +93,6 @@ fn check_logits(m: &KnownModel) {
         }
     }
 }
-
-/// How far two correct implementations' logit margins may differ at one step: refs/README.md
-/// measures 0.1–0.6 between llama.cpp and transformers on these models (llama.cpp quantizes
-/// activations to 8 bits), and this engine's own arithmetics (8-bit activations, or f32
-/// dequantized weights) differ from each other by as much. A greedy divergence is accepted only
-/// as a swap of the top two tokens whose combined margin (reference's + ours) is within this.
-const NEAR_TIE_SWING: f64 = 0.6;
 
 fn check_generations(m: &KnownModel) {
     let mut be = backend(m);

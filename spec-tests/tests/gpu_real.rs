@@ -23,7 +23,7 @@ use host::backend::{Backend, Logits};
 use host::cuda::{CudaBackend, CudaOptions};
 use host::fetch::{KnownModel, QWEN, SMOLLM2};
 use host::gguf::Gguf;
-use serde_json::Value;
+use spec_tests::{NEAR_TIE_SWING, ids, log_softmax_at, model_stem};
 
 fn model(m: &KnownModel) -> Arc<Gguf> {
     let p = host::fetch::cache_dir().join(m.file);
@@ -44,34 +44,6 @@ fn refs_dir() -> PathBuf {
         .unwrap_or_else(spec_tests::refs_dir)
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let lse = max
-        + logits
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    logits[id] as f64 - lse
-}
-
-/// The CPU issue's bar for a greedy divergence before the first reference near-tie (the same as
-/// `fidelity_real.rs`): llama.cpp (8-bit activations) and this engine (f32 arithmetic) differ by
-/// up to this much in a top-two margin.
-const NEAR_TIE_SWING: f64 = 0.6;
-
-fn stem(m: &KnownModel) -> &'static str {
-    m.file.trim_end_matches(".gguf")
-}
-
 fn gpu_vs_cpu(m: &KnownModel) {
     let g = model(m);
     let r = cpu_run(&g, 21);
@@ -89,7 +61,7 @@ fn reference_bars(m: &KnownModel) {
     )
     .unwrap();
     for source in ["", ".hf"] {
-        let path = refs_dir().join(format!("logits/{}{source}.jsonl", stem(m)));
+        let path = refs_dir().join(format!("logits/{}{source}.jsonl", model_stem(m)));
         for case in spec_tests::read_jsonl(&path) {
             let prompt = ids(&case["prompt_ids"]);
             be.reset();
@@ -135,7 +107,7 @@ fn reference_bars(m: &KnownModel) {
             );
         }
     }
-    let path = refs_dir().join(format!("generate/{}.jsonl", stem(m)));
+    let path = refs_dir().join(format!("generate/{}.jsonl", model_stem(m)));
     let n_vocab = be.config().n_vocab;
     for case in spec_tests::read_jsonl(&path) {
         let prompt = ids(&case["prompt_ids"]);
