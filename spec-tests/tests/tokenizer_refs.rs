@@ -1,4 +1,4 @@
-//! The tokenizer against the reference: llama.cpp's ids for /work/shared/refs/tokenize (both real
+//! The tokenizer against the reference: llama.cpp's ids for shared/refs/tokenize (both real
 //! models, three modes each), and the rendered chat prompts of refs/prompts.
 //!
 //! Every disagreement is listed in `EXPECTED_DISAGREEMENTS` with its reason; any other difference,
