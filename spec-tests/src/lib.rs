@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use host::backend::{Backend, Logits};
 use host::fetch::KnownModel;
 use serde_json::Value;
 
@@ -86,3 +87,65 @@ pub fn log_softmax_at(logits: &[f32], id: usize) -> f64 {
 /// reference near-tie is accepted only as a swap of the top two tokens whose combined margin
 /// (reference's + ours) is within this (CPU and GPU fidelity tests alike).
 pub const NEAR_TIE_SWING: f64 = 0.6;
+
+/// The CPU issue's logit bars at the last prompt position, against both reference files
+/// (`logits/<model>.jsonl` from llama.cpp and `.hf.jsonl` from transformers) under `refs`: the same
+/// top-1 where the reference's top-1/top-2 margin exceeds 0.5, at least 18 of the top 20 ids
+/// shared, and |Δ log-prob| ≤ 0.5 on the reference's top ids. Any backend; prints each case.
+pub fn check_logit_bars(be: &mut dyn Backend, refs: &Path, m: &KnownModel) {
+    for source in ["", ".hf"] {
+        let path = refs.join(format!("logits/{}{source}.jsonl", model_stem(m)));
+        for case in read_jsonl(&path) {
+            let prompt = ids(&case["prompt_ids"]);
+            be.reset();
+            let logits = be.forward(&prompt, 0, Logits::Last).unwrap();
+            let top: Vec<(usize, f64)> = case["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap()))
+                .collect();
+            let ref_lse = case["logsumexp"].as_f64().unwrap();
+            let mut ours: Vec<usize> = (0..logits.len()).collect();
+            ours.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            ours.truncate(top.len());
+            let overlap = top.iter().filter(|(id, _)| ours.contains(id)).count();
+            let margin = top[0].1 - top[1].1;
+            let mut worst = (0usize, 0.0f64);
+            for &(id, l) in &top {
+                let d = (log_softmax_at(&logits, id) - (l - ref_lse)).abs();
+                if d > worst.1 {
+                    worst = (id, d);
+                }
+            }
+            eprintln!(
+                "{} logits{source} case {}: top1 {} {} ref {} (margin {margin:.3}), overlap {overlap}/{}, max |Δ logp| {:.4} at id {}",
+                m.short,
+                case["id"],
+                be.name(),
+                ours[0],
+                top[0].0,
+                top.len(),
+                worst.1,
+                worst.0
+            );
+            if margin > 0.5 {
+                assert_eq!(ours[0], top[0].0, "{} case {}: top-1", m.short, case["id"]);
+            }
+            assert!(
+                overlap >= 18,
+                "{} case {}: top-20 overlap {overlap}",
+                m.short,
+                case["id"]
+            );
+            assert!(
+                worst.1 <= 0.5,
+                "{} case {}: |Δ log-prob| {} at id {}",
+                m.short,
+                case["id"],
+                worst.1,
+                worst.0
+            );
+        }
+    }
+}

@@ -15,9 +15,7 @@ use host::cpu::{CpuBackend, CpuOptions};
 use host::fetch::{KnownModel, QWEN, SMOLLM2};
 use host::gguf::Gguf;
 use host::sample::argmax;
-use spec_tests::{
-    NEAR_TIE_SWING, ids, log_softmax_at, model_stem, read_jsonl, real_model, refs_dir,
-};
+use spec_tests::{NEAR_TIE_SWING, ids, model_stem, read_jsonl, real_model, refs_dir};
 
 fn backend(m: &KnownModel) -> CpuBackend {
     let g = Gguf::open(real_model(m)).expect("open model");
@@ -37,61 +35,7 @@ fn backend(m: &KnownModel) -> CpuBackend {
 }
 
 fn check_logits(m: &KnownModel) {
-    let mut be = backend(m);
-    for source in ["", ".hf"] {
-        let path = refs_dir().join(format!("logits/{}{source}.jsonl", model_stem(m)));
-        for case in read_jsonl(&path) {
-            let prompt = ids(&case["prompt_ids"]);
-            be.reset();
-            let logits = be.forward(&prompt, 0, Logits::Last).unwrap();
-            let top: Vec<(usize, f64)> = case["top"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap()))
-                .collect();
-            let ref_lse = case["logsumexp"].as_f64().unwrap();
-            let mut ours: Vec<usize> = (0..logits.len()).collect();
-            ours.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-            ours.truncate(top.len());
-            let overlap = top.iter().filter(|(id, _)| ours.contains(id)).count();
-            let margin = top[0].1 - top[1].1;
-            let mut worst = (0usize, 0.0f64);
-            for &(id, l) in &top {
-                let d = (log_softmax_at(&logits, id) - (l - ref_lse)).abs();
-                if d > worst.1 {
-                    worst = (id, d);
-                }
-            }
-            eprintln!(
-                "{} logits{source} case {}: top1 ours {} ref {} (margin {margin:.3}), overlap {overlap}/{}, max |Δ logp| {:.4} at id {}",
-                m.short,
-                case["id"],
-                ours[0],
-                top[0].0,
-                top.len(),
-                worst.1,
-                worst.0
-            );
-            if margin > 0.5 {
-                assert_eq!(ours[0], top[0].0, "{} case {}: top-1", m.short, case["id"]);
-            }
-            assert!(
-                overlap >= 18,
-                "{} case {}: top-20 overlap {overlap}",
-                m.short,
-                case["id"]
-            );
-            assert!(
-                worst.1 <= 0.5,
-                "{} case {}: |Δ log-prob| {} at id {}",
-                m.short,
-                case["id"],
-                worst.1,
-                worst.0
-            );
-        }
-    }
+    spec_tests::check_logit_bars(&mut backend(m), &refs_dir(), m);
 }
 
 fn check_generations(m: &KnownModel) {

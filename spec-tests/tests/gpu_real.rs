@@ -23,7 +23,7 @@ use host::backend::{Backend, Logits};
 use host::cuda::{CudaBackend, CudaOptions};
 use host::fetch::{KnownModel, QWEN, SMOLLM2};
 use host::gguf::Gguf;
-use spec_tests::{NEAR_TIE_SWING, ids, log_softmax_at, model_stem};
+use spec_tests::{NEAR_TIE_SWING, ids, model_stem};
 
 fn model(m: &KnownModel) -> Arc<Gguf> {
     let p = host::fetch::cache_dir().join(m.file);
@@ -60,53 +60,7 @@ fn reference_bars(m: &KnownModel) {
         },
     )
     .unwrap();
-    for source in ["", ".hf"] {
-        let path = refs_dir().join(format!("logits/{}{source}.jsonl", model_stem(m)));
-        for case in spec_tests::read_jsonl(&path) {
-            let prompt = ids(&case["prompt_ids"]);
-            be.reset();
-            let logits = be.forward(&prompt, 0, Logits::Last).unwrap();
-            let top: Vec<(usize, f64)> = case["top"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap()))
-                .collect();
-            let lse = case["logsumexp"].as_f64().unwrap();
-            let mut ours: Vec<usize> = (0..logits.len()).collect();
-            ours.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-            ours.truncate(top.len());
-            let overlap = top.iter().filter(|(id, _)| ours.contains(id)).count();
-            let margin = top[0].1 - top[1].1;
-            let worst = top
-                .iter()
-                .map(|&(id, l)| (log_softmax_at(&logits, id) - (l - lse)).abs())
-                .fold(0.0f64, f64::max);
-            eprintln!(
-                "{} logits{source} case {}: top1 gpu {} ref {} (margin {margin:.3}), overlap {overlap}/{}, max |Δ logp| {worst:.4}",
-                m.short,
-                case["id"],
-                ours[0],
-                top[0].0,
-                top.len()
-            );
-            if margin > 0.5 {
-                assert_eq!(ours[0], top[0].0, "{} case {}: top-1", m.short, case["id"]);
-            }
-            assert!(
-                overlap >= 18,
-                "{} case {}: top-20 overlap {overlap}",
-                m.short,
-                case["id"]
-            );
-            assert!(
-                worst <= 0.5,
-                "{} case {}: |Δ log-prob| {worst}",
-                m.short,
-                case["id"]
-            );
-        }
-    }
+    spec_tests::check_logit_bars(&mut be, &refs_dir(), m);
     let path = refs_dir().join(format!("generate/{}.jsonl", model_stem(m)));
     let n_vocab = be.config().n_vocab;
     for case in spec_tests::read_jsonl(&path) {
