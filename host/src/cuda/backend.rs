@@ -823,3 +823,74 @@ impl Backend for CudaBackend {
         self.n_past = 0;
     }
 }
+
+/// Device memory a [`CudaBackend`] holds, in bytes, by what it is for (the sizes of its buffers;
+/// the CUDA context, the kernel module and cuBLAS's workspace are not included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// The model's weights as uploaded (quantized matrices, f32 norms and biases).
+    pub weights: usize,
+    /// The LM head's decoded copy.
+    pub lm_head: usize,
+    /// The KV cache, every layer, K and V.
+    pub kv_cache: usize,
+    /// Activations, decoded-weight and logits buffers, attention partials, the RoPE table.
+    pub scratch: usize,
+}
+
+impl MemoryUse {
+    pub fn total(&self) -> usize {
+        self.weights + self.lm_head + self.kv_cache + self.scratch
+    }
+}
+
+impl CudaBackend {
+    /// The device memory this backend's buffers occupy (allocated once at load).
+    pub fn memory_use(&self) -> MemoryUse {
+        let opt = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |b| b.num_bytes());
+        let weights = self.tok_embd.data.num_bytes()
+            + self.output_norm.num_bytes()
+            + self
+                .layers
+                .iter()
+                .map(|l| {
+                    [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                        .iter()
+                        .map(|t| t.data.num_bytes())
+                        .sum::<usize>()
+                        + l.attn_norm.num_bytes()
+                        + l.ffn_norm.num_bytes()
+                        + opt(&l.bq)
+                        + opt(&l.bk)
+                        + opt(&l.bv)
+                })
+                .sum::<usize>();
+        let lm_head = match &self.lm_head {
+            LmHead::F16(w) => w.num_bytes(),
+            LmHead::F32(w) => w.num_bytes(),
+        };
+        let kv_cache = match &self.kv {
+            KvCache::F16(ls) => ls.iter().map(|l| l.k.num_bytes() + l.v.num_bytes()).sum(),
+            KvCache::F32(ls) => ls.iter().map(|l| l.k.num_bytes() + l.v.num_bytes()).sum(),
+        };
+        let s = &self.s;
+        let scratch = s.ids.num_bytes()
+            + [
+                &s.x, &s.xn, &s.q, &s.k, &s.v, &s.attn, &s.proj, &s.gate, &s.up, &s.h, &s.wdeq32,
+                &s.logits, &s.part,
+            ]
+            .iter()
+            .map(|b| b.num_bytes())
+            .sum::<usize>()
+            + s.wdeq16.num_bytes()
+            + s.x16.num_bytes()
+            + s.token.num_bytes()
+            + self.rope.data.num_bytes();
+        MemoryUse {
+            weights,
+            lm_head,
+            kv_cache,
+            scratch,
+        }
+    }
+}
