@@ -5,11 +5,15 @@
 //! - `swiglu_f32`: `out = silu(gate) * up`, `silu(g) = g / (1 + e^-g)`; `e^x` is `ex2.approx`
 //!   (relative error ≈ 2^-21), so results differ from the CPU by a few ulp.
 //! - `f32_to_f16`: round to nearest even (the activations fed to an f16 GEMM).
+//! - `f32_to_f16x3`: the split-f16 activation operand of the `F16x3` GEMM (`split.rs`): `rows`
+//!   rows of `k` floats become rows of `3k` halves, `[hi(x) | lo(x) | hi(x)]`; a thread per pair of
+//!   elements (`k` even, `y` 4-byte aligned, `x` 8-byte aligned: the launcher checks).
 //!
 //! Launch: any 1-D grid (grid-stride loops); the launchers use 256 threads and enough blocks to
 //! cover `n` once, capped. Limits: `n < 2^32`; `m ≥ 1`.
 
 use crate::gpu;
+use crate::split::split_lo;
 
 /// # Safety
 /// `dst` holds `n` floats, `src` holds `m ≥ 1`, `n` a multiple of `m` (launcher contract).
@@ -60,6 +64,40 @@ pub unsafe extern "ptx-kernel" fn f32_to_f16(x: *const f32, y: *mut u16, n: u32)
     while i < n {
         // SAFETY: i < n.
         unsafe { *y.add(i) = gpu::f32_to_f16(*x.add(i)) };
+        i += gpu::stride_x();
+    }
+}
+
+/// Two floats, for one 8-byte load.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct F2([f32; 2]);
+
+/// # Safety
+/// `x` holds `rows · k` floats (8-byte aligned), `y` holds `3 · rows · k` halves (4-byte aligned),
+/// `k` even, `rows · k < 2^32` (launcher contract).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn f32_to_f16x3(x: *const f32, y: *mut u16, rows: u32, k: u32) {
+    let n2 = (rows * k / 2) as usize;
+    let k = k as usize;
+    let mut i = gpu::global_x();
+    while i < n2 {
+        let e = 2 * i;
+        let r = (e as u32 / k as u32) as usize;
+        let c = e - r * k;
+        // SAFETY: e + 1 < rows·k; e even, so the pair is 8-byte aligned.
+        let F2([a, b]) = unsafe { *(x.add(e) as *const F2) };
+        let (ha, hb) = (gpu::f32_to_f16(a), gpu::f32_to_f16(b));
+        let hi = ha as u32 | (hb as u32) << 16;
+        let lo = split_lo(a) as u32 | (split_lo(b) as u32) << 16;
+        // SAFETY: c + 1 < k, so the three pairs are inside output row r (3k halves); c even, so
+        // each is 4-byte aligned.
+        unsafe {
+            let o = y.add(3 * r * k + c);
+            *(o as *mut u32) = hi;
+            *(o.add(k) as *mut u32) = lo;
+            *(o.add(2 * k) as *mut u32) = hi;
+        }
         i += gpu::stride_x();
     }
 }

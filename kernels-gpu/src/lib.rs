@@ -21,6 +21,7 @@
 
 pub mod matvec_dot;
 pub mod quant;
+pub mod split;
 
 #[cfg(target_arch = "nvptx64")]
 pub mod attention;

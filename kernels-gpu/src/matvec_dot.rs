@@ -7,6 +7,9 @@
 //! Q8_0 bytes `8q .. 8q + 8`. K-quants (256-element super-blocks): the 32 lanes of a warp share a
 //! super-block, 8 elements each.
 //!
+//! The same loaded bits also decode to the lane's 8 values (`values`, bit-identical to the block's
+//! own `dequantize`): the dequantization kernels (`dequant.rs`) write those.
+//!
 //! Byte layouts are those of the block structs in [`crate::quant`] (offsets from their docs,
 //! checked against the structs' field offsets below). Blocks are only 2-byte aligned in a GGUF
 //! tensor, so multi-byte reads are `u16` loads. Compiled for the host too, where the tests below
@@ -72,6 +75,33 @@ pub trait Legacy4 {
         // SAFETY: forwarded contract.
         unsafe { Self::dot_raw(Self::load(blk, q), q, x) }
     }
+    /// Length of the runs of consecutive elements in [`Legacy4::values`]: 4 for the nibble types
+    /// (elements `4q .. 4q + 4`, then `16 + 4q .. 16 + 4q + 4`), 8 for Q8_0 (`8q .. 8q + 8`).
+    const RUN: usize = 4;
+    /// First element (in the block) of run `j` of thread `q`'s values.
+    #[inline(always)]
+    fn run_start(q: usize, j: usize) -> usize {
+        4 * q + 16 * j
+    }
+    /// Thread `q`'s 8 values from its [`Legacy4::load`]ed bits, run after run: the same f32
+    /// operations as the block's `dequantize`, so the same bits.
+    fn values(r: Raw, q: usize) -> [f32; 8];
+}
+
+/// The 8 quants of a nibble lane: the low nibbles of the 4 bytes of `v` (bit `i` of `h_lo` as
+/// their 5th bit), then the high nibbles (5th bits from `h_hi`), each plus `off`.
+#[inline(always)]
+fn nibble_quants(v: u32, h_lo: u32, h_hi: u32, off: i32) -> [i32; 8] {
+    core::array::from_fn(|e| {
+        let (i, high) = (e % 4, e >= 4);
+        let b = v >> (8 * i);
+        let n = if high {
+            ((b >> 4) & 15) | (((h_hi >> i) & 1) << 4)
+        } else {
+            (b & 15) | (((h_lo >> i) & 1) << 4)
+        };
+        n as i32 + off
+    })
 }
 
 /// Σ over 4 nibble pairs: `(lo_i + off) x[i]` and `(hi_i + off) x[16 + i]`, with 5th bits `h_lo`,
@@ -113,6 +143,11 @@ impl Legacy4 for BlockQ4_0 {
         // SAFETY: x offsets 4q.. and 16 + 4q.. < 32.
         half(d, false) * unsafe { nibbles4(v, 0, 0, -8, x.add(4 * q)) }.0
     }
+    #[inline(always)]
+    fn values((d, _, v): Raw, _q: usize) -> [f32; 8] {
+        let d = half(d, false);
+        nibble_quants(v, 0, 0, -8).map(|q| d * q as f32)
+    }
 }
 
 impl Legacy4 for BlockQ4_1 {
@@ -127,6 +162,11 @@ impl Legacy4 for BlockQ4_1 {
         // SAFETY: as for Q4_0.
         let (s, sx) = unsafe { nibbles4(v, 0, 0, 0, x.add(4 * q)) };
         half(dm, false) * s + half(dm, true) * sx
+    }
+    #[inline(always)]
+    fn values((dm, _, v): Raw, _q: usize) -> [f32; 8] {
+        let (d, m) = (half(dm, false), half(dm, true));
+        nibble_quants(v, 0, 0, 0).map(|q| d * q as f32 + m)
     }
 }
 
@@ -143,6 +183,11 @@ impl Legacy4 for BlockQ5_0 {
         // SAFETY: as for Q4_0.
         half(d, false) * unsafe { nibbles4(v, h_lo, h_hi, -16, x.add(4 * q)) }.0
     }
+    #[inline(always)]
+    fn values((d, qh, v): Raw, q: usize) -> [f32; 8] {
+        let d = half(d, false);
+        nibble_quants(v, qh >> (4 * q), qh >> (16 + 4 * q), -16).map(|q| d * q as f32)
+    }
 }
 
 impl Legacy4 for BlockQ5_1 {
@@ -158,6 +203,11 @@ impl Legacy4 for BlockQ5_1 {
         // SAFETY: as for Q4_0.
         let (s, sx) = unsafe { nibbles4(v, h_lo, h_hi, 0, x.add(4 * q)) };
         half(dm, false) * s + half(dm, true) * sx
+    }
+    #[inline(always)]
+    fn values((dm, qh, v): Raw, q: usize) -> [f32; 8] {
+        let (d, m) = (half(dm, false), half(dm, true));
+        nibble_quants(v, qh >> (4 * q), qh >> (16 + 4 * q), 0).map(|q| d * q as f32 + m)
     }
 }
 
@@ -186,6 +236,19 @@ impl Legacy4 for BlockQ8_0 {
         }
         half(d, false) * s
     }
+    const RUN: usize = 8;
+    #[inline(always)]
+    fn run_start(q: usize, _j: usize) -> usize {
+        8 * q
+    }
+    #[inline(always)]
+    fn values((d, v0, v1): Raw, _q: usize) -> [f32; 8] {
+        let d = half(d, false);
+        core::array::from_fn(|e| {
+            let v = if e < 4 { v0 } else { v1 };
+            ((v >> (8 * (e % 4))) & 0xff) as u8 as i8 as f32 * d
+        })
+    }
 }
 
 /// A K-quant type whose 256-element super-blocks the 32 lanes of a warp share.
@@ -211,6 +274,13 @@ pub trait KWarp {
         // SAFETY: forwarded contract.
         unsafe { Self::dot_raw(Self::load(blk, l), l, x) }
     }
+    /// Length of the runs of consecutive elements in [`KWarp::values`] (8 / RUN runs).
+    const RUN: usize;
+    /// First element (in the super-block) of run `j` of lane `l`'s values.
+    fn run_start(l: usize, j: usize) -> usize;
+    /// Lane `l`'s 8 values from its [`KWarp::load`]ed bits, run after run: the same f32
+    /// operations as the block's `dequantize`, so the same bits.
+    fn values(r: Raw, l: usize) -> [f32; 8];
 }
 
 impl KWarp for BlockQ4K {
@@ -249,6 +319,27 @@ impl KWarp for BlockQ4K {
             }
             half(dd, false) * (b(0) * s0 + b(2) * s1) - half(dd, true) * (b(1) * sx0 + b(3) * sx1)
         }
+    }
+    /// Runs: elements `64p + 4k .. + 4` (group 2p), then `64p + 32 + 4k .. + 4` (group 2p + 1).
+    const RUN: usize = 4;
+    #[inline(always)]
+    fn run_start(l: usize, j: usize) -> usize {
+        64 * (l / 8) + 4 * (l % 8) + 32 * j
+    }
+    #[inline(always)]
+    fn values((dd, sm, v): Raw, _l: usize) -> [f32; 8] {
+        let (d, dmin) = (half(dd, false), half(dd, true));
+        let b = |i: u32| ((sm >> (8 * i)) & 0xff) as f32;
+        // As BlockQ4K::dequantize_sub: d1 = d·sc, m1 = dmin·m, value = d1·q - m1.
+        let (d0, m0, d1, m1) = (d * b(0), dmin * b(1), d * b(2), dmin * b(3));
+        core::array::from_fn(|e| {
+            let q = (v >> (8 * (e % 4) + 4 * (e / 4))) & 15;
+            if e < 4 {
+                d0 * q as f32 - m0
+            } else {
+                d1 * q as f32 - m1
+            }
+        })
     }
 }
 
@@ -297,6 +388,32 @@ impl KWarp for BlockQ6K {
             let t = sc(0) * s0 + sc(1) * s1 + sc(2) * s2 + sc(3) * s3;
             half(hd, true) * t
         }
+    }
+    /// Runs: elements `128n + 2 (l % 16) + 32g + {0, 1}` for g = 0..4 (groups 8n + 2g + ..).
+    const RUN: usize = 2;
+    #[inline(always)]
+    fn run_start(l: usize, j: usize) -> usize {
+        128 * (l / 16) + 2 * (l % 16) + 32 * j
+    }
+    #[inline(always)]
+    fn values((ab, hd, scs): Raw, _l: usize) -> [f32; 8] {
+        let d = half(hd, true);
+        core::array::from_fn(|e| {
+            let (g, kk) = (e / 2, e % 2);
+            // Quant g of byte kk: low nibbles of ql bytes a (g = 0) and b (g = 1), high nibbles
+            // (g = 2, 3); 2-bit pair g of the qh byte.
+            let src = if g % 2 == 0 {
+                ab >> (8 * kk)
+            } else {
+                ab >> (16 + 8 * kk)
+            };
+            let lo = (src >> (4 * (g / 2))) & 15;
+            let hi = (hd >> (8 * kk + 2 * g)) & 3;
+            let q = (lo | (hi << 4)) as i32 - 32;
+            // As BlockQ6K::dequantize_sub: dl = d·sc, value = dl·(q - 32).
+            let dl = d * ((scs >> (8 * g)) & 0xff) as u8 as i8 as f32;
+            dl * q as f32
+        })
     }
 }
 
@@ -378,7 +495,45 @@ mod tests {
             // SAFETY: p holds a whole 2-byte aligned block; x holds 32 floats.
             let got: f32 = (0..4).map(|q| unsafe { B::dot(p, q, x.as_ptr()) }).sum();
             check(&vals, &x, got);
+            // SAFETY: as above.
+            let raw: [Raw; 4] = core::array::from_fn(|q| unsafe { B::load(p, q) });
+            check_values(
+                &vals,
+                4,
+                B::RUN,
+                |q, j| B::run_start(q, j),
+                |q| B::values(raw[q], q),
+            );
         }
+    }
+
+    /// Every part's values, placed at its runs, are the block's dequantized values bit for bit,
+    /// and the parts' runs cover every element exactly once.
+    fn check_values<const QK: usize>(
+        vals: &[f32; QK],
+        parts: usize,
+        run: usize,
+        start: impl Fn(usize, usize) -> usize,
+        values: impl Fn(usize) -> [f32; 8],
+    ) {
+        let mut seen = [0u8; QK];
+        for p in 0..parts {
+            let v = values(p);
+            for j in 0..8 / run {
+                let s = start(p, j);
+                assert_eq!(s % run, 0, "part {p} run {j} starts at {s}");
+                for i in 0..run {
+                    seen[s + i] += 1;
+                    assert_eq!(
+                        v[run * j + i].to_bits(),
+                        vals[s + i].to_bits(),
+                        "part {p} run {j} element {}",
+                        s + i
+                    );
+                }
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "runs cover {seen:?}");
     }
 
     fn k_quant<B: Block<256> + KWarp, const N: usize>(fix: &[usize]) {
@@ -399,11 +554,20 @@ mod tests {
             // SAFETY: p holds a whole 2-byte aligned super-block; x holds 256 floats.
             let got: f32 = (0..32).map(|l| unsafe { B::dot(p, l, x.as_ptr()) }).sum();
             check(&vals, &x, got);
+            // SAFETY: as above.
+            let raw: [Raw; 32] = core::array::from_fn(|l| unsafe { B::load(p, l) });
+            check_values(
+                &vals,
+                32,
+                B::RUN,
+                |l, j| B::run_start(l, j),
+                |l| B::values(raw[l], l),
+            );
         }
     }
 
     #[test]
-    fn legacy_pieces_sum_to_the_dequantized_dot() {
+    fn legacy_pieces_sum_to_the_dequantized_dot_and_decode_to_its_values() {
         legacy::<BlockQ4_0, 18>(&[0]);
         legacy::<BlockQ4_1, 20>(&[0, 2]);
         legacy::<BlockQ5_0, 22>(&[0]);
@@ -412,7 +576,7 @@ mod tests {
     }
 
     #[test]
-    fn k_quant_lanes_sum_to_the_dequantized_dot() {
+    fn k_quant_lanes_sum_to_the_dequantized_dot_and_decode_to_its_values() {
         k_quant::<BlockQ4K, 144>(&[0, 2]);
         k_quant::<BlockQ6K, 210>(&[208]);
     }

@@ -20,6 +20,13 @@
 //! - `attention` (decode and prefill): atol 1e-4·rms, rtol 1e-4. K and V are drawn exactly
 //!   representable in f16 so the cache rounding is exact; what remains is `ex2.approx` and a
 //!   different summation order of up to 4096 softmax terms (typically ~sqrt(n)·2^-24 ≈ 4e-6).
+//! - `f32_to_f16x3` and `dequant` to the split-f16 layout: bit-exact against the CPU split
+//!   (`host::cuda::gemm::split_f16x3`: the same f16 roundings of the same f32 values).
+//! - `F16x3` GEMM (split f16, f32 data): |err| ≤ 1e-5·Σ|w·x| against f64 on the unrounded
+//!   inputs — the operand representation contributes ≤ 3·2^-22 ≈ 7.2e-7·Σ|w·x|
+//!   (`kernels-gpu/src/split.rs`), the f32 accumulation of `3k` products on tensor cores the rest
+//!   (measured ≤ 7e-6 of max|y| for the f16 GEMM, docs/CUBLAS.md) — and its worst error at most
+//!   1/10 of the plain f16 GEMM's on the same data (a bound the plain GEMM cannot meet).
 //! - `argmax`: the same index. `sample`: the drawn id's interval (by the CPU's sort-based
 //!   computation in f64) contains `u` up to 1e-5 of the kept mass.
 
@@ -30,6 +37,7 @@ use gpu_common::{
     Rng, assert_bits_eq, assert_close, download, gpu, poisoned, random, random_f16_exact, upload,
 };
 use host::cpu;
+use host::cuda::gemm::{SplitOperand, split_f16x3};
 use host::cuda::ops::{
     self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut, RopeTable, SampleParams,
 };
@@ -506,10 +514,11 @@ proptest! {
         let g = gpu();
         let mut rng = Rng::new(seed);
         let cols = cols_for(t)[ci % cols_for(t).len()];
-        let rows = 300;
+        // Not a whole number of 256-element warp steps for most column counts.
+        let rows = 301;
         let (bytes, deq) = random_tensor(t, rows, cols, &mut rng);
         let w = DeviceTensor::upload(&g, "w", t, rows, cols, &bytes).unwrap();
-        // Whole matrix, f32 and f16.
+        // Whole matrix, f32, f16 and the split-f16 GEMM operand.
         let mut o32 = poisoned(&g, rows * cols, f32::NAN);
         ops::dequant(&g, &w, None, DequantOut::F32(&mut o32.as_view_mut())).unwrap();
         assert_bits_eq(&format!("dequant {t:?} {rows}x{cols} f32"), &download(&g, &o32), &deq);
@@ -517,12 +526,44 @@ proptest! {
         ops::dequant(&g, &w, None, DequantOut::F16(&mut o16.as_view_mut())).unwrap();
         let want16: Vec<u16> = deq.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
         prop_assert_eq!(download(&g, &o16), want16, "dequant {:?} f16", t);
+        let mut o3 = poisoned(&g, 3 * rows * cols, 0x7e00u16);
+        ops::dequant(&g, &w, None, DequantOut::F16x3(&mut o3.as_view_mut())).unwrap();
+        prop_assert_eq!(download(&g, &o3), split_f16x3(&deq, cols, SplitOperand::Weight), "dequant {:?} f16x3", t);
         // Embedding: rows picked by ids, repeats and the last row included.
         let ids: Vec<u32> = (0..37).map(|i| if i == 0 { rows as u32 - 1 } else { (rng.next_u64() % rows as u64) as u32 }).collect();
         let mut e = poisoned(&g, ids.len() * cols, f32::NAN);
-        ops::embedding(&g, &w, &upload(&g, &ids).as_view(), &mut e.as_view_mut()).unwrap();
+        let dids = upload(&g, &ids);
+        ops::embedding(&g, &w, &dids.as_view(), &mut e.as_view_mut()).unwrap();
         let want: Vec<f32> = ids.iter().flat_map(|&i| deq[i as usize * cols..(i as usize + 1) * cols].to_vec()).collect();
         assert_bits_eq(&format!("embedding {t:?} cols={cols}"), &download(&g, &e), &want);
+        // Gathered rows in the other layouts too (the kernels share the ids path).
+        let mut e3 = poisoned(&g, 3 * ids.len() * cols, 0x7e00u16);
+        ops::dequant(&g, &w, Some(&dids.as_view()), DequantOut::F16x3(&mut e3.as_view_mut())).unwrap();
+        prop_assert_eq!(download(&g, &e3), split_f16x3(&want, cols, SplitOperand::Weight), "gather {:?} f16x3", t);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn f32_to_f16x3_splits_exactly(
+        k in prop::sample::select(&[896usize, 4864, 576, 1536, 128, 34, 2][..]),
+        rows in prop::sample::select(&[1usize, 7, 512, 33][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let mut x = random(&mut rng, rows * k, 8.0);
+        // Tiny values (subnormal halves and remainders), and beyond f16's range (±inf).
+        for (i, v) in x.iter_mut().enumerate() {
+            match i % 13 {
+                3 => *v *= 1e-6,
+                7 => *v *= 1e-3,
+                11 if i % 5 == 0 => *v *= 1e4,
+                _ => {}
+            }
+        }
+        let mut out = poisoned(&g, 3 * rows * k, 0x7e00u16);
+        ops::f32_to_f16x3(&g, &upload(&g, &x).as_view(), k, &mut out.as_view_mut()).unwrap();
+        prop_assert_eq!(download(&g, &out), split_f16x3(&x, k, SplitOperand::Activation), "f32_to_f16x3 {}x{}", rows, k);
     }
 }
 
@@ -738,6 +779,107 @@ fn gemm_row_major_matches_f64() {
     }
 }
 
+/// The split-f16 GEMM as the prefill runs it (the quantized weight decoded by
+/// `dequant_*_f16x3`, the activations split by `f32_to_f16x3`, one GEMM of `3k`) on the real
+/// projection shapes and types, against f64 on the unrounded inputs: |err| ≤ 1e-5·Σ|w·x|, and
+/// its worst error (relative to Σ|w·x|) at most a tenth of the plain f16 GEMM's on the same data.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn gemm_f16x3_keeps_f32_accuracy() {
+    use host::cuda::gemm::{GemmKind, gemm};
+    let g = gpu();
+    let mut rng = Rng::new(11);
+    for (t_ty, n, k, t) in [
+        (GgmlType::Q5_0, 4864usize, 896usize, 33usize),
+        (GgmlType::Q5_0, 896, 896, 512),
+        (GgmlType::Q8_0, 128, 896, 100),
+        (GgmlType::Q6K, 896, 4864, 65),
+        (GgmlType::Q4K, 896, 4864, 17),
+        (GgmlType::Q4_1, 1536, 576, 200),
+        (GgmlType::F32, 192, 1000 - 1000 % 32, 3),
+    ] {
+        let (bytes, deq) = random_tensor(t_ty, n, k, &mut rng);
+        let w = DeviceTensor::upload(&g, "w", t_ty, n, k, &bytes).unwrap();
+        let x = random(&mut rng, t * k, 3.0);
+        let want: Vec<(f64, f64)> = (0..t * n)
+            .map(|i| {
+                let (r, c) = (i / n, i % n);
+                let (xr, wr) = (&x[r * k..(r + 1) * k], &deq[c * k..(c + 1) * k]);
+                let s: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let m: f64 = xr
+                    .iter()
+                    .zip(wr)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
+                (s, m)
+            })
+            .collect();
+        let dx = upload(&g, &x);
+        // Split f16 through the kernels the backend uses.
+        let mut w3 = poisoned(&g, 3 * n * k, 0x7e00u16);
+        ops::dequant(&g, &w, None, DequantOut::F16x3(&mut w3.as_view_mut())).unwrap();
+        let mut x3 = poisoned(&g, 3 * t * k, 0x7e00u16);
+        ops::f32_to_f16x3(&g, &dx.as_view(), k, &mut x3.as_view_mut()).unwrap();
+        let mut y = poisoned(&g, t * n, f32::NAN);
+        gemm(
+            &g,
+            GemmKind::F16x3,
+            &w3.as_view(),
+            &x3.as_view(),
+            &mut y.as_view_mut(),
+            n,
+            k,
+            t,
+        )
+        .unwrap();
+        let got = download(&g, &y);
+        // Plain f16 on the same data.
+        let mut w16 = poisoned(&g, n * k, 0x7e00u16);
+        ops::dequant(&g, &w, None, DequantOut::F16(&mut w16.as_view_mut())).unwrap();
+        let mut x16 = poisoned(&g, t * k, 0x7e00u16);
+        ops::f32_to_f16(&g, &dx.as_view(), &mut x16.as_view_mut()).unwrap();
+        let mut y16 = poisoned(&g, t * n, f32::NAN);
+        gemm(
+            &g,
+            GemmKind::F16F32,
+            &w16.as_view(),
+            &x16.as_view(),
+            &mut y16.as_view_mut(),
+            n,
+            k,
+            t,
+        )
+        .unwrap();
+        let plain = download(&g, &y16);
+        let worst = |v: &[f32]| {
+            v.iter()
+                .zip(&want)
+                .map(|(&gv, &(s, m))| {
+                    if gv.is_finite() {
+                        (gv as f64 - s).abs() / m
+                    } else {
+                        f64::INFINITY
+                    }
+                })
+                .fold(0.0f64, f64::max)
+        };
+        let (e3, e16) = (worst(&got), worst(&plain));
+        eprintln!(
+            "gemm {t_ty:?} n={n} k={k} t={t}: worst |err|/Σ|w·x| F16x3 {e3:.2e}, F16F32 {e16:.2e}"
+        );
+        for (i, (&gv, &(s, m))) in got.iter().zip(&want).enumerate() {
+            assert!(
+                gv.is_finite() && (gv as f64 - s).abs() <= 1e-5 * m,
+                "gemm F16x3 {t_ty:?} n={n} k={k} t={t} element {i}: got {gv} want {s} (Σ|w·x| {m})"
+            );
+        }
+        assert!(
+            e3 <= e16 / 10.0,
+            "F16x3 {e3:e} is not 10x below plain f16 {e16:e}"
+        );
+    }
+}
+
 /// Shape validation: a wrong-sized buffer is refused with an error naming the kernel, before any
 /// launch (runs on a GPU machine: the launchers need a device handle).
 #[test]
@@ -774,4 +916,14 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("sample_topk_topp_f32"), "{e}");
+    // The dequant kernels' vector stores need a 16-byte aligned output; the split layouts need
+    // three times the elements.
+    let w = DeviceTensor::upload(&g, "w", GgmlType::F32, 2, 32, &[0x3f; 2 * 32 * 4]).unwrap();
+    let mut buf = poisoned(&g, 200, 0u16);
+    let e = ops::dequant(&g, &w, None, DequantOut::F16(&mut buf.slice_mut(1..65))).unwrap_err();
+    assert!(e.to_string().contains("dequant_f32_f16"), "{e}");
+    let e = ops::dequant(&g, &w, None, DequantOut::F16x3(&mut buf.slice_mut(..64))).unwrap_err();
+    assert!(e.to_string().contains("dequant_f32_f16x3"), "{e}");
+    let e = ops::f32_to_f16x3(&g, &x.as_view(), 10, &mut buf.slice_mut(..20)).unwrap_err();
+    assert!(e.to_string().contains("f32_to_f16x3"), "{e}");
 }

@@ -19,14 +19,18 @@
 //! | `attention_prefill` | n_tok,n_head,n_head_kv,head_dim (512,14,2,64) | f32 arithmetic |
 //! | `matvec` | rows,cols (4864,896), `--type` (q5_0) | bandwidth (the weights) |
 //! | `embedding` | n_tok,rows,cols (512,151936,896), `--type` (q5_0) | bandwidth |
-//! | `dequant` | rows,cols (4864,896), `--type` (q5_0), f16 out | bandwidth |
+//! | `dequant` | rows,cols (4864,896), `--type` (q5_0); f32, f16 and f16x3 out | bandwidth |
 //! | `argmax` | n (151936) | bandwidth |
 //! | `sample` | n,top_k (151936,40) | latency |
-//! | `gemm` | n,k,t (4864,896,512), `--type` f16\|f32\|tf32 | tensor-core arithmetic |
+//! | `gemm` | n,k,t (4864,896,512), `--type` f16\|f32\|tf32\|f16x3 | tensor-core arithmetic |
+//! | `linear` | n,k,t (4864,896,512), `--type` (q5_0) | the prefill projection: decode + GEMM, per kind |
 //! | `lm_head` | n_vocab,n_embd (151936,896), `--type` f16\|f32 | bandwidth (t = 1) |
 //!
 //! `--type` for `gemm`/`lm_head`: `f16` (f16 inputs, f32 output and accumulation), `f32` (no tensor
-//! cores), `tf32`, `f16acc` (f16 accumulation), each optionally `-nn` (weight stored transposed).
+//! cores), `tf32`, `f16acc` (f16 accumulation), `f16x3` (split f16, `gemm` only: f32 data, three
+//! products per product), each optionally `-nn` (weight stored transposed; not `f16x3`).
+//! `linear` times what the backend runs per prefill projection (`Linear::run`) for each GEMM kind:
+//! the weight decode, the activation conversion and the GEMM, checked against f64.
 //! `kernel-bench cublas` runs every combination on the models' shapes (docs/CUBLAS.md).
 
 use std::time::Instant;
@@ -35,7 +39,7 @@ use cudarc::driver::{CudaSlice, sys};
 
 use super::CliResult;
 use crate::cpu;
-use crate::cuda::gemm::{GemmKind, gemm, gemm_layout};
+use crate::cuda::gemm::{GemmKind, SplitOperand, gemm, gemm_layout, split_f16x3};
 use crate::cuda::ops::{self, DequantOut, DeviceTensor, KvLayer, KvShape, RopeTable, SampleParams};
 use crate::cuda::{CudaError, Gpu};
 use crate::gguf::GgmlType;
@@ -88,6 +92,7 @@ const ALL: &[&str] = &[
     "argmax",
     "sample",
     "gemm",
+    "linear",
     "lm_head",
 ];
 
@@ -133,7 +138,10 @@ pub fn run(args: Args) -> CliResult {
             ("lm_head", [151936, 896, 1]),
             ("lm_head", [49152, 576, 1]),
         ] {
-            for ty in ["f16", "f16-nn", "f32", "tf32", "f16acc"] {
+            for ty in ["f16", "f16-nn", "f32", "tf32", "f16acc", "f16x3"] {
+                if ty == "f16x3" && name == "lm_head" {
+                    continue;
+                }
                 for r in b.one(name, Some(ty), Some(&shape[..]))? {
                     failed += r.contains("CHECK FAILED") as usize;
                     println!("{r}");
@@ -698,32 +706,85 @@ impl Bench<'_> {
                         verdict(e, 1e-5),
                     ));
                 } else {
-                    let mut d16 = g.alloc::<u16>(rows * cols, "bench")?;
-                    ops::dequant(g, &ws[0], None, DequantOut::F16(&mut d16.as_view_mut()))?;
-                    let got = self.down(&d16)?;
-                    let bad = got
+                    // Every output layout: f32, f16, and the split-f16 operand of the F16x3 GEMM,
+                    // each checked bit for bit against the CPU decode (rounded/split on the CPU).
+                    let want16: Vec<u16> = deq
                         .iter()
-                        .zip(&deq)
-                        .filter(|(g, w)| **g != half::f16::from_f32(**w).to_bits())
-                        .count();
-                    let mut i = 0;
-                    let t = time(g, reps, || {
-                        i += 1;
-                        ops::dequant(
-                            g,
-                            &ws[i % nc],
-                            None,
-                            DequantOut::F16(&mut d16.as_view_mut()),
-                        )
-                    })?;
-                    out.push(self.row(
-                        name,
-                        &format!("{t_ty} {rows}x{cols} → f16"),
-                        t,
-                        (bytes.len() + 2 * rows * cols) as f64,
-                        0.0,
-                        verdict(bad as f64, 0.0),
-                    ));
+                        .map(|&v| half::f16::from_f32(v).to_bits())
+                        .collect();
+                    let want3 = split_f16x3(&deq, cols, SplitOperand::Weight);
+                    for (label, factor) in [("f32", 1usize), ("f16", 1), ("f16x3", 3)] {
+                        let mut d32 =
+                            g.alloc::<f32>(if label == "f32" { rows * cols } else { 1 }, "bench")?;
+                        let mut d16 = g.alloc::<u16>(
+                            if label == "f32" {
+                                1
+                            } else {
+                                factor * rows * cols
+                            },
+                            "bench",
+                        )?;
+                        let launch = |w: &DeviceTensor,
+                                      d32: &mut CudaSlice<f32>,
+                                      d16: &mut CudaSlice<u16>|
+                         -> Result<(), CudaError> {
+                            match label {
+                                "f32" => ops::dequant(
+                                    g,
+                                    w,
+                                    None,
+                                    DequantOut::F32(&mut d32.as_view_mut()),
+                                ),
+                                "f16" => ops::dequant(
+                                    g,
+                                    w,
+                                    None,
+                                    DequantOut::F16(&mut d16.as_view_mut()),
+                                ),
+                                _ => ops::dequant(
+                                    g,
+                                    w,
+                                    None,
+                                    DequantOut::F16x3(&mut d16.as_view_mut()),
+                                ),
+                            }
+                        };
+                        launch(&ws[0], &mut d32, &mut d16)?;
+                        let bad = match label {
+                            "f32" => self
+                                .down(&d32)?
+                                .iter()
+                                .zip(&deq)
+                                .filter(|(g, w)| g.to_bits() != w.to_bits())
+                                .count(),
+                            "f16" => self
+                                .down(&d16)?
+                                .iter()
+                                .zip(&want16)
+                                .filter(|(g, w)| g != w)
+                                .count(),
+                            _ => self
+                                .down(&d16)?
+                                .iter()
+                                .zip(&want3)
+                                .filter(|(g, w)| g != w)
+                                .count(),
+                        };
+                        let mut i = 0;
+                        let t = time(g, reps, || {
+                            i += 1;
+                            launch(&ws[i % nc], &mut d32, &mut d16)
+                        })?;
+                        let out_bytes = if label == "f32" { 4 } else { 2 * factor };
+                        out.push(self.row(
+                            name,
+                            &format!("{t_ty} {rows}x{cols} → {label}"),
+                            t,
+                            (bytes.len() + out_bytes * rows * cols) as f64,
+                            0.0,
+                            verdict(bad as f64, 0.0),
+                        ));
+                    }
                 }
             }
             "embedding" => {
@@ -811,6 +872,11 @@ impl Bench<'_> {
                     ));
                 }
             }
+            "linear" => {
+                let t_ty = parse_type(ty.unwrap_or("q5_0"))?;
+                let (n, k, t_) = (sh(0, 4864), sh(1, 896), sh(2, 512));
+                out.extend(self.linear_rows(t_ty, n, k, t_)?);
+            }
             "gemm" | "lm_head" => {
                 let spec = ty.unwrap_or("f16");
                 let (spec, w_t) = match spec.strip_suffix("-nn") {
@@ -822,9 +888,10 @@ impl Bench<'_> {
                     "f32" => GemmKind::F32,
                     "tf32" => GemmKind::Tf32,
                     "f16acc" => GemmKind::F16F16,
+                    "f16x3" => GemmKind::F16x3,
                     other => {
                         return Err(format!(
-                            "gemm kind {other:?}: f16, f32, tf32 or f16acc, optionally with -nn (weight stored transposed)"
+                            "gemm kind {other:?}: f16, f32, tf32, f16acc or f16x3, optionally with -nn (weight stored transposed; not f16x3)"
                         )
                         .into());
                     }
@@ -839,6 +906,152 @@ impl Bench<'_> {
             other => return Err(format!("unknown benchmark {other}").into()),
         }
         Ok(out)
+    }
+
+    /// The prefill projection `Y = X·Wᵀ` of a quantized `n × k` weight for `t` tokens, as
+    /// `Linear::run` does it, per GEMM kind: F32 (decode to f32, f32 GEMM), F16F32 (decode to f16,
+    /// activations to f16, f16 GEMM), F16x3 (split decode, split activations, one GEMM of 3k;
+    /// its three steps are timed alone too). Checked against f64 on the first rows.
+    fn linear_rows(
+        &mut self,
+        ty: GgmlType,
+        n: usize,
+        k: usize,
+        t: usize,
+    ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let g = self.gpu;
+        let (bytes, deq) = self.random_matrix(ty, n, k)?;
+        let nc = self.copies(bytes.len());
+        let ws: Vec<DeviceTensor> = (0..nc)
+            .map(|_| DeviceTensor::upload(g, "bench", ty, n, k, &bytes))
+            .collect::<Result<_, _>>()?;
+        let x = self.rand(t * k, 2.0);
+        let dx = self.up(&x)?;
+        let rows_checked = t.min((1usize << 26) / (n * k)).max(1);
+        let want: Vec<f64> = (0..rows_checked * n)
+            .map(|i| {
+                let (a, c) = (i / n, i % n);
+                x[a * k..(a + 1) * k]
+                    .iter()
+                    .zip(&deq[c * k..(c + 1) * k])
+                    .map(|(&p, &q)| p as f64 * q as f64)
+                    .sum()
+            })
+            .collect();
+        let mut w32 = g.alloc::<f32>(n * k, "bench")?;
+        let mut w16 = g.alloc::<u16>(3 * n * k, "bench")?;
+        let mut x16 = g.alloc::<u16>(3 * t * k, "bench")?;
+        let mut dy = g.alloc::<f32>(t * n, "bench")?;
+        let flops = 2.0 * (n * k * t) as f64;
+        let shape = format!("{ty} n={n} k={k} t={t}");
+        let mut rows = Vec::new();
+        for kind in [GemmKind::F32, GemmKind::F16F32, GemmKind::F16x3] {
+            let run = |w: &DeviceTensor,
+                       w32: &mut CudaSlice<f32>,
+                       w16: &mut CudaSlice<u16>,
+                       x16: &mut CudaSlice<u16>,
+                       dy: &mut CudaSlice<f32>|
+             -> Result<(), CudaError> {
+                let y = &mut dy.as_view_mut();
+                match kind {
+                    GemmKind::F32 => {
+                        ops::dequant(g, w, None, DequantOut::F32(&mut w32.as_view_mut()))?;
+                        gemm(g, kind, &w32.as_view(), &dx.as_view(), y, n, k, t)
+                    }
+                    GemmKind::F16F32 => {
+                        let mut wv = w16.slice_mut(..n * k);
+                        ops::dequant(g, w, None, DequantOut::F16(&mut wv))?;
+                        ops::f32_to_f16(g, &dx.as_view(), &mut x16.slice_mut(..t * k))?;
+                        gemm(
+                            g,
+                            kind,
+                            &w16.slice(..n * k),
+                            &x16.slice(..t * k),
+                            y,
+                            n,
+                            k,
+                            t,
+                        )
+                    }
+                    _ => {
+                        ops::dequant(g, w, None, DequantOut::F16x3(&mut w16.as_view_mut()))?;
+                        ops::f32_to_f16x3(g, &dx.as_view(), k, &mut x16.as_view_mut())?;
+                        gemm(g, kind, &w16.as_view(), &x16.as_view(), y, n, k, t)
+                    }
+                }
+            };
+            run(&ws[0], &mut w32, &mut w16, &mut x16, &mut dy)?;
+            let e = rel_err(&self.down(&dy)?[..rows_checked * n], &want);
+            let mut i = 0;
+            let secs = time(g, self.reps, || {
+                i += 1;
+                run(&ws[i % nc], &mut w32, &mut w16, &mut x16, &mut dy)
+            })?;
+            let tol = match kind {
+                GemmKind::F32 => 1e-5,
+                GemmKind::F16F32 => 3e-3,
+                _ => 3e-5,
+            };
+            rows.push(self.row(
+                &format!("linear {kind:?}"),
+                &shape,
+                secs,
+                (bytes.len() + 4 * t * (k + n)) as f64,
+                flops,
+                verdict(e, tol),
+            ));
+        }
+        // The F16x3 steps alone (the GEMM reads the operands the two kernels just wrote).
+        let mut i = 0;
+        let secs = time(g, self.reps, || {
+            i += 1;
+            ops::dequant(
+                g,
+                &ws[i % nc],
+                None,
+                DequantOut::F16x3(&mut w16.as_view_mut()),
+            )
+        })?;
+        rows.push(self.row(
+            "  dequant f16x3",
+            &shape,
+            secs,
+            (bytes.len() + 6 * n * k) as f64,
+            0.0,
+            "(step of linear F16x3)".into(),
+        ));
+        let secs = time(g, self.reps, || {
+            ops::f32_to_f16x3(g, &dx.as_view(), k, &mut x16.as_view_mut())
+        })?;
+        rows.push(self.row(
+            "  f32_to_f16x3",
+            &shape,
+            secs,
+            (4 * t * k + 6 * t * k) as f64,
+            0.0,
+            "(step of linear F16x3)".into(),
+        ));
+        let secs = time(g, self.reps, || {
+            gemm(
+                g,
+                GemmKind::F16x3,
+                &w16.as_view(),
+                &x16.as_view(),
+                &mut dy.as_view_mut(),
+                n,
+                k,
+                t,
+            )
+        })?;
+        rows.push(self.row(
+            "  gemm F16x3",
+            &shape,
+            secs,
+            (6 * (n * k + t * k) + 4 * t * n) as f64,
+            flops,
+            "(step of linear F16x3; TFLOP/s counts 2nkt, the tensor cores do 3x)".into(),
+        ));
+        Ok(rows)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -869,7 +1082,8 @@ impl Bench<'_> {
             v.iter().map(|&a| half::f16::from_f32(a).to_f32()).collect()
         };
         let f16in = kind.in_bytes() == 2;
-        let (wr, xr) = if f16in {
+        // F16x3 is checked against the f32 inputs themselves: that is its claim.
+        let (wr, xr) = if f16in && kind != GemmKind::F16x3 {
             (r(&w), r(&x))
         } else {
             (w.clone(), x.clone())
@@ -886,7 +1100,7 @@ impl Bench<'_> {
                     .sum()
             })
             .collect();
-        let wbytes = n * k * kind.in_bytes();
+        let wbytes = n * k * kind.in_bytes() * kind.in_factor();
         let nc = self.copies(wbytes);
         let secs;
         let got: Vec<f32>;
@@ -928,10 +1142,17 @@ impl Bench<'_> {
                 )
             })?;
         } else if f16in {
-            let ws: Vec<CudaSlice<u16>> = (0..nc)
-                .map(|_| self.up(&h(&w_up)))
-                .collect::<Result<_, _>>()?;
-            let dx = self.up(&h(&x))?;
+            let (wh, xh) = if kind == GemmKind::F16x3 {
+                (
+                    split_f16x3(&w_up, k, SplitOperand::Weight),
+                    split_f16x3(&x, k, SplitOperand::Activation),
+                )
+            } else {
+                (h(&w_up), h(&x))
+            };
+            let ws: Vec<CudaSlice<u16>> =
+                (0..nc).map(|_| self.up(&wh)).collect::<Result<_, _>>()?;
+            let dx = self.up(&xh)?;
             let mut dy = g.alloc::<f32>(t * n, "bench")?;
             gemm_layout(
                 g,
@@ -999,8 +1220,11 @@ impl Bench<'_> {
             GemmKind::Tf32 => 5e-3,
             GemmKind::F16F32 => 1e-4,
             GemmKind::F16F16 => 5e-3,
+            // f32 data (not f16-exact): plain f16 operands would be ~3e-4 here.
+            GemmKind::F16x3 => 3e-5,
         };
-        let bytes = (wbytes + t * k * kind.in_bytes() + t * n * kind.out_bytes()) as f64;
+        let bytes =
+            (wbytes + t * k * kind.in_bytes() * kind.in_factor() + t * n * kind.out_bytes()) as f64;
         Ok(self.row(
             name,
             &format!(

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `linear` is the quantized matvec kernel when `T = 1` (decode), and otherwise the weight
-//! decoded to f16 (or f32, per [`CudaOptions::gemm`]) into a scratch buffer plus a cuBLAS GEMM.
+//! decoded into a scratch buffer plus a cuBLAS GEMM, per [`CudaOptions::gemm`]: split f16 (hi/lo
+//! pairs, one tensor-core GEMM of 3K, near-f32 accuracy; the default), f32, or plain f16.
 //! The LM head is a copy of the output matrix decoded once at load, multiplied through cuBLAS.
 //! The KV cache is f16, `[layer][n_head_kv][n_ctx][head_dim]`.
 //! Weights stay in their GGUF blocks on the device, uploaded once.
@@ -38,10 +39,12 @@ pub struct CudaOptions {
     pub n_ctx: usize,
     /// Most tokens per internal chunk of a forward (sizes the scratch buffers).
     pub max_batch: usize,
-    /// Arithmetic of the prefill GEMMs (T > 1): [`GemmKind::F32`] (the default: f32 without
-    /// tensor cores, which keeps the GPU within the 2e-3 bar of the CPU reference; see
-    /// docs/GPU_ENGINE.md), [`GemmKind::F16F32`] (f16 tensor cores: about 10x faster per GEMM,
-    /// a larger logits error, measured there) or [`GemmKind::Tf32`].
+    /// Arithmetic of the prefill GEMMs (T > 1): [`GemmKind::F16x3`] (the default: split f16 on
+    /// tensor cores, f32 accumulation, operands represented to ~2^-22 relative — near-f32
+    /// accuracy, see `kernels-gpu/src/split.rs`), [`GemmKind::F32`] (f32 without tensor cores:
+    /// the reference-precision path), [`GemmKind::F16F32`] (plain f16 tensor cores: a third of
+    /// F16x3's tensor-core work, ~2^-11 relative operand rounding and a larger logits error, see
+    /// docs/GPU_ENGINE.md) or [`GemmKind::Tf32`].
     pub gemm: GemmKind,
     /// Arithmetic of the LM head: [`GemmKind::F16F32`] (f16 copy of the output matrix) or
     /// [`GemmKind::F32`] (f32 copy).
@@ -73,7 +76,7 @@ impl Default for CudaOptions {
             device: 0,
             n_ctx: 4096,
             max_batch: 512,
-            gemm: GemmKind::F32,
+            gemm: GemmKind::F16x3,
             lm_head: GemmKind::F16F32,
             kv_f32: false,
             fuse_epilogues: true,
@@ -191,10 +194,13 @@ impl CudaBackend {
     ) -> Result<CudaBackend, BackendError> {
         opts.n_ctx = opts.n_ctx.clamp(1, cfg.n_ctx_train);
         opts.max_batch = opts.max_batch.clamp(1, opts.n_ctx);
-        for kind in [opts.gemm, opts.lm_head] {
-            if !matches!(kind, GemmKind::F16F32 | GemmKind::F32 | GemmKind::Tf32) {
+        for (kind, lm) in [(opts.gemm, false), (opts.lm_head, true)] {
+            let ok = matches!(kind, GemmKind::F16F32 | GemmKind::F32 | GemmKind::Tf32)
+                || (!lm && kind == GemmKind::F16x3);
+            if !ok {
                 return Err(BackendError::Device(format!(
-                    "GEMM kind {kind:?} is not supported for the forward pass"
+                    "GEMM kind {kind:?} is not supported for the {}",
+                    if lm { "LM head" } else { "prefill GEMMs" }
                 )));
             }
         }
@@ -246,7 +252,9 @@ impl CudaBackend {
             + LOGIT_ROWS * cfg.n_vocab
             + ops::decode_scratch_len(cfg.n_head, cfg.head_dim, opts.n_ctx)
             + max_w;
-        let scratch_bytes = 4 * scratch_f32 + 2 * (max_w + b * widest);
+        // f16 scratch: decoded weights and activations, three f16 per value for F16x3.
+        let f16_factor = opts.gemm.in_factor();
+        let scratch_bytes = 4 * scratch_f32 + 2 * f16_factor * (max_w + b * widest);
         let needed = weight_bytes + lm_bytes + kv_bytes + scratch_bytes + (256 << 20);
         gpu.ensure_free(needed, "the model, its KV cache and scratch")?;
 
@@ -324,7 +332,7 @@ impl CudaBackend {
             up: a32(b * cfg.n_ff, "activations")?,
             h: a32(b * cfg.n_ff, "activations")?,
             wdeq32: a32(
-                if matches!(opts.gemm, GemmKind::F16F32) {
+                if matches!(opts.gemm, GemmKind::F16F32 | GemmKind::F16x3) {
                     1
                 } else {
                     max_w
@@ -332,14 +340,14 @@ impl CudaBackend {
                 "decoded weights",
             )?,
             wdeq16: gpu.alloc::<u16>(
-                if matches!(opts.gemm, GemmKind::F16F32) {
-                    max_w
+                if matches!(opts.gemm, GemmKind::F16F32 | GemmKind::F16x3) {
+                    f16_factor * max_w
                 } else {
                     1
                 },
                 "decoded weights",
             )?,
-            x16: gpu.alloc::<u16>(b.max(LOGIT_ROWS) * widest, "f16 activations")?,
+            x16: gpu.alloc::<u16>(f16_factor * b.max(LOGIT_ROWS) * widest, "f16 activations")?,
             logits: a32(LOGIT_ROWS * cfg.n_vocab, "logits")?,
             part: a32(
                 ops::decode_scratch_len(cfg.n_head, cfg.head_dim, opts.n_ctx),
@@ -764,6 +772,22 @@ impl Linear<'_> {
         }
         let (n, k) = (w.rows, w.cols);
         match self.kind {
+            GemmKind::F16x3 => {
+                let mut wd = wdeq16.slice_mut(..3 * n * k);
+                ops::dequant(self.gpu, w, None, DequantOut::F16x3(&mut wd))?;
+                let mut xs = x16.slice_mut(..3 * t * k);
+                ops::f32_to_f16x3(self.gpu, x, k, &mut xs)?;
+                gemm(
+                    self.gpu,
+                    GemmKind::F16x3,
+                    &wdeq16.slice(..3 * n * k),
+                    &x16.slice(..3 * t * k),
+                    y,
+                    n,
+                    k,
+                    t,
+                )
+            }
             GemmKind::F16F32 => {
                 let mut wd = wdeq16.slice_mut(..n * k);
                 ops::dequant(self.gpu, w, None, DequantOut::F16(&mut wd))?;

@@ -10,6 +10,7 @@ pub const KERNELS: &[&str] = &[
     "add_f32",
     "swiglu_f32",
     "f32_to_f16",
+    "f32_to_f16x3",
     "rope_f32",
     "kv_append_f16",
     "kv_append_f32",
@@ -40,30 +41,43 @@ pub const KERNELS: &[&str] = &[
     "matvec_q6_k",
     "dequant_f32_f32",
     "dequant_f32_f16",
+    "dequant_f32_f16x3",
     "dequant_f16_f32",
     "dequant_f16_f16",
+    "dequant_f16_f16x3",
     "dequant_bf16_f32",
     "dequant_bf16_f16",
+    "dequant_bf16_f16x3",
     "dequant_q4_0_f32",
     "dequant_q4_0_f16",
+    "dequant_q4_0_f16x3",
     "dequant_q4_1_f32",
     "dequant_q4_1_f16",
+    "dequant_q4_1_f16x3",
     "dequant_q5_0_f32",
     "dequant_q5_0_f16",
+    "dequant_q5_0_f16x3",
     "dequant_q5_1_f32",
     "dequant_q5_1_f16",
+    "dequant_q5_1_f16x3",
     "dequant_q8_0_f32",
     "dequant_q8_0_f16",
+    "dequant_q8_0_f16x3",
     "dequant_q2_k_f32",
     "dequant_q2_k_f16",
+    "dequant_q2_k_f16x3",
     "dequant_q3_k_f32",
     "dequant_q3_k_f16",
+    "dequant_q3_k_f16x3",
     "dequant_q4_k_f32",
     "dequant_q4_k_f16",
+    "dequant_q4_k_f16x3",
     "dequant_q5_k_f32",
     "dequant_q5_k_f16",
+    "dequant_q5_k_f16x3",
     "dequant_q6_k_f32",
     "dequant_q6_k_f16",
+    "dequant_q6_k_f16x3",
 ];
 
 /// Kernel-name suffix of a tensor type (`q4_k`, `f16`, …).
@@ -97,9 +111,9 @@ pub fn matvec_swiglu_kernel(t: GgmlType) -> Option<&'static str> {
     KERNELS.iter().copied().find(|k| *k == name)
 }
 
-/// The dequantization kernel for type `t` writing f32 (`f16_out = false`) or f16.
-pub fn dequant_kernel(t: GgmlType, f16_out: bool) -> &'static str {
-    let out = if f16_out { "f16" } else { "f32" };
+/// The dequantization kernel for type `t` writing `out`: `"f32"`, `"f16"` or `"f16x3"` (the
+/// split-f16 GEMM operand).
+pub fn dequant_kernel(t: GgmlType, out: &str) -> &'static str {
     find(&format!("dequant_{}_{out}", type_suffix(t)))
 }
 
@@ -151,8 +165,9 @@ mod tests {
             GgmlType::Q6K,
         ] {
             assert!(matvec_kernel(t).ends_with(type_suffix(t)));
-            assert!(dequant_kernel(t, true).starts_with("dequant_"));
-            assert!(dequant_kernel(t, false).ends_with("_f32"));
+            for out in ["f32", "f16", "f16x3"] {
+                assert!(dequant_kernel(t, out).ends_with(&format!("{}_{out}", type_suffix(t))));
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! shapes the kernel will index and returns `Result`; the kernels assume validated input. Work is
 //! queued on the device's stream; nothing here synchronizes (except in sync-each-launch mode).
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig};
 
 use super::device::{Gpu, launch};
 use super::error::CudaError;
@@ -125,6 +125,34 @@ pub fn f32_to_f16(gpu: &Gpu, x: &CudaView<f32>, out: &mut CudaViewMut<u16>) -> R
     })?;
     let n = to_u32(K, "n", x.len())?;
     launch!(gpu, K, grid_1d(x.len(), 256), x, out, &n);
+    Ok(())
+}
+
+/// `x` (`rows` rows of `k` floats) → the split-f16 activation operand of
+/// [`super::gemm::GemmKind::F16x3`]: `rows` rows of `3k` f16, `[hi | lo | hi]` (see
+/// `kernels-gpu/src/split.rs`).
+pub fn f32_to_f16x3(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    k: usize,
+    out: &mut CudaViewMut<u16>,
+) -> Result<()> {
+    const K: &str = "f32_to_f16x3";
+    ensure(
+        K,
+        k > 0 && k.is_multiple_of(2) && x.len().is_multiple_of(k),
+        || format!("x has {} elements, not rows of an even k = {k}", x.len()),
+    )?;
+    ensure(K, out.len() == 3 * x.len(), || {
+        format!("x {}, out {} (3 x expected)", x.len(), out.len())
+    })?;
+    let (xa, oa) = (addr(gpu, x), addr(gpu, &*out));
+    ensure(K, xa.is_multiple_of(8) && oa.is_multiple_of(4), || {
+        format!("x at {xa:#x} (8-byte alignment needed), out at {oa:#x} (4)")
+    })?;
+    let n = to_u32(K, "n", x.len())?;
+    let (rows, k32) = (n / k as u32, k as u32);
+    launch!(gpu, K, grid_1d(x.len() / 2, 256), x, out, &rows, &k32);
     Ok(())
 }
 
@@ -659,10 +687,20 @@ pub fn matvec_swiglu(
     Ok(())
 }
 
-/// Output element type of [`dequant`].
+/// Output of [`dequant`].
 pub enum DequantOut<'a, 'b> {
+    /// `n_rows × cols` f32.
     F32(&'a mut CudaViewMut<'b, f32>),
+    /// `n_rows × cols` f16 (bits).
     F16(&'a mut CudaViewMut<'b, u16>),
+    /// The split-f16 operand of [`super::gemm::GemmKind::F16x3`]: `n_rows` rows of `3 · cols` f16,
+    /// `[hi·2^S | hi | lo]` (see `kernels-gpu/src/split.rs`).
+    F16x3(&'a mut CudaViewMut<'b, u16>),
+}
+
+/// The device address of a buffer (for the alignment the vector stores need).
+fn addr<T>(gpu: &Gpu, v: &impl DevicePtr<T>) -> u64 {
+    v.device_ptr(gpu.stream()).0
 }
 
 /// Decodes rows of `w` into `out` (row `r` of the output is row `ids[r]` of `w`, or row `r` when
@@ -674,28 +712,50 @@ pub fn dequant(
     ids: Option<&CudaView<u32>>,
     out: DequantOut,
 ) -> Result<()> {
-    let f16 = matches!(out, DequantOut::F16(_));
-    let k = dequant_kernel(w.ty, f16);
-    let n_rows = ids.map_or(w.rows, |i| i.len());
-    let out_len = match &out {
-        DequantOut::F32(o) => o.len(),
-        DequantOut::F16(o) => o.len(),
+    let (suffix, out_len, factor, out_addr) = match &out {
+        DequantOut::F32(o) => ("f32", o.len(), 1, addr(gpu, *o)),
+        DequantOut::F16(o) => ("f16", o.len(), 1, addr(gpu, *o)),
+        DequantOut::F16x3(o) => ("f16x3", o.len(), 3, addr(gpu, *o)),
     };
-    ensure(k, out_len == n_rows * w.cols && n_rows > 0, || {
+    let k = dequant_kernel(w.ty, suffix);
+    let n_rows = ids.map_or(w.rows, |i| i.len());
+    ensure(k, out_len == factor * n_rows * w.cols && n_rows > 0, || {
         format!(
             "{}: out has {out_len}, {n_rows} rows of {} expected",
+            w.name,
+            factor * w.cols
+        )
+    })?;
+    // Whole 32-element pieces (DeviceTensor::upload checks this too), a piece count the kernel's
+    // u32 block index holds, and the 16-byte alignment of the vector stores.
+    ensure(k, w.cols.is_multiple_of(32), || {
+        format!(
+            "{}: rows of {} are not whole 32-element pieces",
             w.name, w.cols
         )
     })?;
+    ensure(
+        k,
+        (n_rows * w.cols / 32) < (1 << 31) && w.rows * w.cols / 32 < (1 << 31),
+        || format!("{}: {n_rows} x {} is too large", w.name, w.cols),
+    )?;
+    ensure(k, out_addr.is_multiple_of(16), || {
+        format!("{}: output at {out_addr:#x} is not 16-byte aligned", w.name)
+    })?;
     let (nr, cols) = (to_u32(k, "rows", n_rows)?, to_u32(k, "cols", w.cols)?);
-    let cfg = grid_1d(n_rows * w.cols / 32, 256);
+    // kernels-gpu/src/dequant.rs: a warp per 256 output elements.
+    let cfg = grid_1d(32 * (n_rows * w.cols).div_ceil(256), 256);
     let wv = w.data.as_view();
     let null = 0u64;
     match (ids, out) {
         (Some(ids), DequantOut::F32(o)) => launch!(gpu, k, cfg, &wv, ids, o, &nr, &cols),
         (None, DequantOut::F32(o)) => launch!(gpu, k, cfg, &wv, &null, o, &nr, &cols),
-        (Some(ids), DequantOut::F16(o)) => launch!(gpu, k, cfg, &wv, ids, o, &nr, &cols),
-        (None, DequantOut::F16(o)) => launch!(gpu, k, cfg, &wv, &null, o, &nr, &cols),
+        (Some(ids), DequantOut::F16(o) | DequantOut::F16x3(o)) => {
+            launch!(gpu, k, cfg, &wv, ids, o, &nr, &cols)
+        }
+        (None, DequantOut::F16(o) | DequantOut::F16x3(o)) => {
+            launch!(gpu, k, cfg, &wv, &null, o, &nr, &cols)
+        }
     }
     Ok(())
 }

@@ -266,9 +266,12 @@ pub const MAX_SKIPPED: f64 = 0.05;
 ///    position: the bar, no exceptions;
 /// 2. the conditioning of each position, measured on the GPU: the same run with only the KV cache
 ///    in f16, against run 1;
-/// 3. the default configuration (f16 KV cache, f32 GEMMs, f16 LM head) against the CPU at every
-///    position that is not ill-conditioned (at most 5% may be skipped), with the same bar;
-/// 4. the f16 tensor-core GEMM configuration likewise, with the bar [`FAST_REL_L2`].
+/// 3. the default configuration (f16 KV cache, split-f16 `F16x3` GEMMs, f16 LM head) against the
+///    CPU at every position that is not ill-conditioned (at most 5% may be skipped), with the same
+///    bar;
+/// 4. the plain f16 tensor-core GEMM configuration likewise, with the bar [`FAST_REL_L2`];
+/// 5. reference precision with the `F16x3` GEMMs instead of the f32 ones, at every position with
+///    the bar, like run 1: the split-f16 GEMM is held to the f32 path's standard.
 pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
     let base = CudaOptions {
         n_ctx: 1024,
@@ -292,7 +295,7 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         0,
     );
     let default = gpu_run(
-        &format!("{label} default (f16 KV cache, f32 GEMMs, f16 LM head)"),
+        &format!("{label} default (f16 KV cache, split-f16 GEMMs, f16 LM head)"),
         g,
         base,
         &cpu.tokens,
@@ -307,6 +310,16 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         },
         &cpu.tokens,
         N_NEXT,
+    );
+    let split = gpu_run(
+        &format!("{label} reference precision with split-f16 GEMMs"),
+        g,
+        CudaOptions {
+            gemm: GemmKind::F16x3,
+            ..base.reference_precision()
+        },
+        &cpu.tokens,
+        0,
     );
     let n = cpu.rows.len();
     let sens: Vec<f64> = (0..n)
@@ -328,6 +341,7 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         compare(&exact, cpu, &[], MAX_REL_L2),
         compare(&default, cpu, &skip, MAX_REL_L2),
         compare(&fast, cpu, &skip, FAST_REL_L2),
+        compare(&split, cpu, &[], MAX_REL_L2),
     ];
     let mut fails: Vec<String> = reports.iter().filter_map(|r| r.failure.clone()).collect();
     if n_skip as f64 > MAX_SKIPPED * n as f64 {
