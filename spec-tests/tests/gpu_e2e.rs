@@ -5,8 +5,9 @@
 //!
 //! Bars (`gpu_common::e2e::check_model`): logits relative L2 ≤ 2e-3 against the CPU, and the same
 //! argmax wherever the CPU's top-1/top-2 margin exceeds 0.1,
-//! - at every position, for the GPU in reference precision (f32 KV cache, f32 GEMMs, f32 LM head);
-//! - for the default configuration (f16 KV cache, f32 GEMMs, f16 LM head), at every position that
+//! - at every position, for the GPU in reference precision (f32 KV cache, f32 GEMMs, f32 LM head),
+//!   and for the same with the split-f16 GEMMs (`GemmKind::F16x3`) in place of the f32 ones;
+//! - for the default configuration (f16 KV cache, split-f16 GEMMs, f16 LM head), at every position that
 //!   is not ill-conditioned; and for the f16 tensor-core GEMM configuration the same way with a
 //!   bar of 1e-2. A position is ill-conditioned when rounding only the KV
 //!   cache to f16 moves its logits by more than 5e-4 (measured on the GPU: reference precision
