@@ -16,27 +16,26 @@
 //!
 //! Limits: `head_dim` a multiple of 32 and ≤ 128; `1 ≤ chunk ≤ 1024`; `n_kv ≤ n_ctx`.
 //!
-//! Prefill (`attention_prefill_f16`, causal, flash-attention style: key tiles streamed through
-//! shared memory with an online softmax, no `n × n` matrix anywhere):
-//! grid = (ceil(n_tok / 16), n_head), block = 128 threads (4 warps × 4 queries each), dynamic
-//! shared memory = `4 * (16 * head_dim + 32 * (head_dim + 1) + 32 * head_dim)` bytes. Query `i`
-//! (of `n_tok`) sits at position `pos0 + i` and attends to cache positions `0 ..= pos0 + i`. Key
-//! tiles of 32 (one key per lane for the scores; each lane owns `head_dim / 32` output dims).
-//! Limits: `head_dim` a multiple of 32 and ≤ 128; `pos0 + n_tok ≤ n_ctx`.
+//! Prefill (`attention_prefill_{f16,f32}`, causal, flash-attention style: key tiles streamed
+//! through shared memory with an online softmax, no `n × n` matrix anywhere), register-tiled like
+//! a GEMM on the CUDA cores: grid = (ceil(n_tok / 32), n_head), block = 128 threads, dynamic shared
+//! memory = `shapes::prefill_smem_bytes(head_dim)` (`q_s [32][d+4]`, `k_s [BN][d+4]`,
+//! `v_s [BN][d]`, `p_s [32][BN+4]` f32; BN = 32 keys per tile, 16 for d = 128). Block `x` takes
+//! query rows `32 (gridDim.x − 1 − x) ..` (the longest first) of head `y`; query `i` (of `n_tok`)
+//! sits at position `pos0 + i` and attends to cache positions `0 ..= pos0 + i`. Thread `t` owns
+//! rows `2 (t / 8)` and `2 (t / 8) + 1` of the tile — the scores against keys `t % 8 + 8 kk` and
+//! the output dims `32 i + 4 (t % 8) .. + 4` — so a row's softmax state lives in 8 adjacent lanes
+//! (3 shuffles per reduction) and its probabilities go through `p_s` within the warp. Q is scaled
+//! by `scale · log2 e` once, so the softmax runs on `ex2`. The next K/V tile is loaded into
+//! registers while the current one is computed. Products are f32 FMAs.
+//! Limits: `head_dim` in {32, 64, 96, 128}; `pos0 + n_tok ≤ n_ctx`; `q`, `out` 16-byte aligned.
 
 use crate::gpu;
 use crate::kv_cache::CacheElem;
+use crate::shapes::{PREFILL_BM, prefill_bn};
 
 /// Threads per block of every attention kernel.
 pub const THREADS: usize = 128;
-/// Queries per prefill block.
-pub const PREFILL_BQ: usize = 16;
-/// Keys per prefill tile.
-pub const PREFILL_BK: usize = 32;
-/// Most dims per lane (head_dim ≤ 128).
-const MAX_DL: usize = 4;
-/// Queries per warp in prefill.
-const QPW: usize = PREFILL_BQ / (THREADS / 32);
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -176,9 +175,352 @@ pub unsafe extern "ptx-kernel" fn attention_decode_combine(
     }
 }
 
+/// Four consecutive floats, for 16-byte loads and stores.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct F4([f32; 4]);
+
+/// # Safety
+/// `p` is 16-byte aligned, 4 floats readable.
+#[inline(always)]
+unsafe fn ld4(p: *const f32) -> [f32; 4] {
+    // SAFETY: caller contract.
+    unsafe { (*(p as *const F4)).0 }
+}
+
+/// # Safety
+/// `p` is 16-byte aligned, 4 floats writable.
+#[inline(always)]
+unsafe fn st4(p: *mut f32, v: [f32; 4]) {
+    // SAFETY: caller contract.
+    unsafe { *(p as *mut F4) = F4(v) }
+}
+
+#[inline(always)]
+fn fma(a: f32, b: f32, c: f32) -> f32 {
+    // SAFETY: a pure arithmetic intrinsic (fma.rn.f32).
+    unsafe { core::intrinsics::fmaf32(a, b, c) }
+}
+
+/// Four consecutive cache elements, loaded raw (so a tile can wait in registers while the
+/// previous one is computed) and widened to f32 when stored to shared memory.
+trait Chunk4: CacheElem {
+    type Raw: Copy;
+    const ZERO: Self::Raw;
+    /// # Safety
+    /// `p` points to 4 readable elements, aligned to 4 elements.
+    unsafe fn load4(p: *const Self) -> Self::Raw;
+    fn widen(r: Self::Raw) -> [f32; 4];
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct H4([u16; 4]);
+
+impl Chunk4 for u16 {
+    type Raw = H4;
+    const ZERO: H4 = H4([0; 4]);
+    #[inline(always)]
+    unsafe fn load4(p: *const u16) -> H4 {
+        // SAFETY: caller contract (8-byte aligned).
+        unsafe { *(p as *const H4) }
+    }
+    #[inline(always)]
+    fn widen(r: H4) -> [f32; 4] {
+        r.0.map(gpu::f16_to_f32)
+    }
+}
+
+/// f32 chunks travel as one 128-bit integer (an aggregate of four floats would be copied
+/// through local memory where it is selected).
+impl Chunk4 for f32 {
+    type Raw = u128;
+    const ZERO: u128 = 0;
+    #[inline(always)]
+    unsafe fn load4(p: *const f32) -> u128 {
+        // SAFETY: caller contract (16-byte aligned).
+        unsafe { *(p as *const u128) }
+    }
+    #[inline(always)]
+    fn widen(r: u128) -> [f32; 4] {
+        core::array::from_fn(|i| f32::from_bits((r >> (32 * i)) as u32))
+    }
+}
+
+/// Most staged 4-element chunks per thread per tile (`BN · d / 4 / THREADS`, 6 at d = 96).
+const MAX_CHUNKS: usize = 6;
+
+/// The prefill body for head dimension `D` and key tile `BN` (see the module header for the
+/// thread layout).
+///
+/// # Safety
+/// Shapes as in the module header, validated by the launcher; dynamic shared memory of
+/// `shapes::prefill_smem_bytes(D)` bytes; `q` and `out` 16-byte aligned.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attention_prefill<C: CacheElem>(
+unsafe fn prefill_tiled<C: Chunk4, const D: usize, const BN: usize>(
+    q: *const f32,
+    k_cache: *const C,
+    v_cache: *const C,
+    out: *mut f32,
+    n_tok: u32,
+    pos0: u32,
+    n_ctx: u32,
+    n_head: u32,
+    group: u32,
+    scale: f32,
+) {
+    const BM: usize = PREFILL_BM;
+    let ni: usize = D / 32; // float4 groups of output dims per thread
+    let kpt: usize = BN / 8; // keys per thread
+    let nch: usize = BN * D / 4 / THREADS; // staged chunks per thread
+    let qs: usize = D + 4; // padded row stride of q_s and k_s
+    let ps: usize = BN + 4; // padded row stride of p_s
+    let c4: usize = D / 4; // chunks per row
+
+    let t = gpu::thread_x() as usize;
+    let (rg, kg) = (t / 8, t % 8);
+    let (ra, rb) = (2 * rg, 2 * rg + 1);
+    let nh = n_head as usize;
+    // The longest query tiles (most keys) first.
+    let qt = (gpu::grid_dim_x() - 1 - gpu::block_x()) as usize;
+    let q0 = qt * BM;
+    // SAFETY: reading a special register.
+    let h = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
+    let kvh = h / group as usize;
+    let n_q = core::cmp::min(BM, n_tok as usize - q0);
+    let smem = gpu::dyn_smem::<f32>();
+    // SAFETY: the four arrays lie inside the launch's dynamic shared memory
+    // (prefill_smem_bytes(D)), each 16-byte aligned (all strides are multiples of 4 floats).
+    let (q_s, k_s, v_s, p_s) = unsafe {
+        let k_s = smem.add(BM * qs);
+        let v_s = k_s.add(BN * qs);
+        (smem, k_s, v_s, v_s.add(BN * D))
+    };
+
+    // Q tile, pre-scaled by scale · log2(e) so that the softmax runs on ex2.
+    let sl = scale * core::f32::consts::LOG2_E;
+    let mut ch = t;
+    while ch < BM * c4 {
+        let (r, c) = (ch / c4, 4 * (ch % c4));
+        let v = if r < n_q {
+            // SAFETY: q0 + r < n_tok; the row holds n_head · D floats; 16-byte aligned.
+            unsafe { ld4(q.add(((q0 + r) * nh + h) * D + c)) }
+        } else {
+            [0.0; 4]
+        };
+        // SAFETY: r < BM, c + 4 ≤ D.
+        unsafe { st4(q_s.add(r * qs + c), v.map(|x| x * sl)) };
+        ch += THREADS;
+    }
+
+    let kbase = kvh * n_ctx as usize * D;
+    // Keys this block needs: positions 0 ..= pos0 + q0 + n_q - 1.
+    let n_keys = pos0 as usize + q0 + n_q;
+    let n_tiles = n_keys.div_ceil(BN);
+    // Chunk i of a tile: key ch / c4, dims 4 (ch % c4) .. + 4, ch = t + THREADS · i. Loaded raw
+    // into registers (the arrays are built and read with constant indices only).
+    let stage = |kt: usize, v: *const C| -> [C::Raw; MAX_CHUNKS] {
+        core::array::from_fn(|i| {
+            let ch = t + THREADS * i;
+            let (j, c) = (ch / c4, 4 * (ch % c4));
+            if i < nch && kt + j < n_keys {
+                // SAFETY: kt + j < n_keys ≤ n_ctx, c + 4 ≤ D: inside this head's cache; aligned
+                // to 4 elements.
+                unsafe { C::load4(v.add(kbase + (kt + j) * D + c)) }
+            } else {
+                // Past the last key (or an unused chunk): zeros, since a cache slot may hold
+                // anything, even NaN.
+                C::ZERO
+            }
+        })
+    };
+    let mut rk = stage(0, k_cache);
+    let mut rv = stage(0, v_cache);
+
+    let mut ya = RowState::new(pos0 as usize + q0 + ra);
+    let mut yb = RowState::new(pos0 as usize + q0 + rb);
+    for tile in 0..n_tiles {
+        let kt = tile * BN;
+        gpu::sync_threads(); // the previous tile is consumed (first time: q_s is written)
+        for (i, (&k4, &v4)) in rk.iter().zip(&rv).enumerate() {
+            if i < nch {
+                let ch = t + THREADS * i;
+                let (j, c) = (ch / c4, 4 * (ch % c4));
+                // SAFETY: j < BN, c + 4 ≤ D.
+                unsafe {
+                    st4(k_s.add(j * qs + c), C::widen(k4));
+                    st4(v_s.add(j * D + c), C::widen(v4));
+                }
+            }
+        }
+        gpu::sync_threads();
+        if tile + 1 < n_tiles {
+            // In flight while this tile is computed.
+            rk = stage(kt + BN, k_cache);
+            rv = stage(kt + BN, v_cache);
+        }
+
+        // Scores of rows ra, rb against keys kg + 8 kk (log2 domain).
+        let (mut sca, mut scb) = ([0.0f32; 4], [0.0f32; 4]);
+        let mut c = 0;
+        while c < D {
+            // SAFETY: rows < BM, keys < BN, c + 4 ≤ D: inside q_s and k_s.
+            let (qa, qb) = unsafe { (ld4(q_s.add(ra * qs + c)), ld4(q_s.add(rb * qs + c))) };
+            for kk in 0..4 {
+                if kk < kpt {
+                    // SAFETY: as above.
+                    let kv = unsafe { ld4(k_s.add((kg + 8 * kk) * qs + c)) };
+                    for e in 0..4 {
+                        sca[kk] = fma(qa[e], kv[e], sca[kk]);
+                        scb[kk] = fma(qb[e], kv[e], scb[kk]);
+                    }
+                }
+            }
+            c += 4;
+        }
+        // Causal mask and the online softmax of each row; the row's 8 lanes (kg) share it.
+        // SAFETY: rows ra, rb < BM: their p_s rows.
+        unsafe {
+            ya.softmax(&mut sca, kt + kg, kpt, p_s.add(ra * ps + kg));
+            yb.softmax(&mut scb, kt + kg, kpt, p_s.add(rb * ps + kg));
+        }
+        // Rows ra, rb are written and read by the 8 lanes of this warp only.
+        gpu::sync_warp();
+        // acc[row][dims] += Σ_j p[row][j] · V[j][dims].
+        let mut j = 0;
+        while j < BN {
+            // SAFETY: rows < BM, j + 4 ≤ BN: inside p_s.
+            let (pa, pb) = unsafe { (ld4(p_s.add(ra * ps + j)), ld4(p_s.add(rb * ps + j))) };
+            for jj in 0..4 {
+                for i in 0..4 {
+                    if i < ni {
+                        // SAFETY: j + jj < BN, 32 i + 4 kg + 4 ≤ D: inside v_s.
+                        let v = unsafe { ld4(v_s.add((j + jj) * D + 32 * i + 4 * kg)) };
+                        for e in 0..4 {
+                            ya.acc[4 * i + e] = fma(pa[jj], v[e], ya.acc[4 * i + e]);
+                            yb.acc[4 * i + e] = fma(pb[jj], v[e], yb.acc[4 * i + e]);
+                        }
+                    }
+                }
+            }
+            j += 4;
+        }
+    }
+
+    // SAFETY: rows ra, rb of this block's output tile (written when < n_q).
+    unsafe {
+        ya.write(out, ra, n_q, q0, nh, h, D, ni, kg);
+        yb.write(out, rb, n_q, q0, nh, h, D, ni, kg);
+    }
+}
+
+/// One query row's online-softmax state in the prefill kernel, held (identically) by the row's
+/// 8 lanes: running max and sum (log2 domain), and this lane's output dims `32 i + 4 kg + e`
+/// at `acc[4 i + e]`.
+struct RowState {
+    /// The row's position (its last visible key).
+    qp: usize,
+    m: f32,
+    l: f32,
+    acc: [f32; 16],
+}
+
+impl RowState {
+    #[inline(always)]
+    fn new(qp: usize) -> Self {
+        RowState {
+            qp,
+            m: f32::NEG_INFINITY,
+            l: 0.0,
+            acc: [0.0; 16],
+        }
+    }
+
+    /// Masks and folds this lane's scores `sc` (keys `key0 + 8 kk`, `kk < kpt`) into the state,
+    /// rescaling `acc`, and writes the probabilities to `p_row[8 kk]`. Warp-uniform (shuffles
+    /// over the row's 8 lanes).
+    ///
+    /// # Safety
+    /// `p_row[8 kk]` is writable for `kk < kpt`.
+    #[inline(always)]
+    unsafe fn softmax(&mut self, sc: &mut [f32; 4], key0: usize, kpt: usize, p_row: *mut f32) {
+        let mut mt = f32::NEG_INFINITY;
+        for (kk, s) in sc.iter_mut().enumerate() {
+            if kk < kpt {
+                if key0 + 8 * kk > self.qp {
+                    *s = f32::NEG_INFINITY;
+                }
+                mt = mt.max(*s);
+            }
+        }
+        // The row's 8 lanes (written out: an array of masks would live in local memory).
+        mt = mt.max(gpu::shfl_xor(mt, 1));
+        mt = mt.max(gpu::shfl_xor(mt, 2));
+        mt = mt.max(gpu::shfl_xor(mt, 4));
+        // Finite: the row's first tile holds key 0 ≤ its position.
+        let m_new = self.m.max(mt);
+        let alpha = gpu::ex2(self.m - m_new);
+        let mut sum = 0.0f32;
+        for (kk, s) in sc.iter_mut().enumerate() {
+            if kk < kpt {
+                let p = gpu::ex2(*s - m_new);
+                *s = p;
+                sum += p;
+                // SAFETY: caller contract.
+                unsafe { *p_row.add(8 * kk) = p };
+            }
+        }
+        sum += gpu::shfl_xor(sum, 1);
+        sum += gpu::shfl_xor(sum, 2);
+        sum += gpu::shfl_xor(sum, 4);
+        self.l = self.l * alpha + sum;
+        self.m = m_new;
+        for a in self.acc.iter_mut() {
+            *a *= alpha;
+        }
+    }
+
+    /// Writes row `row` of the block's tile (if `row < n_q`): this lane's dims, divided by the
+    /// softmax sum.
+    ///
+    /// # Safety
+    /// `out` holds `n_tok · nh · d` floats, 16-byte aligned; `q0 + n_q ≤ n_tok`, `h < nh`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn write(
+        &self,
+        out: *mut f32,
+        row: usize,
+        n_q: usize,
+        q0: usize,
+        nh: usize,
+        h: usize,
+        d: usize,
+        ni: usize,
+        kg: usize,
+    ) {
+        if row >= n_q {
+            return;
+        }
+        let inv = 1.0 / self.l;
+        for i in 0..4 {
+            if i < ni {
+                let v = [0, 1, 2, 3].map(|e| self.acc[4 * i + e] * inv);
+                // SAFETY: q0 + row < n_tok, 32 i + 4 kg + 4 ≤ d; 16-byte aligned.
+                unsafe { st4(out.add(((q0 + row) * nh + h) * d + 32 * i + 4 * kg), v) };
+            }
+        }
+    }
+}
+
+/// Dispatches the prefill on `head_dim` (32, 64, 96 or 128: the launcher's limits).
+///
+/// # Safety
+/// As [`prefill_tiled`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_prefill<C: Chunk4>(
     q: *const f32,
     k_cache: *const C,
     v_cache: *const C,
@@ -191,178 +533,22 @@ unsafe fn attention_prefill<C: CacheElem>(
     group: u32,
     scale: f32,
 ) {
-    let d = head_dim as usize;
-    let dl = d / 32; // dims per lane
-    let nh = n_head as usize;
-    let q0 = gpu::block_x() as usize * PREFILL_BQ;
-    let h = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
-    let kvh = h / group as usize;
-    let t = gpu::thread_x() as usize;
-    let (lane, warp) = (gpu::lane() as usize, gpu::warp() as usize);
-    let n_q = core::cmp::min(PREFILL_BQ, n_tok as usize - q0);
-    let kstride = d + 1; // padded K rows: lanes reading k_s[lane][j] hit distinct banks
-    let smem = gpu::dyn_smem::<f32>();
-    // Layout (the launcher's size): q_s [BQ][d], k_s [BK][d + 1], v_s [BK][d].
-    let q_s = smem;
-    // SAFETY: offsets inside the launch's dynamic shared memory (see the module header).
-    let k_s = unsafe { smem.add(PREFILL_BQ * d) };
-    let v_s = unsafe { smem.add(PREFILL_BQ * d + PREFILL_BK * kstride) };
-    let kbase = kvh * n_ctx as usize * d;
-
-    let mut i = t;
-    while i < PREFILL_BQ * d {
-        let (r, c) = (i / d, i % d);
-        let v = if r < n_q {
-            // SAFETY: q0 + r < n_tok; q holds n_tok * n_head * d floats.
-            unsafe { *q.add(((q0 + r) * nh + h) * d + c) }
-        } else {
-            0.0
-        };
-        // SAFETY: i < BQ * d.
-        unsafe { *q_s.add(i) = v };
-        i += THREADS;
-    }
-
-    // Online-softmax state of this warp's QPW queries, as separate values (not an array indexed
-    // in a loop) so they stay in registers.
-    let mut st = [QState::new(), QState::new(), QState::new(), QState::new()];
-    const _: () = assert!(QPW == 4);
-    let ctx = Tile {
-        q_s,
-        k_s,
-        v_s,
-        d,
-        dl,
-        kstride,
-        lane,
-        scale,
-    };
-    // Keys this block needs: positions 0 ..= pos0 + q0 + n_q - 1.
-    let n_keys = pos0 as usize + q0 + n_q;
-    let mut kt = 0;
-    while kt < n_keys {
-        gpu::sync_threads(); // the previous tile is consumed (and, first time, q_s is written)
-        let mut i = t;
-        while i < PREFILL_BK * d {
-            let (r, c) = (i / d, i % d);
-            let (kv, vv) = if kt + r < n_keys {
-                let src = kbase + (kt + r) * d + c;
-                // SAFETY: kt + r < n_keys ≤ n_ctx, c < d.
-                unsafe { ((*k_cache.add(src)).load(), (*v_cache.add(src)).load()) }
-            } else {
-                (0.0, 0.0)
-            };
-            // SAFETY: r < BK, c < d: inside k_s and v_s.
-            unsafe {
-                *k_s.add(r * kstride + c) = kv;
-                *v_s.add(r * d + c) = vv;
-            }
-            i += THREADS;
+    // SAFETY: forwarded contract; each arm's smem size is prefill_smem_bytes(head_dim).
+    unsafe {
+        match head_dim {
+            32 => prefill_tiled::<C, 32, { prefill_bn(32) }>(
+                q, k_cache, v_cache, out, n_tok, pos0, n_ctx, n_head, group, scale,
+            ),
+            64 => prefill_tiled::<C, 64, { prefill_bn(64) }>(
+                q, k_cache, v_cache, out, n_tok, pos0, n_ctx, n_head, group, scale,
+            ),
+            96 => prefill_tiled::<C, 96, { prefill_bn(96) }>(
+                q, k_cache, v_cache, out, n_tok, pos0, n_ctx, n_head, group, scale,
+            ),
+            _ => prefill_tiled::<C, 128, { prefill_bn(128) }>(
+                q, k_cache, v_cache, out, n_tok, pos0, n_ctx, n_head, group, scale,
+            ),
         }
-        gpu::sync_threads();
-
-        let [s0, s1, s2, s3] = &mut st;
-        let qp0 = pos0 as usize + q0 + warp * QPW;
-        let r0 = warp * QPW;
-        if r0 < n_q {
-            ctx.step(r0, qp0, kt, s0);
-        }
-        if r0 + 1 < n_q {
-            ctx.step(r0 + 1, qp0 + 1, kt, s1);
-        }
-        if r0 + 2 < n_q {
-            ctx.step(r0 + 2, qp0 + 2, kt, s2);
-        }
-        if r0 + 3 < n_q {
-            ctx.step(r0 + 3, qp0 + 3, kt, s3);
-        }
-        kt += PREFILL_BK;
-    }
-
-    for (qi, s) in st.iter().enumerate() {
-        let r = warp * QPW + qi;
-        if r >= n_q {
-            continue;
-        }
-        let inv = 1.0 / s.l;
-        for (c, a) in s.acc.iter().enumerate() {
-            if c < dl {
-                // SAFETY: q0 + r < n_tok, c * 32 + lane < d.
-                unsafe { *out.add(((q0 + r) * nh + h) * d + c * 32 + lane) = a * inv };
-            }
-        }
-    }
-}
-
-/// Online-softmax state of one query: running max, running sum, this lane's output dims.
-#[derive(Clone, Copy)]
-struct QState {
-    m: f32,
-    l: f32,
-    acc: [f32; MAX_DL],
-}
-
-impl QState {
-    #[inline(always)]
-    fn new() -> Self {
-        QState {
-            m: f32::NEG_INFINITY,
-            l: 0.0,
-            acc: [0.0; MAX_DL],
-        }
-    }
-}
-
-/// What one warp needs to fold a key tile into a query's state.
-struct Tile {
-    q_s: *mut f32,
-    k_s: *mut f32,
-    v_s: *mut f32,
-    d: usize,
-    dl: usize,
-    kstride: usize,
-    lane: usize,
-    scale: f32,
-}
-
-impl Tile {
-    /// Folds the key tile starting at position `kt` into query row `r` (position `qp`).
-    /// Warp-uniform: every lane of the warp calls it with the same arguments.
-    #[inline(always)]
-    fn step(&self, r: usize, qp: usize, kt: usize, s: &mut QState) {
-        if kt > qp {
-            return; // the whole tile is in this query's future
-        }
-        let (d, lane) = (self.d, self.lane);
-        let kp = kt + lane;
-        let score = if kp <= qp {
-            let mut dot = 0.0f32;
-            for c in 0..d {
-                // SAFETY: r < BQ, lane < BK, c < d: inside q_s and k_s.
-                unsafe { dot += *self.q_s.add(r * d + c) * *self.k_s.add(lane * self.kstride + c) };
-            }
-            dot * self.scale
-        } else {
-            f32::NEG_INFINITY
-        };
-        // kp = kt ≤ qp for lane 0, so the tile max is finite.
-        let m_new = s.m.max(gpu::warp_max(score));
-        let alpha = gpu::exp(s.m - m_new);
-        let p = gpu::exp(score - m_new);
-        s.l = s.l * alpha + gpu::warp_sum(p);
-        for c in 0..MAX_DL {
-            s.acc[c] *= alpha;
-            if c < self.dl {
-                let mut sum = 0.0f32;
-                for j in 0..PREFILL_BK {
-                    let pj = gpu::shfl_idx(p, j as u32);
-                    // SAFETY: j < BK, c * 32 + lane < d: inside v_s.
-                    sum += pj * unsafe { *self.v_s.add(j * d + c * 32 + lane) };
-                }
-                s.acc[c] += sum;
-            }
-        }
-        s.m = m_new;
     }
 }
 

@@ -52,6 +52,20 @@ pub fn sync_threads() {
     unsafe { nvptx::_syncthreads() }
 }
 
+/// __syncwarp(): orders the shared-memory accesses of the warp's lanes before and after it. Every
+/// lane of the warp must reach it.
+#[inline(always)]
+pub fn sync_warp() {
+    // SAFETY: a warp-wide barrier with the full member mask; callers keep it in warp-uniform
+    // control flow.
+    unsafe {
+        asm!(
+            "bar.warp.sync 0xffffffff;",
+            options(nostack, preserves_flags)
+        )
+    }
+}
+
 /// Butterfly shuffle over the full warp (all 32 lanes must participate).
 #[inline(always)]
 pub fn shfl_xor(v: f32, lane_mask: u32) -> f32 {

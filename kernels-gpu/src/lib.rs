@@ -21,6 +21,7 @@
 
 pub mod matvec_dot;
 pub mod quant;
+pub mod shapes;
 pub mod split;
 
 #[cfg(target_arch = "nvptx64")]

@@ -348,7 +348,8 @@ fn attention_prefill_case<T: TestElem>(
     );
 }
 
-const HEADS: &[(usize, usize, usize)] = &[(14, 2, 64), (9, 3, 64), (4, 4, 128), (8, 1, 32)];
+const HEADS: &[(usize, usize, usize)] =
+    &[(14, 2, 64), (9, 3, 64), (4, 4, 128), (8, 1, 32), (6, 2, 96)];
 
 proptest! {
     #![proptest_config(cfg(8))]
@@ -400,7 +401,8 @@ proptest! {
 }
 
 /// The qwen configuration exactly (14 heads over 2 KV heads of 64, a 512-token prefill, then
-/// decode at 4096), for both cache types, whatever the random draws above picked.
+/// decode at 4096), for both cache types, and every prefill head_dim, whatever the random draws
+/// above picked.
 #[test]
 #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
 fn attention_on_the_qwen_shapes() {
@@ -409,6 +411,12 @@ fn attention_on_the_qwen_shapes() {
     attention_decode_case::<u16>((14, 2, 64), 4096, 3);
     attention_decode_case::<f32>((14, 2, 64), 4096, 4);
     attention_prefill_case::<u16>((9, 3, 64), (0, 512), 5);
+    // Every head_dim the prefill kernel is instantiated for (32, 64, 96, 128: tiles of 32 keys,
+    // 16 at 128), with partial query and key tiles and a chunk after earlier positions.
+    attention_prefill_case::<u16>((8, 1, 32), (0, 33), 6);
+    attention_prefill_case::<f32>((6, 2, 96), (5, 70), 7);
+    attention_prefill_case::<f32>((4, 4, 128), (0, 100), 8);
+    attention_prefill_case::<u16>((4, 4, 128), (40, 17), 9);
 }
 
 /// The types the real models use, and the rest of the supported ones.

@@ -10,6 +10,7 @@ use super::error::CudaError;
 use super::kernels::{dequant_kernel, matvec_kernel, matvec_swiglu_kernel};
 use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
+use kernels_gpu::shapes::{PREFILL_BM, prefill_smem_bytes};
 
 type Result<T> = std::result::Result<T, CudaError>;
 
@@ -467,8 +468,6 @@ pub fn attention_prefill<T: KvElem>(
     out: &mut CudaViewMut<f32>,
 ) -> Result<()> {
     let kname: &'static str = T::KERNELS.2;
-    const BQ: usize = 16;
-    const BK: usize = 32;
     cache.check(kname, s)?;
     let group = check_heads(kname, n_head, s)?;
     let d = s.head_dim;
@@ -492,6 +491,13 @@ pub fn attention_prefill<T: KvElem>(
             s.n_ctx
         )
     })?;
+    // The kernel's 16-byte loads of q and stores of out.
+    let (qa, oa) = (addr(gpu, q), addr(gpu, &*out));
+    ensure(
+        kname,
+        qa.is_multiple_of(16) && oa.is_multiple_of(16),
+        || format!("q at {qa:#x} / out at {oa:#x} are not 16-byte aligned"),
+    )?;
     let args = (
         to_u32(kname, "n_tok", n_tok)?,
         to_u32(kname, "pos0", pos0)?,
@@ -501,10 +507,11 @@ pub fn attention_prefill<T: KvElem>(
         group as u32,
         1.0 / (d as f32).sqrt(),
     );
+    // kernels-gpu/src/attention.rs: a block of 128 threads per 32 query rows of one head.
     let cfg = LaunchConfig {
-        grid_dim: (n_tok.div_ceil(BQ) as u32, n_head as u32, 1),
+        grid_dim: (n_tok.div_ceil(PREFILL_BM) as u32, n_head as u32, 1),
         block_dim: (128, 1, 1),
-        shared_mem_bytes: (4 * (BQ * d + BK * (d + 1) + BK * d)) as u32,
+        shared_mem_bytes: prefill_smem_bytes(d) as u32,
     };
     let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
     launch!(
