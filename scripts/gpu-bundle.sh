@@ -18,7 +18,7 @@ out=${1:-$root/bundle}
 cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/bundle}
 export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
-tests=(gpu_kernels gpu_e2e gpu_real)
+tests=(gpu_kernels gpu_e2e gpu_real gpu_graph)
 
 cargo build --release -p host -p fixtures --bins
 json=$(mktemp)

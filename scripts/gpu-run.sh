@@ -57,6 +57,7 @@ run_tests() { # SECONDS NAME [FILTER…]
 if [ $real_only -eq 0 ]; then
     run_tests "${GPU_T_KERNELS:-240}" gpu_kernels
     run_tests "${GPU_T_E2E:-240}" gpu_e2e
+    run_tests "${GPU_T_GRAPH:-120}" gpu_graph
 fi
 for m in smollm2 qwen; do
     case $m in

@@ -5,16 +5,19 @@
 //! reads KV head `h / group`, `group = n_head / n_head_kv`. Scores, softmax and the weighted sum
 //! run in f32; `e^x` is `ex2.approx` (relative error ≈ 2^-21).
 //!
-//! Decode (one query per head, any context length), two launches:
-//! - `attention_decode_f16`: grid = (n_head, n_split), block = 128 threads, dynamic shared memory
-//!   = `4 * (head_dim + chunk + 128)` bytes. Split `s` covers positions
-//!   `s * chunk .. min((s + 1) * chunk, n_kv)` (every split non-empty: `n_split = ceil(n_kv /
-//!   chunk)`), and writes its partial result `[acc(head_dim), max, sum]` to
-//!   `part[(h * n_split + s) * (head_dim + 2) ..]`, where `acc = Σ e^(s_p − max) v_p`.
-//! - `attention_decode_combine`: grid = (n_head), block = 128; rescales the partials to the global
-//!   max and writes `out[h * head_dim + j] = Σ acc / Σ sum`.
+//! Decode (one query per head, any context length), one launch: `attention_decode_f16`,
+//! grid = (n_head, n_split), block = 128 threads, dynamic shared memory =
+//! `4 * (head_dim + max_chunk + 128)` bytes, `max_chunk ≥ ceil(n_ctx / n_split)`. The query sits
+//! at position `n_kv − 1` (`n_kv` a launch argument, or `*pos_dev + 1` when `pos_dev` is
+//! non-null: a decode step replayed from a CUDA graph; clamped to `n_ctx`). Split `s` covers
+//! positions `s * chunk .. min((s + 1) * chunk, n_kv)`, `chunk = ceil(n_kv / n_split)` (a split
+//! may be empty when `n_kv < n_split`), and writes its partial result `[acc(head_dim), max, sum]`
+//! to `part[(h * n_split + s) * (head_dim + 2) ..]`, where `acc = Σ e^(s_p − max) v_p`. The last
+//! split of each head to finish (counted in `done[h]`, which it resets to 0) rescales the
+//! partials to the global max and writes `out[h * head_dim + j] = Σ acc / Σ sum`.
 //!
-//! Limits: `head_dim` a multiple of 32 and ≤ 128; `1 ≤ chunk ≤ 1024`; `n_kv ≤ n_ctx`.
+//! Limits: `head_dim` a multiple of 32 and ≤ 128; `max_chunk ≤ 1024`; `done` zeroed before the
+//! first launch.
 //!
 //! Prefill (`attention_prefill_{f16,f32}`, causal, flash-attention style: key tiles streamed
 //! through shared memory with an online softmax, no `n × n` matrix anywhere), register-tiled like
@@ -44,8 +47,10 @@ unsafe fn attention_decode<C: CacheElem>(
     k_cache: *const C,
     v_cache: *const C,
     part: *mut f32,
+    done: *mut u32,
+    out: *mut f32,
     n_kv: u32,
-    chunk: u32,
+    pos_dev: *const u32,
     n_ctx: u32,
     head_dim: u32,
     group: u32,
@@ -55,16 +60,27 @@ unsafe fn attention_decode<C: CacheElem>(
     let h = gpu::block_x() as usize;
     let split = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
     let n_split = unsafe { core::arch::nvptx::_grid_dim_y() } as usize;
+    // In device mode the query sits at position *pos_dev, so it attends to one key more than that
+    // position; clamped to the cache either way.
+    let n_kv = if pos_dev.is_null() {
+        n_kv as usize
+    } else {
+        // SAFETY: pos_dev is one readable u32 (launcher contract).
+        unsafe { *pos_dev as usize + 1 }
+    };
+    let n_kv = core::cmp::min(n_kv, n_ctx as usize);
+    let chunk = n_kv.div_ceil(n_split);
     let kvh = h / group as usize;
     let t = gpu::thread_x() as usize;
-    let start = split * chunk as usize;
-    let end = core::cmp::min(start + chunk as usize, n_kv as usize);
+    let start = core::cmp::min(split * chunk, n_kv);
+    let end = core::cmp::min(start + chunk, n_kv);
     let smem = gpu::dyn_smem::<f32>();
     let q_s = smem;
     // SAFETY (all shared-memory offsets below): the launcher sized the dynamic shared memory as
-    // 4 * (d + chunk + THREADS) bytes: q_s = [0, d), scores = [d, d + chunk), red = [.., + THREADS).
+    // 4 * (d + max_chunk + THREADS) bytes with max_chunk ≥ ceil(n_kv / n_split) = chunk:
+    // q_s = [0, d), scores = [d, d + chunk), red = [d + chunk, d + chunk + THREADS).
     let scores = unsafe { smem.add(d) };
-    let red = unsafe { smem.add(d + chunk as usize) };
+    let red = unsafe { smem.add(d + chunk) };
     let kbase = (kvh * n_ctx as usize) * d;
 
     let mut i = t;
@@ -91,6 +107,7 @@ unsafe fn attention_decode<C: CacheElem>(
         local_max = local_max.max(s);
         p += THREADS;
     }
+    // An empty split (possible when n_kv < n_split) has m = −inf and l = 0; the combine skips it.
     let m = gpu::block_max(local_max);
     let mut local_sum = 0.0f32;
     let mut p = start + t;
@@ -126,52 +143,68 @@ unsafe fn attention_decode<C: CacheElem>(
             // SAFETY: gg * d + t < THREADS.
             sum += unsafe { *red.add(gg * d + t) };
         }
-        let out = (h * n_split + split) * (d + 2);
+        let ps = (h * n_split + split) * (d + 2);
         // SAFETY: part holds n_head * n_split * (d + 2) floats.
         unsafe {
-            *part.add(out + t) = sum;
+            *part.add(ps + t) = sum;
             if t == 0 {
-                *part.add(out + d) = m;
-                *part.add(out + d + 1) = l;
+                *part.add(ps + d) = m;
+                *part.add(ps + d + 1) = l;
             }
         }
     }
-}
 
-/// # Safety
-/// Shapes as in the module header, validated by the launcher.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn attention_decode_combine(
-    part: *const f32,
-    out: *mut f32,
-    n_split: u32,
-    head_dim: u32,
-) {
-    let d = head_dim as usize;
-    let h = gpu::block_x() as usize;
-    let t = gpu::thread_x() as usize;
-    let ns = n_split as usize;
-    let base = h * ns * (d + 2);
-    let mut m = f32::NEG_INFINITY;
-    for s in 0..ns {
-        // SAFETY: s < n_split; part holds n_head * n_split * (d + 2).
-        m = m.max(unsafe { *part.add(base + s * (d + 2) + d) });
+    // The last split of head h to finish combines them all (one launch instead of two): each
+    // block publishes its partial (fence), counts itself in done[h], and the block that brings
+    // the count to n_split rescales the partials to the global max.
+    gpu::fence_gpu();
+    gpu::sync_threads(); // every thread's partial is fenced before thread 0 counts the block
+    if t == 0 {
+        // SAFETY: done holds n_head u32, 0 at launch (the last block resets its slot).
+        let prev = gpu::atomic_add_u32(unsafe { done.add(h) }, 1);
+        let last = if prev as usize == n_split - 1 {
+            1.0
+        } else {
+            0.0
+        };
+        // SAFETY: red[0] is this block's scratch, read by all after the barrier below (the
+        // partial sums above were read before the previous barrier).
+        unsafe { *red = last };
+    }
+    gpu::sync_threads();
+    // SAFETY: red[0] written by thread 0 before the barrier.
+    if unsafe { *red } == 0.0 {
+        return;
+    }
+    gpu::fence_gpu();
+    let base = h * n_split * (d + 2);
+    let mut gm = f32::NEG_INFINITY;
+    for s in 0..n_split {
+        // SAFETY: s < n_split; every block fenced its writes before counting itself.
+        gm = gm.max(unsafe { gpu::load_volatile(part.add(base + s * (d + 2) + d)) });
     }
     let mut j = t;
     while j < d {
         let (mut num, mut den) = (0.0f32, 0.0f32);
-        for s in 0..ns {
+        for s in 0..n_split {
             let ps = base + s * (d + 2);
             // SAFETY: as above.
             unsafe {
-                let w = gpu::exp(*part.add(ps + d) - m);
-                num += w * *part.add(ps + j);
-                den += w * *part.add(ps + d + 1);
+                let ms = gpu::load_volatile(part.add(ps + d));
+                if ms != f32::NEG_INFINITY {
+                    let w = gpu::exp(ms - gm);
+                    num += w * gpu::load_volatile(part.add(ps + j));
+                    den += w * gpu::load_volatile(part.add(ps + d + 1));
+                }
             }
         }
         // SAFETY: out holds n_head * d floats.
         unsafe { *out.add(h * d + j) = num / den };
         j += THREADS;
+    }
+    if t == 0 {
+        // SAFETY: every block of head h has counted itself; none touches done[h] again.
+        unsafe { *done.add(h) = 0 };
     }
 }
 
@@ -564,8 +597,10 @@ macro_rules! attention_kernels {
             k_cache: *const $t,
             v_cache: *const $t,
             part: *mut f32,
+            done: *mut u32,
+            out: *mut f32,
             n_kv: u32,
-            chunk: u32,
+            pos_dev: *const u32,
             n_ctx: u32,
             head_dim: u32,
             group: u32,
@@ -573,7 +608,10 @@ macro_rules! attention_kernels {
         ) {
             // SAFETY: forwarded contract.
             unsafe {
-                attention_decode(q, k_cache, v_cache, part, n_kv, chunk, n_ctx, head_dim, group, scale)
+                attention_decode(
+                    q, k_cache, v_cache, part, done, out, n_kv, pos_dev, n_ctx, head_dim, group,
+                    scale,
+                )
             }
         }
 

@@ -287,3 +287,38 @@ pub fn atomic_add_u32(p: *mut u32, v: u32) -> u32 {
     }
     r
 }
+
+/// `__threadfence()`: this thread's global-memory writes are visible to the whole device before
+/// any of its later writes (`membar.gl`). Used before announcing a finished block through an
+/// atomic counter ("the last block to finish combines").
+#[inline(always)]
+pub fn fence_gpu() {
+    // SAFETY: a memory barrier has no other effect.
+    unsafe { asm!("membar.gl;", options(nostack, preserves_flags)) }
+}
+
+/// A load that bypasses the non-coherent L1 (`ld.volatile`): for data another block of the same
+/// grid wrote and published through [`fence_gpu`] and an atomic.
+///
+/// # Safety
+/// `p` is valid and aligned for a read of `T`.
+#[inline(always)]
+pub unsafe fn load_volatile<T: Copy>(p: *const T) -> T {
+    // SAFETY: caller contract.
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// The position a kernel works at: `host` (a launch argument) unless `dev` is non-null, then the
+/// u32 it points to (decode steps replayed from a CUDA graph keep the position in device memory).
+///
+/// # Safety
+/// `dev` is null or points to a readable u32.
+#[inline(always)]
+pub unsafe fn position(host: u32, dev: *const u32) -> u32 {
+    if dev.is_null() {
+        host
+    } else {
+        // SAFETY: caller contract.
+        unsafe { *dev }
+    }
+}

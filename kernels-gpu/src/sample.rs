@@ -12,8 +12,14 @@
 //!   u32 key of each float (NaN ranks below −inf); the candidates are bitonic-sorted in shared
 //!   memory; the cumulative sum is a block scan.
 //!
-//! Launch: grid = (1, 1, 1), block = (1024, 1, 1), no dynamic shared memory (both kernels use
-//! static shared arrays). Limits: `1 ≤ top_k ≤ 1024`, `top_k ≤ n`, `n < 2^32 − 1`.
+//! Both write the id to `out[0]` and, when `pos_inc` is non-null, add 1 to `*pos_inc` (a decode
+//! step replayed from a CUDA graph: `out` is then the next step's input token and `pos_inc` its
+//! position).
+//!
+//! Launch: `argmax_f32` grid = (G, 1, 1), block = (1024, 1, 1): each block reduces a grid-stride
+//! share, and the last block to finish (counted in `done`, which it resets to 0) reduces the `G`
+//! pairs in `part`; `sample_topk_topp_f32` grid = (1, 1, 1), block = (1024, 1, 1). No dynamic
+//! shared memory (static shared arrays). Limits: `1 ≤ top_k ≤ 1024`, `top_k ≤ n`, `n < 2^32 − 1`.
 
 use core::arch::asm;
 
@@ -61,33 +67,9 @@ fn better(a: (f32, u32), b: (f32, u32)) -> (f32, u32) {
     }
 }
 
-/// # Safety
-/// `x` holds `n` floats, `out` one u32; launched as in the module header.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn argmax_f32(x: *const f32, n: u32, out: *mut u32) {
-    let mut best = (f32::NEG_INFINITY, u32::MAX);
-    let n = n as usize;
-    let mut i = gpu::thread_x() as usize;
-    // UNROLL independent loads in flight per thread: one block has to cover the whole vocabulary,
-    // so memory latency, not bandwidth, bounds it (`better` is order-independent).
-    while i + (UNROLL - 1) * THREADS < n {
-        // SAFETY: i + k * THREADS < n for every k < UNROLL.
-        let v: [f32; UNROLL] = core::array::from_fn(|k| unsafe { *x.add(i + k * THREADS) });
-        for (k, &v) in v.iter().enumerate() {
-            if !v.is_nan() {
-                best = better(best, (v, (i + k * THREADS) as u32));
-            }
-        }
-        i += UNROLL * THREADS;
-    }
-    while i < n {
-        // SAFETY: i < n.
-        let v = unsafe { *x.add(i) };
-        if !v.is_nan() {
-            best = better(best, (v, i as u32));
-        }
-        i += THREADS;
-    }
+/// The best `(value, index)` over the block (every thread passes its own; valid in thread 0).
+#[inline(always)]
+fn block_best(mut best: (f32, u32)) -> (f32, u32) {
     let mut m = 16;
     while m > 0 {
         let o = (gpu::shfl_xor(best.0, m), gpu::shfl_xor_u32(best.1, m));
@@ -96,24 +78,130 @@ pub unsafe extern "ptx-kernel" fn argmax_f32(x: *const f32, n: u32, out: *mut u3
     }
     let red = smem_ptr!("ARGMAX_RED", u32);
     let (lane, warp) = (gpu::lane() as usize, gpu::warp() as usize);
-    // SAFETY: 32 warps × 2 words fit the 256-byte array; barriers order writes and reads.
+    let n_warps = (gpu::block_dim_x() / 32) as usize;
+    // SAFETY: ≤ 32 warps × 2 words fit the 256-byte array; barriers order writes and reads.
     unsafe {
         if lane == 0 {
             *red.add(2 * warp) = best.0.to_bits();
             *red.add(2 * warp + 1) = best.1;
         }
         gpu::sync_threads();
-        if warp == 0 {
-            let mut b = (f32::from_bits(*red.add(2 * lane)), *red.add(2 * lane + 1));
-            let mut m = 16;
-            while m > 0 {
-                let o = (gpu::shfl_xor(b.0, m), gpu::shfl_xor_u32(b.1, m));
-                b = better(b, o);
-                m >>= 1;
+        let mut b = if lane < n_warps {
+            (f32::from_bits(*red.add(2 * lane)), *red.add(2 * lane + 1))
+        } else {
+            (f32::NEG_INFINITY, u32::MAX)
+        };
+        let mut m = 16;
+        while m > 0 {
+            let o = (gpu::shfl_xor(b.0, m), gpu::shfl_xor_u32(b.1, m));
+            b = better(b, o);
+            m >>= 1;
+        }
+        gpu::sync_threads(); // red is reused by the caller's next reduction
+        b
+    }
+}
+
+/// Writes the chosen id: `out[0] = id`, and when `pos_inc` is non-null, `*pos_inc += 1` (a decode
+/// step replayed from a CUDA graph: `out` is the next step's input token, `pos_inc` its
+/// position).
+///
+/// # Safety
+/// `out` is one writable u32; `pos_inc` null or one writable u32.
+#[inline(always)]
+unsafe fn emit(out: *mut u32, pos_inc: *mut u32, id: u32) {
+    // SAFETY: caller contract.
+    unsafe {
+        *out = id;
+        if !pos_inc.is_null() {
+            *pos_inc += 1;
+        }
+    }
+}
+
+/// # Safety
+/// `x` holds `n` floats, `part` 2 × gridDim.x u32, `done` one u32 that is 0 at launch (the last
+/// block resets it), `out` one u32, `pos_inc` null or one u32; launched as in the module header.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn argmax_f32(
+    x: *const f32,
+    n: u32,
+    part: *mut u32,
+    done: *mut u32,
+    out: *mut u32,
+    pos_inc: *mut u32,
+) {
+    let mut best = (f32::NEG_INFINITY, u32::MAX);
+    let n = n as usize;
+    let stride = gpu::stride_x();
+    let mut i = gpu::global_x();
+    // UNROLL independent loads in flight per thread (`better` is order-independent).
+    while i + (UNROLL - 1) * stride < n {
+        // SAFETY: i + k * stride < n for every k < UNROLL.
+        let v: [f32; UNROLL] = core::array::from_fn(|k| unsafe { *x.add(i + k * stride) });
+        for (k, &v) in v.iter().enumerate() {
+            if !v.is_nan() {
+                best = better(best, (v, (i + k * stride) as u32));
             }
-            if lane == 0 {
-                *out = b.1;
-            }
+        }
+        i += UNROLL * stride;
+    }
+    while i < n {
+        // SAFETY: i < n.
+        let v = unsafe { *x.add(i) };
+        if !v.is_nan() {
+            best = better(best, (v, i as u32));
+        }
+        i += stride;
+    }
+    let b = block_best(best);
+    let t = gpu::thread_x() as usize;
+    let blk = gpu::block_x() as usize;
+    let n_blocks = gpu::grid_dim_x() as usize;
+    if n_blocks == 1 {
+        if t == 0 {
+            // SAFETY: caller contract.
+            unsafe { emit(out, pos_inc, b.1) };
+        }
+        return;
+    }
+    let flag = smem_ptr!("ARGMAX_RED", u32);
+    if t == 0 {
+        // SAFETY: part holds 2 × gridDim.x u32; done one u32 (caller contract).
+        unsafe {
+            *part.add(2 * blk) = b.0.to_bits();
+            *part.add(2 * blk + 1) = b.1;
+            gpu::fence_gpu();
+            let prev = gpu::atomic_add_u32(done, 1);
+            *flag = (prev as usize == n_blocks - 1) as u32;
+        }
+    }
+    gpu::sync_threads();
+    // SAFETY: written by thread 0 before the barrier.
+    if unsafe { *flag } == 0 {
+        return;
+    }
+    gpu::sync_threads(); // everyone has read the flag before block_best reuses the array
+    gpu::fence_gpu();
+    let mut best = (f32::NEG_INFINITY, u32::MAX);
+    let mut k = t;
+    while k < n_blocks {
+        // SAFETY: k < gridDim.x; the other blocks fenced their pairs before counting.
+        let o = unsafe {
+            (
+                f32::from_bits(gpu::load_volatile(part.add(2 * k))),
+                gpu::load_volatile(part.add(2 * k + 1)),
+            )
+        };
+        best = better(best, o);
+        k += THREADS;
+    }
+    let b = block_best(best);
+    if t == 0 {
+        // SAFETY: caller contract; every block has counted itself, none touches done again.
+        unsafe {
+            emit(out, pos_inc, b.1);
+            *done = 0;
         }
     }
 }
@@ -136,6 +224,7 @@ pub unsafe extern "ptx-kernel" fn sample_topk_topp_f32(
     inv_temp: f32,
     u: f32,
     out: *mut u32,
+    pos_inc: *mut u32,
 ) {
     let t = gpu::thread_x() as usize;
     let n = n as usize;
@@ -312,6 +401,6 @@ pub unsafe extern "ptx-kernel" fn sample_topk_topp_f32(
     gpu::sync_threads();
     if t == 0 {
         // SAFETY: out holds one u32.
-        unsafe { *out = *misc.add(3) };
+        unsafe { emit(out, pos_inc, *misc.add(3)) };
     }
 }

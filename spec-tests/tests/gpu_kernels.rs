@@ -39,7 +39,8 @@ use gpu_common::{
 use host::cpu;
 use host::cuda::gemm::{SplitOperand, split_f16x3};
 use host::cuda::ops::{
-    self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut, RopeTable, SampleParams,
+    self, DecodeAt, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut, Pos, RopeTable,
+    SampleParams,
 };
 use host::gguf::GgmlType;
 use host::model::RopeStyle;
@@ -153,6 +154,22 @@ proptest! {
         let mut d = upload(&g, &x);
         ops::rope(&g, &mut d.as_view_mut(), &table, n_head, pos0, style).unwrap();
         assert_bits_eq(&format!("rope {n_head}x{head_dim} n_tok={n_tok} pos0={pos0} {style:?}"), &download(&g, &d), &want);
+        // The same with the position in device memory (a graph-replayed decode step).
+        let dpos = upload(&g, &[pos0 as u32]);
+        let mut d = upload(&g, &x);
+        ops::rope_at(&g, &mut d.as_view_mut(), &table, n_head, Pos::Device(&dpos.as_view()), style).unwrap();
+        assert_bits_eq(&format!("rope (device position) {n_head}x{head_dim} n_tok={n_tok} pos0={pos0}"), &download(&g, &d), &want);
+        // Rows at positions past the table are left untouched (the kernel checks what the
+        // launcher cannot see), the rows before them rotated as usual.
+        let past = upload(&g, &[(4096 - 1) as u32]);
+        let mut d = upload(&g, &x);
+        ops::rope_at(&g, &mut d.as_view_mut(), &table, n_head, Pos::Device(&past.as_view()), style).unwrap();
+        let got = download(&g, &d);
+        let row = n_head * head_dim;
+        let mut want_first = x[..row].to_vec();
+        cpu::rope(&mut want_first, n_head, head_dim, &[4095], theta, style);
+        assert_bits_eq("rope at the last table position", &got[..row], &want_first);
+        assert_bits_eq("rope past the table", &got[row..], &x[row..]);
     }
 }
 
@@ -240,15 +257,46 @@ fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
         v: poisoned(&g, s.elems(), T::POISON),
     };
     let pos0 = 1024 - n;
-    ops::kv_append(
-        &g,
-        &upload(&g, &k).as_view(),
-        &upload(&g, &v).as_view(),
-        &mut cache,
-        s,
-        pos0,
-    )
-    .unwrap();
+    // Half the cases take the position from device memory (a graph-replayed decode step).
+    if seed.is_multiple_of(2) {
+        ops::kv_append(
+            &g,
+            &upload(&g, &k).as_view(),
+            &upload(&g, &v).as_view(),
+            &mut cache,
+            s,
+            pos0,
+        )
+        .unwrap();
+    } else {
+        let dpos = upload(&g, &[pos0 as u32]);
+        ops::kv_append_at(
+            &g,
+            &upload(&g, &k).as_view(),
+            &upload(&g, &v).as_view(),
+            &mut cache,
+            s,
+            Pos::Device(&dpos.as_view()),
+        )
+        .unwrap();
+        // A device position past the cache writes nothing (the kernel's own bound check).
+        let past = upload(&g, &[1024u32]);
+        let mut probe: KvLayer<T> = KvLayer {
+            k: poisoned(&g, s.elems(), T::POISON),
+            v: poisoned(&g, s.elems(), T::POISON),
+        };
+        ops::kv_append_at(
+            &g,
+            &upload(&g, &k[..row]).as_view(),
+            &upload(&g, &v[..row]).as_view(),
+            &mut probe,
+            s,
+            Pos::Device(&past.as_view()),
+        )
+        .unwrap();
+        assert!(download(&g, &probe.k).iter().all(|&b| b.is_poison()));
+        assert!(download(&g, &probe.v).iter().all(|&b| b.is_poison()));
+    }
     let (kc, vc) = (download(&g, &cache.k), download(&g, &cache.v));
     for t in 0..n {
         for h in 0..n_head_kv {
@@ -280,33 +328,48 @@ fn attention_decode_case<T: TestElem>(
     let q = random(&mut rng, n_head * head_dim, 2.0);
     let mut want = vec![0.0; q.len()];
     cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, n_kv - 1, &mut want);
-    let mut scratch = poisoned(
-        &g,
-        ops::decode_scratch_len(n_head, head_dim, n_kv),
-        f32::NAN,
-    );
-    let mut out = poisoned(&g, q.len(), f32::NAN);
-    ops::attention_decode(
-        &g,
-        &upload(&g, &q).as_view(),
-        &cache,
-        s,
-        n_head,
-        n_kv,
-        &mut scratch.as_view_mut(),
-        &mut out.as_view_mut(),
-    )
-    .unwrap();
-    assert_close(
-        &format!(
-            "attention_decode {} {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv}",
-            std::any::type_name::<T>()
-        ),
-        &download(&g, &out),
-        &want,
-        1e-4,
-        1e-4,
-    );
+    let mut scratch = ops::DecodeScratch::new(&g, n_head, head_dim, s.n_ctx).unwrap();
+    let dpos = upload(&g, &[(n_kv - 1) as u32]);
+    let dq = upload(&g, &q);
+    // Host n_kv (splits sized to it), then the device position (splits sized to the whole
+    // cache, most of them empty for small n_kv), each twice: the split counters must be left
+    // at zero for the next launch.
+    for (mode, device) in [
+        ("host", false),
+        ("host again", false),
+        ("device", true),
+        ("device again", true),
+    ] {
+        scratch.part = poisoned(&g, scratch.part.len(), f32::NAN);
+        let mut out = poisoned(&g, q.len(), f32::NAN);
+        let dv = dpos.as_view();
+        let at = if device {
+            DecodeAt::Device(&dv)
+        } else {
+            DecodeAt::Kv(n_kv)
+        };
+        ops::attention_decode(
+            &g,
+            &dq.as_view(),
+            &cache,
+            s,
+            n_head,
+            at,
+            &mut scratch,
+            &mut out.as_view_mut(),
+        )
+        .unwrap();
+        assert_close(
+            &format!(
+                "attention_decode ({mode} position) {} {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv}",
+                std::any::type_name::<T>()
+            ),
+            &download(&g, &out),
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
 }
 
 fn attention_prefill_case<T: TestElem>(
@@ -664,9 +727,18 @@ proptest! {
             }
             x[(rng.next_u64() % n as u64) as usize] = f32::NAN;
         }
+        let mut sel = ops::SelectScratch::new(&g).unwrap();
+        let dx = upload(&g, &x);
+        // Twice: the block counter must be left at zero. The second time with a position to
+        // advance (a graph-replayed decode step).
         let mut out = poisoned(&g, 1, u32::MAX - 1);
-        ops::argmax(&g, &upload(&g, &x).as_view(), &mut out.as_view_mut()).unwrap();
+        ops::argmax(&g, &dx.as_view(), &mut sel, &mut out.as_view_mut(), None).unwrap();
         prop_assert_eq!(download(&g, &out)[0], argmax_ref(&x));
+        let mut out = poisoned(&g, 1, u32::MAX - 1);
+        let mut pos = upload(&g, &[41u32]);
+        ops::argmax(&g, &dx.as_view(), &mut sel, &mut out.as_view_mut(), Some(&mut pos.as_view_mut())).unwrap();
+        prop_assert_eq!(download(&g, &out)[0], argmax_ref(&x));
+        prop_assert_eq!(download(&g, &pos)[0], 42);
     }
 
     #[test]
@@ -698,8 +770,10 @@ proptest! {
         let target = u as f64 * mass;
         let mut out = poisoned(&g, 1, u32::MAX);
         let p = SampleParams { top_k, top_p, temperature };
-        ops::sample(&g, &upload(&g, &x).as_view(), p, u, &mut out.as_view_mut()).unwrap();
+        let mut pos = upload(&g, &[7u32]);
+        ops::sample(&g, &upload(&g, &x).as_view(), p, u, &mut out.as_view_mut(), Some(&mut pos.as_view_mut())).unwrap();
         let got = download(&g, &out)[0];
+        prop_assert_eq!(download(&g, &pos)[0], 8);
         let pos = idx[..r].iter().position(|&i| i == got);
         prop_assert!(pos.is_some(), "drew {} outside the kept {} candidates", got, r);
         let j = pos.unwrap();
@@ -921,6 +995,7 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
         },
         0.5,
         &mut poisoned(&g, 1, 0u32).as_view_mut(),
+        None,
     )
     .unwrap_err();
     assert!(e.to_string().contains("sample_topk_topp_f32"), "{e}");

@@ -614,8 +614,8 @@ impl Bench<'_> {
                 let q = self.rand(nq * nh * d, 2.0);
                 let dq = self.up(&q)?;
                 let mut dout = g.alloc::<f32>(q.len(), "bench")?;
-                let mut scratch = g.alloc::<f32>(ops::decode_scratch_len(nh, d, n), "bench")?;
-                let run = |dout: &mut CudaSlice<f32>, scratch: &mut CudaSlice<f32>| {
+                let mut scratch = ops::DecodeScratch::new(g, nh, d, n)?;
+                let run = |dout: &mut CudaSlice<f32>, scratch: &mut ops::DecodeScratch| {
                     if prefill {
                         ops::attention_prefill(
                             g,
@@ -633,8 +633,8 @@ impl Bench<'_> {
                             &cache,
                             s,
                             nh,
-                            n,
-                            &mut scratch.as_view_mut(),
+                            ops::DecodeAt::Kv(n),
+                            scratch,
                             &mut dout.as_view_mut(),
                         )
                     }
@@ -826,15 +826,16 @@ impl Bench<'_> {
                 let x = self.rand(n, 10.0);
                 let dx = self.up(&x)?;
                 let mut dout = g.alloc::<u32>(1, "bench")?;
+                let mut sel = ops::SelectScratch::new(g)?;
                 if name == "argmax" {
-                    ops::argmax(g, &dx.as_view(), &mut dout.as_view_mut())?;
+                    ops::argmax(g, &dx.as_view(), &mut sel, &mut dout.as_view_mut(), None)?;
                     let got = self.down(&dout)?[0] as usize;
                     let want = x
                         .iter()
                         .enumerate()
                         .fold(0, |b, (i, &v)| if v > x[b] { i } else { b });
                     let t = time(g, reps, || {
-                        ops::argmax(g, &dx.as_view(), &mut dout.as_view_mut())
+                        ops::argmax(g, &dx.as_view(), &mut sel, &mut dout.as_view_mut(), None)
                     })?;
                     out.push(self.row(
                         name,
@@ -850,13 +851,13 @@ impl Bench<'_> {
                         top_p: 0.9,
                         temperature: 0.8,
                     };
-                    ops::sample(g, &dx.as_view(), p, 0.37, &mut dout.as_view_mut())?;
+                    ops::sample(g, &dx.as_view(), p, 0.37, &mut dout.as_view_mut(), None)?;
                     let got = self.down(&dout)?[0] as usize;
                     let mut idx: Vec<usize> = (0..n).collect();
                     idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
                     let ok = idx[..p.top_k].contains(&got);
                     let t = time(g, reps, || {
-                        ops::sample(g, &dx.as_view(), p, 0.37, &mut dout.as_view_mut())
+                        ops::sample(g, &dx.as_view(), p, 0.37, &mut dout.as_view_mut(), None)
                     })?;
                     out.push(self.row(
                         name,

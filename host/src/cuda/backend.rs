@@ -24,7 +24,8 @@ use super::device::Gpu;
 use super::error::CudaError;
 use super::gemm::{GemmKind, gemm};
 use super::ops::{
-    self, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut, RopeTable, SampleParams,
+    self, DecodeAt, DecodeScratch, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut,
+    Pos, RopeTable, SampleParams, SelectScratch,
 };
 use crate::backend::{Backend, BackendError, Logits, check_forward};
 use crate::gguf::{Gguf, TensorInfo};
@@ -55,6 +56,12 @@ pub struct CudaOptions {
     /// of separate `add` launches, and run gate, up and SwiGLU as one launch where the types allow
     /// (the same f32 operations either way; off only to measure the difference).
     pub fuse_epilogues: bool,
+    /// Decode steps through [`CudaBackend::forward_next`] replay one CUDA graph of the whole
+    /// step (embedding to LM head), captured at the first such step, with the token and position
+    /// in device memory (the sampler writes the next token and advances the position there), so
+    /// a step costs one graph launch instead of a few hundred kernel launches. Off: every kernel
+    /// launched from the host (the same kernels and arithmetic).
+    pub decode_graph: bool,
 }
 
 impl CudaOptions {
@@ -80,6 +87,7 @@ impl Default for CudaOptions {
             lm_head: GemmKind::F16F32,
             kv_f32: false,
             fuse_epilogues: true,
+            decode_graph: true,
         }
     }
 }
@@ -129,8 +137,13 @@ struct Scratch {
     /// Activations as f16 for the GEMM path.
     x16: CudaSlice<u16>,
     logits: CudaSlice<f32>,
-    part: CudaSlice<f32>,
-    token: CudaSlice<u32>,
+    /// Decode attention's partials and split counters.
+    dec: DecodeScratch,
+    /// The device argmax's partials and counter.
+    sel: SelectScratch,
+    /// The decode step's input in device memory: `[token, position]` (the sampler of a
+    /// graph-replayed step writes the next token to `[0]` and advances `[1]`).
+    step: CudaSlice<u32>,
 }
 
 /// Rows of logits computed per LM-head GEMM when all rows are asked for.
@@ -150,6 +163,10 @@ pub struct CudaBackend {
     rope: RopeTable,
     s: Scratch,
     n_past: usize,
+    /// The captured decode step ([`CudaOptions::decode_graph`]).
+    graph: Option<cudarc::driver::CudaGraph>,
+    /// What `s.step` holds, when known: (token, position) of the next decode step.
+    step_on_device: Option<(u32, usize)>,
 }
 
 fn upload_matrix(gpu: &Gpu, g: &Gguf, t: &TensorInfo) -> Result<DeviceTensor, BackendError> {
@@ -250,7 +267,8 @@ impl CudaBackend {
         .unwrap_or(0);
         let scratch_f32 = b * (3 * cfg.n_embd + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.n_ff)
             + LOGIT_ROWS * cfg.n_vocab
-            + ops::decode_scratch_len(cfg.n_head, cfg.head_dim, opts.n_ctx)
+            + cfg.n_head * ops::decode_splits(opts.n_ctx) * (cfg.head_dim + 2)
+            + 2 * ops::ARGMAX_MAX_BLOCKS
             + max_w;
         // f16 scratch: decoded weights and activations, three f16 per value for F16x3.
         let f16_factor = opts.gemm.in_factor();
@@ -349,11 +367,9 @@ impl CudaBackend {
             )?,
             x16: gpu.alloc::<u16>(f16_factor * b.max(LOGIT_ROWS) * widest, "f16 activations")?,
             logits: a32(LOGIT_ROWS * cfg.n_vocab, "logits")?,
-            part: a32(
-                ops::decode_scratch_len(cfg.n_head, cfg.head_dim, opts.n_ctx),
-                "attention partials",
-            )?,
-            token: gpu.alloc::<u32>(1, "the sampled token")?,
+            dec: DecodeScratch::new(&gpu, cfg.n_head, cfg.head_dim, opts.n_ctx)?,
+            sel: SelectScratch::new(&gpu)?,
+            step: gpu.upload(&[0u32, 0], "the decode step's token and position")?,
         };
         gpu.synchronize()?;
         Ok(CudaBackend {
@@ -369,6 +385,8 @@ impl CudaBackend {
             rope,
             s,
             n_past: 0,
+            graph: None,
+            step_on_device: None,
         })
     }
 
@@ -391,7 +409,7 @@ impl CudaBackend {
             let t = (n - done).min(self.opts.max_batch);
             let chunk = &tokens[done..done + t];
             let last_chunk = done + t == n;
-            self.layers_forward(chunk, pos + done)?;
+            self.layers_forward(Input::Host(chunk, pos + done))?;
             match want {
                 Logits::All => self.logits_rows(0, t, &mut out)?,
                 Logits::Last if last_chunk => self.logits_rows(t - 1, 1, &mut out)?,
@@ -402,23 +420,36 @@ impl CudaBackend {
         Ok(out)
     }
 
-    /// Embedding and every layer for `t = chunk.len()` tokens at positions `pos ..`; the residual
-    /// stream ends in `s.x`.
-    fn layers_forward(&mut self, chunk: &[u32], pos: usize) -> Result<(), CudaError> {
-        let t = chunk.len();
+    /// Embedding and every layer for the tokens of `input`; the residual stream ends in `s.x`.
+    fn layers_forward(&mut self, input: Input) -> Result<(), CudaError> {
+        let t = match input {
+            Input::Host(chunk, _) => chunk.len(),
+            Input::DeviceStep => 1,
+        };
         let c = &self.cfg;
         let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
         let gpu = &self.gpu;
         let s = &mut self.s;
-        gpu.stream()
-            .memcpy_htod(chunk, &mut s.ids.slice_mut(..t))
-            .map_err(CudaError::driver("copying token ids"))?;
-        ops::embedding(
-            gpu,
-            &self.tok_embd,
-            &s.ids.slice(..t),
-            &mut s.x.slice_mut(..t * d),
-        )?;
+        let (ids, step_pos) = s.step.split_at_mut(1);
+        let step_pos = step_pos.as_view();
+        let pos = match input {
+            Input::Host(chunk, pos) => {
+                gpu.stream()
+                    .memcpy_htod(chunk, &mut s.ids.slice_mut(..t))
+                    .map_err(CudaError::driver("copying token ids"))?;
+                ops::embedding(
+                    gpu,
+                    &self.tok_embd,
+                    &s.ids.slice(..t),
+                    &mut s.x.slice_mut(..t * d),
+                )?;
+                Pos::Host(pos)
+            }
+            Input::DeviceStep => {
+                ops::embedding(gpu, &self.tok_embd, &ids.as_view(), &mut s.x.slice_mut(..d))?;
+                Pos::Device(&step_pos)
+            }
+        };
         let lin = Linear {
             gpu,
             kind: self.opts.gemm,
@@ -463,7 +494,7 @@ impl CudaBackend {
                 &mut s.wdeq16,
                 &mut s.x16,
             )?;
-            ops::rope(
+            ops::rope_at(
                 gpu,
                 &mut s.q.slice_mut(..t * qd),
                 &self.rope,
@@ -471,7 +502,7 @@ impl CudaBackend {
                 pos,
                 c.rope_style,
             )?;
-            ops::rope(
+            ops::rope_at(
                 gpu,
                 &mut s.k.slice_mut(..t * kvd),
                 &self.rope,
@@ -492,14 +523,10 @@ impl CudaBackend {
                 s.q.slice(..t * qd),
             );
             let mut out = s.attn.slice_mut(..t * qd);
-            let mut part = s.part.as_view_mut();
+            let dec = &mut s.dec;
             match &mut self.kv {
-                KvCache::F16(layers) => {
-                    step.run(&mut layers[li], &k, &v, &q, &mut part, &mut out)?
-                }
-                KvCache::F32(layers) => {
-                    step.run(&mut layers[li], &k, &v, &q, &mut part, &mut out)?
-                }
+                KvCache::F16(layers) => step.run(&mut layers[li], &k, &v, &q, dec, &mut out)?,
+                KvCache::F32(layers) => step.run(&mut layers[li], &k, &v, &q, dec, &mut out)?,
             }
             lin.run_residual(
                 &l.wo,
@@ -636,7 +663,10 @@ impl CudaBackend {
 
     /// Forward pass whose last row's next token is chosen on the device: greedy (`sample` =
     /// `None`) or top-k/top-p with the uniform draw `u`. Copies back one token id, not the
-    /// logits.
+    /// logits. A single-token step replays the captured decode graph
+    /// ([`CudaOptions::decode_graph`]); the token and position it reads are uploaded only when
+    /// the device does not already hold them (it does when `tokens` is the id the previous step
+    /// returned, at the next position).
     pub fn forward_next(
         &mut self,
         tokens: &[u32],
@@ -644,20 +674,73 @@ impl CudaBackend {
         sample: Option<(SampleParams, f32)>,
     ) -> Result<u32, BackendError> {
         self.begin(tokens, pos)?;
-        self.run(tokens, pos, Logits::None)?;
-        let t = (tokens.len() - 1) % self.opts.max_batch;
-        self.logits_device(t, 1)?;
+        let graphed = tokens.len() == 1 && self.opts.decode_graph;
+        if graphed {
+            let want = (tokens[0], pos);
+            if self.step_on_device != Some(want) {
+                // pos < n_ctx (checked by `begin`), which fits in u32 (the kernels' indices).
+                let p = u32::try_from(pos).map_err(|_| {
+                    BackendError::Device(format!("position {pos} does not fit in 32 bits"))
+                })?;
+                self.gpu
+                    .stream()
+                    .memcpy_htod(&[tokens[0], p], &mut self.s.step)
+                    .map_err(CudaError::driver(
+                        "copying the decode step's token and position",
+                    ))?;
+            }
+            self.step_on_device = None; // until this step has completed
+            if self.graph.is_none() {
+                self.graph = Some(self.capture_step()?);
+            }
+            if let Some(g) = &self.graph {
+                g.launch()
+                    .map_err(CudaError::driver("launching the decode graph"))?;
+            }
+        } else {
+            self.step_on_device = None;
+            self.run(tokens, pos, Logits::None)?;
+            let t = (tokens.len() - 1) % self.opts.max_batch;
+            self.logits_device(t, 1)?;
+        }
         let nv = self.cfg.n_vocab;
         let lv = self.s.logits.slice(..nv);
-        let mut tok = self.s.token.as_view_mut();
+        let (mut tok, mut step_pos) = self.s.step.split_at_mut(1);
+        let pos_inc = graphed.then_some(&mut step_pos);
         match sample {
-            None => ops::argmax(&self.gpu, &lv, &mut tok)?,
-            Some((p, u)) => ops::sample(&self.gpu, &lv, p, u, &mut tok)?,
+            None => ops::argmax(&self.gpu, &lv, &mut self.s.sel, &mut tok, pos_inc)?,
+            Some((p, u)) => ops::sample(&self.gpu, &lv, p, u, &mut tok, pos_inc)?,
         }
-        let id = self.gpu.download(&self.s.token)?[0];
+        let id = self.gpu.download(&self.s.step.slice(..1))?[0];
+        if graphed {
+            self.step_on_device = Some((id, pos + 1));
+        }
         self.n_past = pos + tokens.len();
         Ok(id)
     }
+
+    /// Captures one decode step (embedding of `s.step[0]` at position `s.step[1]`, every layer,
+    /// output norm, LM head into `s.logits`) as a CUDA graph.
+    fn capture_step(&mut self) -> Result<cudarc::driver::CudaGraph, CudaError> {
+        // Anything queued before (weights, uploads) runs first, outside the graph.
+        self.gpu.synchronize()?;
+        self.gpu.begin_capture()?;
+        let r = self
+            .layers_forward(Input::DeviceStep)
+            .and_then(|()| self.logits_device(0, 1));
+        let g = self.gpu.end_capture();
+        r?;
+        g
+    }
+}
+
+/// Where a forward's tokens and position come from.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// Token ids from the host at positions `pos ..`.
+    Host(&'a [u32], usize),
+    /// One token and its position in device memory (`s.step`): the replayable decode step.
+    DeviceStep,
 }
 
 /// KV append and attention of one layer for `t` tokens at `pos ..`: decode (`t = 1`) or prefill.
@@ -666,7 +749,7 @@ struct AttnStep<'a> {
     shape: KvShape,
     n_head: usize,
     t: usize,
-    pos: usize,
+    pos: Pos<'a>,
 }
 
 impl AttnStep<'_> {
@@ -676,23 +759,38 @@ impl AttnStep<'_> {
         k: &CudaView<f32>,
         v: &CudaView<f32>,
         q: &CudaView<f32>,
-        part: &mut CudaViewMut<f32>,
+        dec: &mut DecodeScratch,
         out: &mut CudaViewMut<f32>,
     ) -> Result<(), CudaError> {
-        ops::kv_append(self.gpu, k, v, cache, self.shape, self.pos)?;
-        if self.t == 1 {
-            ops::attention_decode(
+        ops::kv_append_at(self.gpu, k, v, cache, self.shape, self.pos)?;
+        match (self.t, self.pos) {
+            (1, Pos::Host(pos)) => ops::attention_decode(
                 self.gpu,
                 q,
                 cache,
                 self.shape,
                 self.n_head,
-                self.pos + 1,
-                part,
+                DecodeAt::Kv(pos + 1),
+                dec,
                 out,
-            )
-        } else {
-            ops::attention_prefill(self.gpu, q, cache, self.shape, self.n_head, self.pos, out)
+            ),
+            (1, Pos::Device(p)) => ops::attention_decode(
+                self.gpu,
+                q,
+                cache,
+                self.shape,
+                self.n_head,
+                DecodeAt::Device(p),
+                dec,
+                out,
+            ),
+            (_, Pos::Host(pos)) => {
+                ops::attention_prefill(self.gpu, q, cache, self.shape, self.n_head, pos, out)
+            }
+            (_, Pos::Device(_)) => Err(CudaError::Shape {
+                kernel: "attention_prefill",
+                problem: "a prefill takes its position from the host".into(),
+            }),
         }
     }
 }
@@ -901,14 +999,16 @@ impl CudaBackend {
         let scratch = s.ids.num_bytes()
             + [
                 &s.x, &s.xn, &s.q, &s.k, &s.v, &s.attn, &s.proj, &s.gate, &s.up, &s.h, &s.wdeq32,
-                &s.logits, &s.part,
+                &s.logits,
             ]
             .iter()
             .map(|b| b.num_bytes())
             .sum::<usize>()
             + s.wdeq16.num_bytes()
             + s.x16.num_bytes()
-            + s.token.num_bytes()
+            + s.dec.bytes()
+            + s.step.num_bytes()
+            + (2 * ops::ARGMAX_MAX_BLOCKS + 1) * 4
             + self.rope.data.num_bytes();
         MemoryUse {
             weights,

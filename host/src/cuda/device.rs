@@ -43,10 +43,18 @@ pub struct Gpu {
     _module: Arc<CudaModule>,
     funcs: HashMap<&'static str, CudaFunction>,
     blas: Option<CudaBlas>,
+    /// cuBLAS's workspace, set explicitly so that a GEMM inside a CUDA graph capture never needs
+    /// to allocate.
+    _blas_workspace: Option<CudaSlice<u8>>,
     name: String,
     cc: (i32, i32),
     sync_each_launch: bool,
+    /// A CUDA graph capture is under way on the stream: no synchronization may happen.
+    capturing: std::cell::Cell<bool>,
 }
+
+/// Bytes of the cuBLAS workspace (NVIDIA's recommendation for Hopper).
+const CUBLAS_WORKSPACE: usize = 32 << 20;
 
 impl Gpu {
     /// Opens device `ordinal`: context, one stream, the PTX module for its compute capability
@@ -89,15 +97,34 @@ impl Gpu {
                 .map_err(|source| CudaError::Kernel { kernel: k, source })?;
             funcs.insert(k, f);
         }
-        let blas = if cublas_present() {
-            Some(
-                CudaBlas::new(stream.clone()).map_err(|source| CudaError::Cublas {
-                    op: "create handle",
+        let (blas, blas_workspace) = if cublas_present() {
+            let blas = CudaBlas::new(stream.clone()).map_err(|source| CudaError::Cublas {
+                op: "create handle",
+                source,
+            })?;
+            // SAFETY: uninitialized scratch that only cuBLAS uses.
+            let ws = unsafe { stream.alloc::<u8>(CUBLAS_WORKSPACE) }
+                .map_err(CudaError::driver("allocating the cuBLAS workspace"))?;
+            {
+                let (ptr, _sync) = cudarc::driver::DevicePtr::device_ptr(&ws, &stream);
+                // SAFETY: the handle is live; the workspace is a device allocation of the stated
+                // size on the handle's stream, kept alive as long as the handle (both in `Gpu`).
+                unsafe {
+                    cudarc::cublas::sys::cublasSetWorkspace_v2(
+                        *blas.handle(),
+                        ptr as *mut std::ffi::c_void,
+                        CUBLAS_WORKSPACE,
+                    )
+                }
+                .result()
+                .map_err(|source| CudaError::Cublas {
+                    op: "set workspace",
                     source,
-                })?,
-            )
+                })?;
+            }
+            (Some(blas), Some(ws))
         } else {
-            None
+            (None, None)
         };
         Ok(Gpu {
             ctx,
@@ -105,9 +132,11 @@ impl Gpu {
             _module: module,
             funcs,
             blas,
+            _blas_workspace: blas_workspace,
             name,
             cc,
             sync_each_launch: std::env::var_os("HOST_CUDA_SYNC").is_some(),
+            capturing: std::cell::Cell::new(false),
         })
     }
 
@@ -150,12 +179,41 @@ impl Gpu {
 
     /// Called after each launch: reports a pending error under the kernel's name.
     pub(crate) fn after_launch(&self, kernel: &'static str) -> Result<(), CudaError> {
-        if self.sync_each_launch {
+        if self.sync_each_launch && !self.capturing.get() {
             self.stream
                 .synchronize()
                 .map_err(|source| CudaError::Kernel { kernel, source })?;
         }
         Ok(())
+    }
+
+    /// Starts recording what is queued on the stream into a CUDA graph instead of running it
+    /// (sync-each-launch mode pauses meanwhile: a capture cannot synchronize). Always pair with
+    /// [`Gpu::end_capture`], also when queuing failed.
+    pub fn begin_capture(&self) -> Result<(), CudaError> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(CudaError::driver("starting a CUDA graph capture"))?;
+        self.capturing.set(true);
+        Ok(())
+    }
+
+    /// Ends the capture [`Gpu::begin_capture`] started: the graph, instantiated and uploaded.
+    pub fn end_capture(&self) -> Result<cudarc::driver::CudaGraph, CudaError> {
+        self.capturing.set(false);
+        let g = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(CudaError::driver("ending a CUDA graph capture"))?
+            .ok_or_else(|| CudaError::Driver {
+                what: "ending a CUDA graph capture: nothing was captured".into(),
+                source: cudarc::driver::DriverError(
+                    sys::cudaError_enum::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                ),
+            })?;
+        g.upload()
+            .map_err(CudaError::driver("uploading a CUDA graph"))?;
+        Ok(g)
     }
 
     /// Waits for all queued work.

@@ -16,7 +16,6 @@ pub const KERNELS: &[&str] = &[
     "kv_append_f32",
     "attention_decode_f16",
     "attention_decode_f32",
-    "attention_decode_combine",
     "attention_prefill_f16",
     "attention_prefill_f32",
     "argmax_f32",

@@ -41,6 +41,28 @@ fn grid_1d(n: usize, threads: u32) -> LaunchConfig {
     }
 }
 
+/// Where a kernel takes its token position from: a launch argument, or a u32 in device memory
+/// (a decode step replayed from a CUDA graph reads its position there; the step's sampler
+/// advances it). A device position cannot be checked on the host: the kernels skip work at
+/// positions past the cache instead of writing out of bounds.
+#[derive(Clone, Copy)]
+pub enum Pos<'a> {
+    Host(usize),
+    Device(&'a CudaView<'a, u32>),
+}
+
+/// The `(pos0, pos_dev)` launch arguments for `pos`: `pos_dev` is 0 (null) for a host position.
+fn pos_args(gpu: &Gpu, kernel: &'static str, pos: Pos) -> Result<(u32, u64)> {
+    match pos {
+        Pos::Host(p) => Ok((to_u32(kernel, "position", p)?, 0)),
+        Pos::Device(v) => {
+            ensure(kernel, !v.is_empty(), || "empty position buffer".into())?;
+            let (ptr, _sync) = v.device_ptr(gpu.stream());
+            Ok((0, ptr))
+        }
+    }
+}
+
 /// `y = a * x + y` (the pipeline smoke test).
 pub fn axpy(gpu: &Gpu, a: f32, x: &CudaView<f32>, y: &mut CudaViewMut<f32>) -> Result<()> {
     const K: &str = "axpy_f32";
@@ -196,7 +218,21 @@ pub fn rope(
     pos0: usize,
     style: RopeStyle,
 ) -> Result<()> {
+    rope_at(gpu, x, table, n_head, Pos::Host(pos0), style)
+}
+
+/// [`rope`] at a position that may live in device memory ([`Pos::Device`]: rows past the table
+/// are left untouched).
+pub fn rope_at(
+    gpu: &Gpu,
+    x: &mut CudaViewMut<f32>,
+    table: &RopeTable,
+    n_head: usize,
+    pos: Pos,
+    style: RopeStyle,
+) -> Result<()> {
     const K: &str = "rope_f32";
+    let pos0 = if let Pos::Host(p) = pos { p } else { 0 };
     let d = table.head_dim;
     let row = n_head * d;
     ensure(
@@ -218,12 +254,13 @@ pub fn rope(
         )
     })?;
     let pairs = n_tok * n_head * d / 2;
-    let (n_tok32, nh, d32, p0) = (
+    let (n_tok32, nh, d32, n_pos) = (
         to_u32(K, "n_tok", n_tok)?,
         to_u32(K, "n_head", n_head)?,
         to_u32(K, "head_dim", d)?,
-        to_u32(K, "pos0", pos0)?,
+        to_u32(K, "n_pos", table.n_pos)?,
     );
+    let (p0, pdev) = pos_args(gpu, K, pos)?;
     let neox: u32 = matches!(style, RopeStyle::Neox) as u32;
     let tv = table.data.as_view();
     launch!(
@@ -236,6 +273,8 @@ pub fn rope(
         &nh,
         &d32,
         &p0,
+        &pdev,
+        &n_pos,
         &neox
     );
     Ok(())
@@ -319,7 +358,21 @@ pub fn kv_append<T: KvElem>(
     s: KvShape,
     pos0: usize,
 ) -> Result<()> {
+    kv_append_at(gpu, k, v, cache, s, Pos::Host(pos0))
+}
+
+/// [`kv_append`] at a position that may live in device memory ([`Pos::Device`]: rows past the
+/// cache are not written).
+pub fn kv_append_at<T: KvElem>(
+    gpu: &Gpu,
+    k: &CudaView<f32>,
+    v: &CudaView<f32>,
+    cache: &mut KvLayer<T>,
+    s: KvShape,
+    pos: Pos,
+) -> Result<()> {
     let kname = T::KERNELS.0;
+    let pos0 = if let Pos::Host(p) = pos { p } else { 0 };
     cache.check(kname, s)?;
     let row = s.n_head_kv * s.head_dim;
     ensure(
@@ -335,8 +388,9 @@ pub fn kv_append<T: KvElem>(
             s.n_ctx
         )
     })?;
+    let (p0, pdev) = pos_args(gpu, kname, pos)?;
     let args = (
-        to_u32(kname, "pos0", pos0)?,
+        p0,
         to_u32(kname, "n_tok", n_tok)?,
         to_u32(kname, "n_head_kv", s.n_head_kv)?,
         to_u32(kname, "head_dim", s.head_dim)?,
@@ -352,6 +406,7 @@ pub fn kv_append<T: KvElem>(
         &mut kc,
         &mut vc,
         &args.0,
+        &pdev,
         &args.1,
         &args.2,
         &args.3,
@@ -379,16 +434,61 @@ fn check_heads(kernel: &'static str, n_head: usize, s: KvShape) -> Result<usize>
     Ok(n_head / s.n_head_kv)
 }
 
-/// Positions per split of decode attention.
+/// Most positions per split of decode attention (the shared-memory score buffer).
 pub const DECODE_CHUNK: usize = 256;
 
-/// Scratch for decode attention: `n_head * n_split * (head_dim + 2)` floats.
-pub fn decode_scratch_len(n_head: usize, head_dim: usize, n_kv: usize) -> usize {
-    n_head * n_kv.div_ceil(DECODE_CHUNK).max(1) * (head_dim + 2)
+/// Splits of decode attention over `n_kv` positions: enough that none holds more than
+/// [`DECODE_CHUNK`].
+pub fn decode_splits(n_kv: usize) -> usize {
+    n_kv.div_ceil(DECODE_CHUNK).max(1)
 }
 
-/// Decode attention: one query row `q` (`n_head * head_dim`, at position `n_kv - 1`) against
-/// cache positions `0 .. n_kv`, into `out` (reference: `cpu::attention` with one query).
+/// Scratch of decode attention for contexts up to `n_ctx`: the per-split partials
+/// (`n_head * n_split * (head_dim + 2)` floats) and the per-head count of finished splits
+/// (zeroed once; the kernel leaves it zeroed).
+pub struct DecodeScratch {
+    pub part: CudaSlice<f32>,
+    pub done: CudaSlice<u32>,
+    n_head: usize,
+    head_dim: usize,
+    n_ctx: usize,
+}
+
+impl DecodeScratch {
+    pub fn new(gpu: &Gpu, n_head: usize, head_dim: usize, n_ctx: usize) -> Result<DecodeScratch> {
+        let part = gpu.alloc::<f32>(
+            n_head * decode_splits(n_ctx) * (head_dim + 2),
+            "attention partials",
+        )?;
+        let done = gpu.upload(&vec![0u32; n_head], "attention split counters")?;
+        Ok(DecodeScratch {
+            part,
+            done,
+            n_head,
+            head_dim,
+            n_ctx,
+        })
+    }
+
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.part.len() + self.done.len())
+    }
+}
+
+/// Which keys one decode query attends to.
+#[derive(Clone, Copy)]
+pub enum DecodeAt<'a> {
+    /// Cache positions `0 .. n_kv` (the query sits at `n_kv − 1`).
+    Kv(usize),
+    /// The query sits at the position in device memory: positions `0 ..= *pos`, clamped to the
+    /// cache (a decode step replayed from a CUDA graph).
+    Device(&'a CudaView<'a, u32>),
+}
+
+/// Decode attention: one query row `q` (`n_head * head_dim`) against the cache positions `at`
+/// names, into `out` (reference: `cpu::attention` with one query). One launch: the context is
+/// split across blocks and the last block of each head combines the splits.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode<T: KvElem>(
     gpu: &Gpu,
@@ -396,63 +496,64 @@ pub fn attention_decode<T: KvElem>(
     cache: &KvLayer<T>,
     s: KvShape,
     n_head: usize,
-    n_kv: usize,
-    scratch: &mut CudaViewMut<f32>,
+    at: DecodeAt,
+    scratch: &mut DecodeScratch,
     out: &mut CudaViewMut<f32>,
 ) -> Result<()> {
     let kname: &'static str = T::KERNELS.1;
-    const KC: &str = "attention_decode_combine";
     cache.check(kname, s)?;
     let group = check_heads(kname, n_head, s)?;
     let d = s.head_dim;
     ensure(kname, q.len() == n_head * d && out.len() == q.len(), || {
         format!("q {} / out {} must be {n_head} x {d}", q.len(), out.len())
     })?;
-    ensure(kname, n_kv >= 1 && n_kv <= s.n_ctx, || {
-        format!("n_kv {n_kv} must be in 1..={}", s.n_ctx)
-    })?;
-    let n_split = n_kv.div_ceil(DECODE_CHUNK);
-    let need = decode_scratch_len(n_head, d, n_kv);
-    ensure(kname, scratch.len() >= need, || {
-        format!("scratch holds {}, {need} needed", scratch.len())
-    })?;
+    let (n_kv, pdev) = match at {
+        DecodeAt::Kv(n_kv) => {
+            ensure(kname, n_kv >= 1 && n_kv <= s.n_ctx, || {
+                format!("n_kv {n_kv} must be in 1..={}", s.n_ctx)
+            })?;
+            (n_kv, 0u64)
+        }
+        DecodeAt::Device(p) => (0, pos_args(gpu, kname, Pos::Device(p))?.1),
+    };
+    // Splits sized for the whole cache in both modes, so a host-position launch and a replayed
+    // graph step do the same arithmetic, bit for bit (splits past n_kv are empty and cheap).
+    let bound = s.n_ctx;
+    ensure(
+        kname,
+        scratch.n_head == n_head && scratch.head_dim == d && scratch.n_ctx >= bound,
+        || {
+            format!(
+                "scratch made for {} heads x {} up to {} positions; {n_head} x {d} up to {bound} needed",
+                scratch.n_head, scratch.head_dim, scratch.n_ctx
+            )
+        },
+    )?;
+    let n_split = decode_splits(bound);
+    let max_chunk = bound.div_ceil(n_split);
     let args = (
         to_u32(kname, "n_kv", n_kv)?,
-        DECODE_CHUNK as u32,
         to_u32(kname, "n_ctx", s.n_ctx)?,
         d as u32,
         group as u32,
         1.0 / (d as f32).sqrt(),
     );
     let cfg = LaunchConfig {
-        grid_dim: (to_u32(kname, "n_head", n_head)?, n_split as u32, 1),
+        grid_dim: (
+            to_u32(kname, "n_head", n_head)?,
+            to_u32(kname, "n_split", n_split)?,
+            1,
+        ),
         block_dim: (128, 1, 1),
-        shared_mem_bytes: (4 * (d + DECODE_CHUNK + 128)) as u32,
+        shared_mem_bytes: (4 * (d + max_chunk + 128)) as u32,
     };
     let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
+    let mut part = scratch.part.as_view_mut();
+    let mut done = scratch.done.as_view_mut();
     launch!(
-        gpu,
-        kname,
-        cfg,
-        q,
-        &kc,
-        &vc,
-        &mut *scratch,
-        &args.0,
-        &args.1,
-        &args.2,
-        &args.3,
-        &args.4,
-        &args.5
+        gpu, kname, cfg, q, &kc, &vc, &mut part, &mut done, out, &args.0, &pdev, &args.1, &args.2,
+        &args.3, &args.4
     );
-    let cfg = LaunchConfig {
-        grid_dim: (n_head as u32, 1, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let ns = n_split as u32;
-    let part = scratch.as_view();
-    launch!(gpu, KC, cfg, &part, out, &ns, &args.3);
     Ok(())
 }
 
@@ -777,20 +878,68 @@ pub fn embedding(
     dequant(gpu, w, Some(ids), DequantOut::F32(out))
 }
 
-/// Index of the largest of `x` (ties to the lower index, NaN ignored) into `out[0]`.
-pub fn argmax(gpu: &Gpu, x: &CudaView<f32>, out: &mut CudaViewMut<u32>) -> Result<()> {
+/// Most blocks of `argmax_f32` (the size of [`SelectScratch`]'s pair buffer).
+pub const ARGMAX_MAX_BLOCKS: usize = 1024;
+/// Loads per thread `argmax_f32` issues together (`kernels-gpu/src/sample.rs`).
+const ARGMAX_UNROLL: usize = 8;
+
+/// Scratch of the device argmax: one (value, index) pair per block and the count of finished
+/// blocks (zeroed once; the kernel leaves it zeroed).
+pub struct SelectScratch {
+    part: CudaSlice<u32>,
+    done: CudaSlice<u32>,
+}
+
+impl SelectScratch {
+    pub fn new(gpu: &Gpu) -> Result<SelectScratch> {
+        Ok(SelectScratch {
+            part: gpu.alloc::<u32>(2 * ARGMAX_MAX_BLOCKS, "argmax partials")?,
+            done: gpu.upload(&[0u32], "argmax counter")?,
+        })
+    }
+}
+
+/// The `pos_inc` argument: a device pointer, or 0 (null) for none.
+fn opt_ptr(gpu: &Gpu, kernel: &'static str, p: Option<&mut CudaViewMut<u32>>) -> Result<u64> {
+    match p {
+        None => Ok(0),
+        Some(v) => {
+            ensure(kernel, !v.is_empty(), || "empty position buffer".into())?;
+            let (ptr, _sync) = v.device_ptr(gpu.stream());
+            Ok(ptr)
+        }
+    }
+}
+
+/// Index of the largest of `x` (ties to the lower index, NaN ignored) into `out[0]`; with
+/// `pos_inc`, also adds 1 to the position there (a decode step replayed from a CUDA graph).
+/// Several blocks share the logits, the last one to finish reduces their results.
+pub fn argmax(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    scratch: &mut SelectScratch,
+    out: &mut CudaViewMut<u32>,
+    pos_inc: Option<&mut CudaViewMut<u32>>,
+) -> Result<()> {
     const K: &str = "argmax_f32";
     ensure(K, !x.is_empty() && !out.is_empty(), || {
         "empty input or output".into()
     })?;
     let n = to_u32(K, "n", x.len())?;
     ensure(K, n < u32::MAX, || "too many logits".into())?;
+    let blocks = x
+        .len()
+        .div_ceil(1024 * ARGMAX_UNROLL)
+        .clamp(1, ARGMAX_MAX_BLOCKS);
     let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
+        grid_dim: (blocks as u32, 1, 1),
         block_dim: (1024, 1, 1),
         shared_mem_bytes: 0,
     };
-    launch!(gpu, K, cfg, x, &n, out);
+    let pinc = opt_ptr(gpu, K, pos_inc)?;
+    let mut part = scratch.part.as_view_mut();
+    let mut done = scratch.done.as_view_mut();
+    launch!(gpu, K, cfg, x, &n, &mut part, &mut done, out, &pinc);
     Ok(())
 }
 
@@ -809,13 +958,14 @@ pub struct SampleParams {
 pub const MAX_TOP_K: usize = 1024;
 
 /// Draws a token from `x` with top-k, then top-p, at temperature `T`, using the uniform `u` in
-/// `[0, 1)`; the id goes to `out[0]`. See `kernels-gpu/src/sample.rs` for the exact rule.
+/// `[0, 1)`; the id goes to `out[0]` (and `pos_inc`, if given, advances by 1). See `kernels-gpu/src/sample.rs` for the exact rule.
 pub fn sample(
     gpu: &Gpu,
     x: &CudaView<f32>,
     p: SampleParams,
     u: f32,
     out: &mut CudaViewMut<u32>,
+    pos_inc: Option<&mut CudaViewMut<u32>>,
 ) -> Result<()> {
     const K: &str = "sample_topk_topp_f32";
     ensure(K, !x.is_empty() && !out.is_empty(), || {
@@ -844,6 +994,7 @@ pub fn sample(
         block_dim: (1024, 1, 1),
         shared_mem_bytes: 0,
     };
-    launch!(gpu, K, cfg, x, &n, &k, &p.top_p, &inv_t, &u, out);
+    let pinc = opt_ptr(gpu, K, pos_inc)?;
+    launch!(gpu, K, cfg, x, &n, &k, &p.top_p, &inv_t, &u, out, &pinc);
     Ok(())
 }

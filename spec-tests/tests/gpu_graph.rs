@@ -1,0 +1,114 @@
+//! The decode step replayed from a CUDA graph (`CudaOptions::decode_graph`: token and position in
+//! device memory, the sampler writing the next token and advancing the position there) computes
+//! exactly what launching every kernel from the host computes: the same kernels with the same
+//! launch shapes, so the same arithmetic, bit for bit.
+//!
+//! On full-size twins (see `gpu_e2e.rs`): chained greedy decoding through `forward_next` (the
+//! device feeds itself the token it chose) must give, at every step, the argmax of the logits the
+//! host-launched path (`forward`, graph off) computes for the same tokens; rewinding (the device
+//! holds a stale token and position, which must be replaced) and device-side sampling give the
+//! same ids with and without the graph.
+
+mod gpu_common;
+
+use gpu_common::e2e::twin;
+use host::backend::{Backend, Logits};
+use host::cuda::ops::SampleParams;
+use host::cuda::{CudaBackend, CudaOptions};
+use host::gguf::Gguf;
+
+/// Index of the largest logit, ties to the lower index (the device argmax's rule).
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn graph_case(header: &str) {
+    let path = twin(header);
+    let g = Gguf::open(&path).unwrap();
+    let opts = CudaOptions {
+        n_ctx: 1024,
+        ..CudaOptions::default()
+    };
+    assert!(opts.decode_graph, "the graph is the default");
+    let mut graph = CudaBackend::load(&g, opts).unwrap();
+    let mut plain = CudaBackend::load(
+        &g,
+        CudaOptions {
+            decode_graph: false,
+            ..opts
+        },
+    )
+    .unwrap();
+    let n_vocab = graph.config().n_vocab as u32;
+    let prompt: Vec<u32> = (0..20u32).map(|i| (i * 7919 + 11) % n_vocab).collect();
+    let n = prompt.len();
+
+    // Chained greedy decoding: the prompt (not graphed: several tokens), then 48 single-token
+    // steps, each fed the id the previous one returned (the device already holds it).
+    let mut ids = vec![graph.forward_next(&prompt, 0, None).unwrap()];
+    for i in 0..48 {
+        let last = *ids.last().unwrap();
+        ids.push(graph.forward_next(&[last], n + i, None).unwrap());
+    }
+    assert_eq!(graph.n_past(), n + 48);
+
+    // The host-launched path on the same tokens: its logits' argmax is every chosen id.
+    let l = plain.forward(&prompt, 0, Logits::Last).unwrap();
+    assert_eq!(argmax(&l), ids[0], "{header}: after the prompt");
+    for i in 0..48 {
+        let l = plain.forward(&ids[i..][..1], n + i, Logits::Last).unwrap();
+        assert_eq!(argmax(&l), ids[i + 1], "{header}: decode step {i}");
+    }
+    // The same chain without the graph.
+    let mut plain_ids = vec![plain.forward_next(&prompt, 0, None).unwrap()];
+    for i in 0..48 {
+        let last = *plain_ids.last().unwrap();
+        plain_ids.push(plain.forward_next(&[last], n + i, None).unwrap());
+    }
+    assert_eq!(plain_ids, ids, "{header}: graph vs host-launched chains");
+
+    // Rewind: step 10 again (the device holds step 48's token and position: replaced).
+    let again = graph.forward_next(&ids[10..][..1], n + 10, None).unwrap();
+    assert_eq!(again, ids[11], "{header}: rewound step");
+    // A token the device did not choose, at the next position (teacher forcing).
+    let forced = (ids[11] + 1) % n_vocab;
+    let a = graph.forward_next(&[forced], n + 11, None).unwrap();
+    let l = plain.forward(&[forced], n + 11, Logits::Last).unwrap();
+    // `plain` is at n + 48; forward rewinds it: its cache up to n + 11 holds the same tokens.
+    assert_eq!(a, argmax(&l), "{header}: teacher-forced step");
+
+    // Device-side sampling through the graph: the same draw as without it.
+    let p = SampleParams {
+        top_k: 40,
+        top_p: 0.9,
+        temperature: 0.8,
+    };
+    for (k, u) in [0.1f32, 0.5, 0.93].into_iter().enumerate() {
+        let pos = n + 12 + k;
+        let tok = ids[12 + k];
+        let s1 = graph.forward_next(&[tok], pos, Some((p, u))).unwrap();
+        let s2 = plain.forward_next(&[tok], pos, Some((p, u))).unwrap();
+        assert_eq!(s1, s2, "{header}: sampled step at {pos} (u = {u})");
+    }
+    // Bad input is refused before the graph runs.
+    assert!(graph.forward_next(&[n_vocab], n, None).is_err());
+    assert!(graph.forward_next(&[1], 1024, None).is_err());
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn qwen_twin_graph_equals_launches() {
+    graph_case("qwen2.5-coder-0.5b-instruct-q4_k_m.header.gguf");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn smollm2_twin_graph_equals_launches() {
+    graph_case("smollm2-135m-instruct-q4_1.header.gguf");
+}
