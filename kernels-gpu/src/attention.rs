@@ -5,11 +5,17 @@
 //! reads KV head `h / group`, `group = n_head / n_head_kv`. Scores, softmax and the weighted sum
 //! run in f32; `e^x` is `ex2.approx` (relative error ≈ 2^-21).
 //!
-//! Decode (one query per head, any context length), one launch: `attention_decode_f16`,
-//! grid = (n_head, n_split), block = 128 threads, dynamic shared memory =
-//! `4 * (head_dim + max_chunk + 128)` bytes, `max_chunk ≥ ceil(n_ctx / n_split)`. The query sits
-//! at position `n_kv − 1` (`n_kv` a launch argument, or `*pos_dev + 1` when `pos_dev` is
-//! non-null: a decode step replayed from a CUDA graph; clamped to `n_ctx`). Split `s` covers
+//! Decode (one query per head, any context length), one launch that also does RoPE and the KV
+//! append of the new token: `attention_decode_f16`, grid = (n_head, n_split), block = 128
+//! threads, dynamic shared memory = `4 * (3 * head_dim + max_chunk + 128)` bytes,
+//! `max_chunk ≥ ceil(n_ctx / n_split)`. The new token sits at position `pos = n_kv − 1` (`n_kv` a
+//! launch argument, or `*pos_dev + 1` when `pos_dev` is non-null: a decode step replayed from a
+//! CUDA graph; clamped to `n_ctx`). `q` (`n_head * head_dim`), `k_new` and `v_new`
+//! (`n_head_kv * head_dim`) are the token's projections before RoPE: every block rotates its
+//! query head and its KV head's new key (the same pairs and f32 operations as `rope_f32`, table
+//! `cos_sin` of `n_pos` positions), rounds the new key and value as the cache stores them, and
+//! uses those for position `pos`; the block of the group's first query head whose split holds
+//! `pos` writes them to the cache (what `kv_append` would have written). Split `s` covers
 //! positions `s * chunk .. min((s + 1) * chunk, n_kv)`, `chunk = ceil(n_kv / n_split)` (a split
 //! may be empty when `n_kv < n_split`), and writes its partial result `[acc(head_dim), max, sum]`
 //! to `part[(h * n_split + s) * (head_dim + 2) ..]`, where `acc = Σ e^(s_p − max) v_p`. The last
@@ -40,20 +46,67 @@ use crate::shapes::{PREFILL_BM, prefill_bn};
 /// Threads per block of every attention kernel.
 pub const THREADS: usize = 128;
 
+/// Element `i` of the head at `x` (`d` floats) after RoPE at position `pos`: the same pairs and
+/// the same f32 operations as `rope_f32` (`crate::rope`). Positions past the table (`≥ n_pos`,
+/// only possible for a device position past the cache) are left unrotated.
+///
+/// # Safety
+/// `x` holds `d` floats, `i < d`, `cos_sin` holds `n_pos * d` floats.
+#[inline(always)]
+unsafe fn rope_pair(
+    x: *const f32,
+    i: usize,
+    d: usize,
+    pos: usize,
+    n_pos: u32,
+    cos_sin: *const f32,
+    neox: u32,
+) -> f32 {
+    let half = d / 2;
+    let (j, ia, ib, second) = if neox != 0 {
+        let j = i % half;
+        (j, j, j + half, i >= half)
+    } else {
+        (i / 2, i & !1, i | 1, i & 1 == 1)
+    };
+    // SAFETY: ia, ib < d (caller contract).
+    let (a, b) = unsafe { (*x.add(ia), *x.add(ib)) };
+    if pos >= n_pos as usize {
+        return if second { b } else { a };
+    }
+    // SAFETY: pos < n_pos and j < half: inside the table.
+    let (cos, sin) = unsafe {
+        (
+            *cos_sin.add(2 * (pos * half + j)),
+            *cos_sin.add(2 * (pos * half + j) + 1),
+        )
+    };
+    if second {
+        a * sin + b * cos
+    } else {
+        a * cos - b * sin
+    }
+}
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attention_decode<C: CacheElem>(
     q: *const f32,
-    k_cache: *const C,
-    v_cache: *const C,
+    k_new: *const f32,
+    v_new: *const f32,
+    k_cache: *mut C,
+    v_cache: *mut C,
+    cos_sin: *const f32,
     part: *mut f32,
     done: *mut u32,
     out: *mut f32,
     n_kv: u32,
     pos_dev: *const u32,
     n_ctx: u32,
+    n_pos: u32,
     head_dim: u32,
     group: u32,
+    neox: u32,
     scale: f32,
 ) {
     let d = head_dim as usize;
@@ -75,21 +128,53 @@ unsafe fn attention_decode<C: CacheElem>(
     let start = core::cmp::min(split * chunk, n_kv);
     let end = core::cmp::min(start + chunk, n_kv);
     let smem = gpu::dyn_smem::<f32>();
-    let q_s = smem;
     // SAFETY (all shared-memory offsets below): the launcher sized the dynamic shared memory as
-    // 4 * (d + max_chunk + THREADS) bytes with max_chunk ≥ ceil(n_kv / n_split) = chunk:
-    // q_s = [0, d), scores = [d, d + chunk), red = [d + chunk, d + chunk + THREADS).
-    let scores = unsafe { smem.add(d) };
-    let red = unsafe { smem.add(d + chunk) };
+    // 4 * (3 * d + max_chunk + THREADS) bytes with max_chunk ≥ ceil(n_kv / n_split) = chunk:
+    // q_s = [0, d), kn_s = [d, 2d), vn_s = [2d, 3d), scores = [3d, 3d + chunk),
+    // red = [3d + chunk, 3d + chunk + THREADS).
+    let q_s = smem;
+    let kn_s = unsafe { smem.add(d) };
+    let vn_s = unsafe { smem.add(2 * d) };
+    let scores = unsafe { smem.add(3 * d) };
+    let red = unsafe { smem.add(3 * d + chunk) };
     let kbase = (kvh * n_ctx as usize) * d;
-
+    // The new token sits at `pos`: RoPE on its query and key, its key and value rounded as the
+    // cache stores them (so every split sees exactly what a later step reads back).
+    let pos = n_kv - 1;
     let mut i = t;
     while i < d {
-        // SAFETY: i < d; q holds n_head * d floats.
-        unsafe { *q_s.add(i) = *q.add(h * d + i) };
+        // SAFETY: i < d; q holds n_head * d floats, k_new / v_new n_head_kv * d; the table
+        // holds n_pos positions (rope_pair checks pos < n_pos).
+        unsafe {
+            *q_s.add(i) = rope_pair(q.add(h * d), i, d, pos, n_pos, cos_sin, neox);
+            *kn_s.add(i) = C::store(rope_pair(
+                k_new.add(kvh * d),
+                i,
+                d,
+                pos,
+                n_pos,
+                cos_sin,
+                neox,
+            ))
+            .load();
+            *vn_s.add(i) = C::store(*v_new.add(kvh * d + i)).load();
+        }
         i += THREADS;
     }
     gpu::sync_threads();
+    // One block per KV head writes the new row: the first query head of the group, in the split
+    // that holds `pos`. No block reads the cache at `pos` (they use kn_s / vn_s).
+    if h % group as usize == 0 && start <= pos && pos < end {
+        let mut i = t;
+        while i < d {
+            // SAFETY: pos < n_kv ≤ n_ctx, i < d: inside this head's cache.
+            unsafe {
+                *k_cache.add(kbase + pos * d + i) = C::store(*kn_s.add(i));
+                *v_cache.add(kbase + pos * d + i) = C::store(*vn_s.add(i));
+            }
+            i += THREADS;
+        }
+    }
 
     // Scores: one position per thread at a time.
     let mut local_max = f32::NEG_INFINITY;
@@ -97,9 +182,16 @@ unsafe fn attention_decode<C: CacheElem>(
     while p < end {
         let krow = kbase + p * d;
         let mut dot = 0.0f32;
-        for j in 0..d {
-            // SAFETY: p < n_kv ≤ n_ctx, j < d: inside this head's cache and q_s.
-            unsafe { dot += *q_s.add(j) * (*k_cache.add(krow + j)).load() };
+        if p == pos {
+            for j in 0..d {
+                // SAFETY: j < d: inside q_s and kn_s.
+                unsafe { dot += *q_s.add(j) * *kn_s.add(j) };
+            }
+        } else {
+            for j in 0..d {
+                // SAFETY: p < n_kv ≤ n_ctx, j < d: inside this head's cache and q_s.
+                unsafe { dot += *q_s.add(j) * (*k_cache.add(krow + j)).load() };
+            }
         }
         let s = dot * scale;
         // SAFETY: p - start < chunk.
@@ -130,7 +222,14 @@ unsafe fn attention_decode<C: CacheElem>(
         let mut p = start + g;
         while p < end {
             // SAFETY: p < n_kv, j < d; scores index < chunk.
-            unsafe { acc += *scores.add(p - start) * (*v_cache.add(kbase + p * d + j)).load() };
+            unsafe {
+                let vv = if p == pos {
+                    *vn_s.add(j)
+                } else {
+                    (*v_cache.add(kbase + p * d + j)).load()
+                };
+                acc += *scores.add(p - start) * vv;
+            }
             p += groups;
         }
         // SAFETY: g * d + j < THREADS.
@@ -594,23 +693,28 @@ macro_rules! attention_kernels {
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $decode(
             q: *const f32,
-            k_cache: *const $t,
-            v_cache: *const $t,
+            k_new: *const f32,
+            v_new: *const f32,
+            k_cache: *mut $t,
+            v_cache: *mut $t,
+            cos_sin: *const f32,
             part: *mut f32,
             done: *mut u32,
             out: *mut f32,
             n_kv: u32,
             pos_dev: *const u32,
             n_ctx: u32,
+            n_pos: u32,
             head_dim: u32,
             group: u32,
+            neox: u32,
             scale: f32,
         ) {
             // SAFETY: forwarded contract.
             unsafe {
                 attention_decode(
-                    q, k_cache, v_cache, part, done, out, n_kv, pos_dev, n_ctx, head_dim, group,
-                    scale,
+                    q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev,
+                    n_ctx, n_pos, head_dim, group, neox, scale,
                 )
             }
         }

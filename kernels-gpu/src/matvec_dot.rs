@@ -40,12 +40,50 @@ unsafe fn ld32(p: *const u8) -> u32 {
     unsafe { ld16(p) | (ld16(p.add(2)) << 16) }
 }
 
+/// 4 f32 as one 16-byte vector load (`ld.v4.f32`) on the device.
+#[repr(C, align(16))]
+#[derive(Clone, Copy)]
+struct F4([f32; 4]);
+
+/// 2 f32 as one 8-byte vector load (`ld.v2.f32`) on the device.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct F2([f32; 2]);
+
+/// `x[n .. n + 4]` in one load: activations are read in vectors, so a warp's x loads cost a
+/// quarter of the L1 transactions of scalar loads (with 8 lanes reading 8 different 128-byte
+/// lines per instruction, scalar loads made the activations, not the weights, the bottleneck).
+///
 /// # Safety
-/// `x` points to at least `n + 1` readable f32.
+/// `x + n` is 16-byte aligned on the device (the matvec launcher checks `x`; every offset used
+/// is a multiple of 4 elements) and 4 f32 are readable there.
 #[inline(always)]
-unsafe fn xa(x: *const f32, n: usize) -> f32 {
+unsafe fn xa4(x: *const f32, n: usize) -> [f32; 4] {
+    // SAFETY: caller contract (host builds, whose test vectors are only 4-byte aligned, read
+    // unaligned).
+    unsafe {
+        #[cfg(target_arch = "nvptx64")]
+        let v = *(x.add(n) as *const F4);
+        #[cfg(not(target_arch = "nvptx64"))]
+        let v = core::ptr::read_unaligned(x.add(n) as *const F4);
+        v.0
+    }
+}
+
+/// `x[n .. n + 2]` in one load.
+///
+/// # Safety
+/// `x + n` is 8-byte aligned on the device and 2 f32 are readable there.
+#[inline(always)]
+unsafe fn xa2(x: *const f32, n: usize) -> [f32; 2] {
     // SAFETY: caller contract.
-    unsafe { *x.add(n) }
+    unsafe {
+        #[cfg(target_arch = "nvptx64")]
+        let v = *(x.add(n) as *const F2);
+        #[cfg(not(target_arch = "nvptx64"))]
+        let v = core::ptr::read_unaligned(x.add(n) as *const F2);
+        v.0
+    }
 }
 
 /// The weight bits one lane needs for its piece of a block: loaded first (for every block a lane
@@ -113,12 +151,14 @@ fn nibble_quants(v: u32, h_lo: u32, h_hi: u32, off: i32) -> [i32; 8] {
 unsafe fn nibbles4(v: u32, h_lo: u32, h_hi: u32, off: i32, x: *const f32) -> (f32, f32) {
     let mut s = 0.0f32;
     let mut sx = 0.0f32;
+    // SAFETY: caller contract (x and x + 16 are 16-byte aligned: x is a block's activations
+    // plus 4q).
+    let (xl, xh) = unsafe { (xa4(x, 0), xa4(x, 16)) };
     for i in 0..4 {
         let b = v >> (8 * i);
         let lo = ((b & 15) | (((h_lo >> i) & 1) << 4)) as i32 + off;
         let hi = (((b >> 4) & 15) | (((h_hi >> i) & 1) << 4)) as i32 + off;
-        // SAFETY: i < 4; caller contract.
-        let (x0, x1) = unsafe { (xa(x, i), xa(x, 16 + i)) };
+        let (x0, x1) = (xl[i], xh[i]);
         s += lo as f32 * x0 + hi as f32 * x1;
         sx += x0 + x1;
     }
@@ -228,10 +268,11 @@ impl Legacy4 for BlockQ8_0 {
     unsafe fn dot_raw((d, v0, v1): Raw, q: usize, x: *const f32) -> f32 {
         let mut s = 0.0f32;
         for (h, v) in [v0, v1].into_iter().enumerate() {
-            for i in 0..4 {
+            // SAFETY: x offsets 8q..8q+8 < 32, multiples of 4.
+            let xv = unsafe { xa4(x, 8 * q + 4 * h) };
+            for (i, &xi) in xv.iter().enumerate() {
                 let qv = ((v >> (8 * i)) & 0xff) as u8 as i8;
-                // SAFETY: x offsets 8q..8q+8 < 32.
-                s += qv as f32 * unsafe { xa(x, 8 * q + 4 * h + i) };
+                s += qv as f32 * xi;
             }
         }
         half(d, false) * s
@@ -309,9 +350,11 @@ impl KWarp for BlockQ4K {
             let x0 = x.add(64 * p + 4 * k);
             let x1 = x0.add(32);
             let (mut s0, mut s1, mut sx0, mut sx1) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+            // x0 = x + 64p + 4k and x1 = x0 + 32: multiples of 4 elements.
+            let (v0, v1) = (xa4(x0, 0), xa4(x1, 0));
             for i in 0..4 {
                 let q = v >> (8 * i);
-                let (a0, a1) = (xa(x0, i), xa(x1, i));
+                let (a0, a1) = (v0[i], v1[i]);
                 s0 += (q & 15) as f32 * a0;
                 s1 += ((q >> 4) & 15) as f32 * a1;
                 sx0 += a0;
@@ -373,6 +416,8 @@ impl KWarp for BlockQ6K {
         // SAFETY: x offsets < 256.
         unsafe {
             let xb = x.add(128 * n + base);
+            // base is even: 8-byte aligned pairs.
+            let (x0, x1, x2, x3) = (xa2(xb, 0), xa2(xb, 32), xa2(xb, 64), xa2(xb, 96));
             let (mut s0, mut s1, mut s2, mut s3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
             for kk in 0..2 {
                 let (a, b, h) = (ab >> (8 * kk), ab >> (16 + 8 * kk), hd >> (8 * kk));
@@ -380,10 +425,10 @@ impl KWarp for BlockQ6K {
                 let q1 = ((b & 15) | (((h >> 2) & 3) << 4)) as i32 - 32;
                 let q2 = (((a >> 4) & 15) | (((h >> 4) & 3) << 4)) as i32 - 32;
                 let q3 = (((b >> 4) & 15) | (((h >> 6) & 3) << 4)) as i32 - 32;
-                s0 += q0 as f32 * xa(xb, kk);
-                s1 += q1 as f32 * xa(xb, kk + 32);
-                s2 += q2 as f32 * xa(xb, kk + 64);
-                s3 += q3 as f32 * xa(xb, kk + 96);
+                s0 += q0 as f32 * x0[kk];
+                s1 += q1 as f32 * x1[kk];
+                s2 += q2 as f32 * x2[kk];
+                s3 += q3 as f32 * x3[kk];
             }
             let t = sc(0) * s0 + sc(1) * s1 + sc(2) * s2 + sc(3) * s3;
             half(hd, true) * t

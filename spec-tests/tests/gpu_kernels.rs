@@ -177,6 +177,7 @@ proptest! {
 trait TestElem: KvElem {
     const POISON: Self;
     fn round(x: f32) -> Self;
+    fn to_f32(self) -> f32;
     fn is_poison(self) -> bool;
 }
 
@@ -184,6 +185,9 @@ impl TestElem for u16 {
     const POISON: u16 = 0x7e00;
     fn round(x: f32) -> u16 {
         half::f16::from_f32(x).to_bits()
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self).to_f32()
     }
     fn is_poison(self) -> bool {
         self == 0x7e00
@@ -194,6 +198,9 @@ impl TestElem for f32 {
     const POISON: f32 = f32::NAN;
     fn round(x: f32) -> f32 {
         x
+    }
+    fn to_f32(self) -> f32 {
+        self
     }
     fn is_poison(self) -> bool {
         self.is_nan()
@@ -312,7 +319,7 @@ fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
     assert!(kc[..pos0 * head_dim].iter().all(|&b| b.is_poison()));
 }
 
-fn attention_decode_case<T: TestElem>(
+fn attention_decode_case<T: TestElem + PartialEq>(
     (n_head, n_head_kv, head_dim): (usize, usize, usize),
     n_kv: usize,
     seed: u64,
@@ -324,16 +331,38 @@ fn attention_decode_case<T: TestElem>(
         head_dim,
         n_ctx: 4096,
     };
-    let (cache, k, v) = fill_cache::<T>(&g, &mut rng, s, n_kv, &[n_kv.min(512), 1, 7]);
+    // Positions 0 .. n_kv − 1 in the cache; the new token at n_kv − 1 comes as projections
+    // before RoPE (the kernel rotates q and k and writes the new k, v to the cache).
+    let (mut cache, mut k, mut v) = fill_cache::<T>(&g, &mut rng, s, n_kv, &[n_kv.min(512), 1, 7]);
     let q = random(&mut rng, n_head * head_dim, 2.0);
+    let kn = random(&mut rng, n_head_kv * head_dim, 2.0);
+    let vn = random(&mut rng, n_head_kv * head_dim, 2.0);
+    let (style, theta) = if seed.is_multiple_of(2) {
+        (RopeStyle::Neox, 1_000_000.0)
+    } else {
+        (RopeStyle::Normal, 10_000.0)
+    };
+    let pos = n_kv - 1;
+    let row = n_head_kv * head_dim;
+    let mut qr = q.clone();
+    cpu::rope(&mut qr, n_head, head_dim, &[pos], theta, style);
+    let mut kr = kn.clone();
+    cpu::rope(&mut kr, n_head_kv, head_dim, &[pos], theta, style);
+    let stored_k: Vec<T> = kr.iter().map(|&x| T::round(x)).collect();
+    let stored_v: Vec<T> = vn.iter().map(|&x| T::round(x)).collect();
+    for j in 0..row {
+        k[pos * row + j] = T::to_f32(stored_k[j]);
+        v[pos * row + j] = T::to_f32(stored_v[j]);
+    }
     let mut want = vec![0.0; q.len()];
-    cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, n_kv - 1, &mut want);
+    cpu::attention(&qr, &k, &v, n_head, n_head_kv, head_dim, pos, &mut want);
+    let table = RopeTable::new(&g, s.n_ctx, head_dim, theta).unwrap();
     let mut scratch = ops::DecodeScratch::new(&g, n_head, head_dim, s.n_ctx).unwrap();
-    let dpos = upload(&g, &[(n_kv - 1) as u32]);
-    let dq = upload(&g, &q);
-    // Host n_kv (splits sized to it), then the device position (splits sized to the whole
-    // cache, most of them empty for small n_kv), each twice: the split counters must be left
-    // at zero for the next launch.
+    let dpos = upload(&g, &[pos as u32]);
+    let (dq, dk, dv) = (upload(&g, &q), upload(&g, &kn), upload(&g, &vn));
+    // Host n_kv, then the device position (a graph-replayed step), each twice: the split
+    // counters must be left at zero for the next launch. Splits are sized for the whole cache
+    // either way, most of them empty for small n_kv.
     for (mode, device) in [
         ("host", false),
         ("host again", false),
@@ -342,16 +371,23 @@ fn attention_decode_case<T: TestElem>(
     ] {
         scratch.part = poisoned(&g, scratch.part.len(), f32::NAN);
         let mut out = poisoned(&g, q.len(), f32::NAN);
-        let dv = dpos.as_view();
+        let (pv, qv, kv, vv) = (dpos.as_view(), dq.as_view(), dk.as_view(), dv.as_view());
         let at = if device {
-            DecodeAt::Device(&dv)
+            DecodeAt::Device(&pv)
         } else {
             DecodeAt::Kv(n_kv)
         };
+        let tok = ops::NewToken {
+            q: &qv,
+            k: &kv,
+            v: &vv,
+            rope: &table,
+            style,
+        };
         ops::attention_decode(
             &g,
-            &dq.as_view(),
-            &cache,
+            tok,
+            &mut cache,
             s,
             n_head,
             at,
@@ -359,16 +395,33 @@ fn attention_decode_case<T: TestElem>(
             &mut out.as_view_mut(),
         )
         .unwrap();
-        assert_close(
-            &format!(
-                "attention_decode ({mode} position) {} {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv}",
-                std::any::type_name::<T>()
-            ),
-            &download(&g, &out),
-            &want,
-            1e-4,
-            1e-4,
+        let label = format!(
+            "attention_decode ({mode} position) {} {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv} {style:?}",
+            std::any::type_name::<T>()
         );
+        assert_close(&label, &download(&g, &out), &want, 1e-4, 1e-4);
+        // The new row is in the cache exactly as kv_append would store it; the rows after it
+        // are untouched.
+        let (kc, vc) = (download(&g, &cache.k), download(&g, &cache.v));
+        for h in 0..n_head_kv {
+            for j in 0..head_dim {
+                let at = (h * s.n_ctx + pos) * head_dim + j;
+                assert!(
+                    kc[at] == stored_k[h * head_dim + j],
+                    "{label}: cache k h={h} j={j}"
+                );
+                assert!(
+                    vc[at] == stored_v[h * head_dim + j],
+                    "{label}: cache v h={h} j={j}"
+                );
+                if pos + 1 < s.n_ctx {
+                    assert!(
+                        kc[at + head_dim].is_poison(),
+                        "{label}: k row after the new one written"
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -613,9 +613,29 @@ impl Bench<'_> {
                 let nq = if prefill { n } else { 1 };
                 let q = self.rand(nq * nh * d, 2.0);
                 let dq = self.up(&q)?;
+                // Decode: the new token (position n − 1) comes as projections before RoPE; the
+                // kernel rotates q and k and writes k, v to the cache (the CPU side does the same
+                // to its copies).
+                let theta = 1e6;
+                let table = RopeTable::new(g, n, d, theta)?;
+                let kn = self.rand(nkv * d, 2.0);
+                let vn = self.rand(nkv * d, 2.0);
+                let (dkn, dvn) = (self.up(&kn)?, self.up(&vn)?);
+                let (mut qc, mut k, mut v) = (q.clone(), k, v);
+                if !prefill {
+                    let row = nkv * d;
+                    let mut kr = kn.clone();
+                    cpu::rope(&mut kr, nkv, d, &[n - 1], theta, RopeStyle::Neox);
+                    cpu::rope(&mut qc, nh, d, &[n - 1], theta, RopeStyle::Neox);
+                    let f16 = |x: f32| half::f16::from_f32(x).to_f32();
+                    for j in 0..row {
+                        k[(n - 1) * row + j] = f16(kr[j]);
+                        v[(n - 1) * row + j] = f16(vn[j]);
+                    }
+                }
                 let mut dout = g.alloc::<f32>(q.len(), "bench")?;
                 let mut scratch = ops::DecodeScratch::new(g, nh, d, n)?;
-                let run = |dout: &mut CudaSlice<f32>, scratch: &mut ops::DecodeScratch| {
+                let mut run = |dout: &mut CudaSlice<f32>, scratch: &mut ops::DecodeScratch| {
                     if prefill {
                         ops::attention_prefill(
                             g,
@@ -627,10 +647,18 @@ impl Bench<'_> {
                             &mut dout.as_view_mut(),
                         )
                     } else {
+                        let (qv, kv, vv) = (dq.as_view(), dkn.as_view(), dvn.as_view());
+                        let tok = ops::NewToken {
+                            q: &qv,
+                            k: &kv,
+                            v: &vv,
+                            rope: &table,
+                            style: RopeStyle::Neox,
+                        };
                         ops::attention_decode(
                             g,
-                            &dq.as_view(),
-                            &cache,
+                            tok,
+                            &mut cache,
                             s,
                             nh,
                             ops::DecodeAt::Kv(n),
@@ -644,7 +672,7 @@ impl Bench<'_> {
                 let mut want = vec![0.0; q.len()];
                 let c0 = Instant::now();
                 cpu::attention(
-                    &q,
+                    &qc,
                     &k,
                     &v,
                     nh,

@@ -494,39 +494,23 @@ impl CudaBackend {
                 &mut s.wdeq16,
                 &mut s.x16,
             )?;
-            ops::rope_at(
-                gpu,
-                &mut s.q.slice_mut(..t * qd),
-                &self.rope,
-                c.n_head,
-                pos,
-                c.rope_style,
-            )?;
-            ops::rope_at(
-                gpu,
-                &mut s.k.slice_mut(..t * kvd),
-                &self.rope,
-                c.n_head_kv,
-                pos,
-                c.rope_style,
-            )?;
             let step = AttnStep {
                 gpu,
                 shape: self.kv_shape,
                 n_head: c.n_head,
                 t,
                 pos,
+                rope: &self.rope,
+                style: c.rope_style,
             };
-            let (k, v, q) = (
-                s.k.slice(..t * kvd),
-                s.v.slice(..t * kvd),
-                s.q.slice(..t * qd),
-            );
+            let mut q = s.q.slice_mut(..t * qd);
+            let mut k = s.k.slice_mut(..t * kvd);
+            let v = s.v.slice(..t * kvd);
             let mut out = s.attn.slice_mut(..t * qd);
             let dec = &mut s.dec;
             match &mut self.kv {
-                KvCache::F16(layers) => step.run(&mut layers[li], &k, &v, &q, dec, &mut out)?,
-                KvCache::F32(layers) => step.run(&mut layers[li], &k, &v, &q, dec, &mut out)?,
+                KvCache::F16(ls) => step.run(&mut ls[li], &mut q, &mut k, &v, dec, &mut out)?,
+                KvCache::F32(ls) => step.run(&mut ls[li], &mut q, &mut k, &v, dec, &mut out)?,
             }
             lin.run_residual(
                 &l.wo,
@@ -743,55 +727,77 @@ enum Input<'a> {
     DeviceStep,
 }
 
-/// KV append and attention of one layer for `t` tokens at `pos ..`: decode (`t = 1`) or prefill.
+/// RoPE, KV append and attention of one layer for `t` tokens at `pos ..`: decode (`t = 1`: one
+/// fused launch) or prefill (RoPE on q and k, the append, the prefill kernel).
 struct AttnStep<'a> {
     gpu: &'a Gpu,
     shape: KvShape,
     n_head: usize,
     t: usize,
     pos: Pos<'a>,
+    rope: &'a RopeTable,
+    style: crate::model::RopeStyle,
 }
 
 impl AttnStep<'_> {
     fn run<T: KvElem>(
         &self,
         cache: &mut KvLayer<T>,
-        k: &CudaView<f32>,
+        q: &mut CudaViewMut<f32>,
+        k: &mut CudaViewMut<f32>,
         v: &CudaView<f32>,
-        q: &CudaView<f32>,
         dec: &mut DecodeScratch,
         out: &mut CudaViewMut<f32>,
     ) -> Result<(), CudaError> {
-        ops::kv_append_at(self.gpu, k, v, cache, self.shape, self.pos)?;
-        match (self.t, self.pos) {
-            (1, Pos::Host(pos)) => ops::attention_decode(
+        if self.t == 1 {
+            let at = match self.pos {
+                Pos::Host(pos) => DecodeAt::Kv(pos + 1),
+                Pos::Device(p) => DecodeAt::Device(p),
+            };
+            let (qv, kv) = (q.as_view(), k.as_view());
+            let tok = ops::NewToken {
+                q: &qv,
+                k: &kv,
+                v,
+                rope: self.rope,
+                style: self.style,
+            };
+            return ops::attention_decode(
                 self.gpu,
-                q,
+                tok,
                 cache,
                 self.shape,
                 self.n_head,
-                DecodeAt::Kv(pos + 1),
+                at,
                 dec,
                 out,
-            ),
-            (1, Pos::Device(p)) => ops::attention_decode(
-                self.gpu,
-                q,
-                cache,
-                self.shape,
-                self.n_head,
-                DecodeAt::Device(p),
-                dec,
-                out,
-            ),
-            (_, Pos::Host(pos)) => {
-                ops::attention_prefill(self.gpu, q, cache, self.shape, self.n_head, pos, out)
-            }
-            (_, Pos::Device(_)) => Err(CudaError::Shape {
+            );
+        }
+        let Pos::Host(pos) = self.pos else {
+            return Err(CudaError::Shape {
                 kernel: "attention_prefill",
                 problem: "a prefill takes its position from the host".into(),
-            }),
-        }
+            });
+        };
+        ops::rope(self.gpu, q, self.rope, self.n_head, pos, self.style)?;
+        ops::rope(
+            self.gpu,
+            k,
+            self.rope,
+            self.shape.n_head_kv,
+            pos,
+            self.style,
+        )?;
+        ops::kv_append(self.gpu, &k.as_view(), v, cache, self.shape, pos)?;
+        ops::attention_prefill(
+            self.gpu,
+            &q.as_view(),
+            cache,
+            self.shape,
+            self.n_head,
+            pos,
+            out,
+        )
     }
 }
 

@@ -486,14 +486,29 @@ pub enum DecodeAt<'a> {
     Device(&'a CudaView<'a, u32>),
 }
 
-/// Decode attention: one query row `q` (`n_head * head_dim`) against the cache positions `at`
-/// names, into `out` (reference: `cpu::attention` with one query). One launch: the context is
-/// split across blocks and the last block of each head combines the splits.
+/// The new token's projections for [`attention_decode`], before RoPE.
+#[derive(Clone, Copy)]
+pub struct NewToken<'a> {
+    /// `n_head * head_dim` query values.
+    pub q: &'a CudaView<'a, f32>,
+    /// `n_head_kv * head_dim` key values.
+    pub k: &'a CudaView<'a, f32>,
+    /// `n_head_kv * head_dim` values.
+    pub v: &'a CudaView<'a, f32>,
+    pub rope: &'a RopeTable,
+    pub style: RopeStyle,
+}
+
+/// Decode step of one layer (reference: `cpu::rope` on q and k, the KV append, then
+/// `cpu::attention` with one query): RoPE on the new token's query and key at its position
+/// (`at`), its key and value written to the cache there, and its attention over the cache
+/// positions up to it, into `out`. One launch: the context is split across blocks and the last
+/// block of each head combines the splits.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode<T: KvElem>(
     gpu: &Gpu,
-    q: &CudaView<f32>,
-    cache: &KvLayer<T>,
+    tok: NewToken,
+    cache: &mut KvLayer<T>,
     s: KvShape,
     n_head: usize,
     at: DecodeAt,
@@ -504,13 +519,36 @@ pub fn attention_decode<T: KvElem>(
     cache.check(kname, s)?;
     let group = check_heads(kname, n_head, s)?;
     let d = s.head_dim;
+    let q = tok.q;
     ensure(kname, q.len() == n_head * d && out.len() == q.len(), || {
         format!("q {} / out {} must be {n_head} x {d}", q.len(), out.len())
+    })?;
+    let kvd = s.n_head_kv * d;
+    ensure(kname, tok.k.len() == kvd && tok.v.len() == kvd, || {
+        format!(
+            "new k {} / v {} must be {} x {d}",
+            tok.k.len(),
+            tok.v.len(),
+            s.n_head_kv
+        )
+    })?;
+    ensure(kname, tok.rope.head_dim == d, || {
+        format!(
+            "the RoPE table is for head_dim {}, not {d}",
+            tok.rope.head_dim
+        )
     })?;
     let (n_kv, pdev) = match at {
         DecodeAt::Kv(n_kv) => {
             ensure(kname, n_kv >= 1 && n_kv <= s.n_ctx, || {
                 format!("n_kv {n_kv} must be in 1..={}", s.n_ctx)
+            })?;
+            ensure(kname, n_kv <= tok.rope.n_pos, || {
+                format!(
+                    "position {} is past the RoPE table's {}",
+                    n_kv - 1,
+                    tok.rope.n_pos
+                )
             })?;
             (n_kv, 0u64)
         }
@@ -534,8 +572,10 @@ pub fn attention_decode<T: KvElem>(
     let args = (
         to_u32(kname, "n_kv", n_kv)?,
         to_u32(kname, "n_ctx", s.n_ctx)?,
+        to_u32(kname, "n_pos", tok.rope.n_pos)?,
         d as u32,
         group as u32,
+        matches!(tok.style, RopeStyle::Neox) as u32,
         1.0 / (d as f32).sqrt(),
     );
     let cfg = LaunchConfig {
@@ -545,14 +585,15 @@ pub fn attention_decode<T: KvElem>(
             1,
         ),
         block_dim: (128, 1, 1),
-        shared_mem_bytes: (4 * (d + max_chunk + 128)) as u32,
+        shared_mem_bytes: (4 * (3 * d + max_chunk + 128)) as u32,
     };
-    let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
+    let (mut kc, mut vc) = (cache.k.as_view_mut(), cache.v.as_view_mut());
+    let table = tok.rope.data.as_view();
     let mut part = scratch.part.as_view_mut();
     let mut done = scratch.done.as_view_mut();
     launch!(
-        gpu, kname, cfg, q, &kc, &vc, &mut part, &mut done, out, &args.0, &pdev, &args.1, &args.2,
-        &args.3, &args.4
+        gpu, kname, cfg, q, tok.k, tok.v, &mut kc, &mut vc, &table, &mut part, &mut done, out,
+        &args.0, &pdev, &args.1, &args.2, &args.3, &args.4, &args.5, &args.6
     );
     Ok(())
 }
@@ -698,6 +739,14 @@ pub fn matvec(
 }
 
 /// [`matvec`] with a bias added or the result added into `y` in the same launch.
+/// The matvec kernels read the activations in 16-byte vectors (`kernels-gpu/src/matvec_dot.rs`).
+fn x_aligned(gpu: &Gpu, k: &'static str, name: &str, x: &CudaView<f32>) -> Result<()> {
+    let (addr, _sync) = x.device_ptr(gpu.stream());
+    ensure(k, addr.is_multiple_of(16), || {
+        format!("{name}: activations at {addr:#x} are not 16-byte aligned")
+    })
+}
+
 pub fn matvec_with(
     gpu: &Gpu,
     w: &DeviceTensor,
@@ -716,6 +765,7 @@ pub fn matvec_with(
             w.cols
         )
     })?;
+    x_aligned(gpu, k, &w.name, x)?;
     let (rows, cols) = (to_u32(k, "rows", w.rows)?, to_u32(k, "cols", w.cols)?);
     // kernels-gpu/src/matvec.rs: Q4_K and Q6_K run one row per block, the others 4 rows.
     let rows_per_block = if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
@@ -784,6 +834,7 @@ pub fn matvec_swiglu(
             gate.cols
         )
     })?;
+    x_aligned(gpu, k, &gate.name, x)?;
     let (rows, cols) = (to_u32(k, "rows", gate.rows)?, to_u32(k, "cols", gate.cols)?);
     let cfg = LaunchConfig {
         grid_dim: (gate.rows.div_ceil(4) as u32, 1, 1),
