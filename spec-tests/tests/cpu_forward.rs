@@ -20,6 +20,7 @@ fn load_with(spec: &TinySpec, n_ctx: usize, arith: Arith) -> (Arc<Gguf>, CpuBack
             n_ctx,
             threads: 2,
             arith,
+            ..Default::default()
         },
     )
     .unwrap();

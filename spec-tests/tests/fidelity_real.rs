@@ -29,6 +29,7 @@ fn backend(m: &KnownModel) -> CpuBackend {
             } else {
                 host::cpu::Arith::Quantized
             },
+            ..Default::default()
         },
     )
     .expect("load model")

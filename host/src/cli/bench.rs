@@ -541,6 +541,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
             n_ctx,
             threads: args.threads,
             arith,
+            ..Default::default()
         };
         Ok(Target::Any(Box::new(CpuBackend::load(g.clone(), &opts)?)))
     };

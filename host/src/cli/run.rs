@@ -161,6 +161,7 @@ pub fn open_backend(
                 n_ctx,
                 threads,
                 arith,
+                ..Default::default()
             },
         )?))
     };
