@@ -232,6 +232,7 @@ fn perplexity_matches_a_direct_computation() {
             n_ctx,
             threads: 2,
             arith: Arith::Exact,
+            ..Default::default()
         },
     )
     .unwrap();

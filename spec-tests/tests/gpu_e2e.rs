@@ -3,18 +3,19 @@
 //! 512-token prefill (all logits) then 64 decode steps (last logits; the final 8 through the
 //! device-side argmax, `forward_next`, which copies back one id).
 //!
-//! Bars (`gpu_common::e2e::check_model`): logits relative L2 ≤ 2e-3 against the CPU, and the same
-//! argmax wherever the CPU's top-1/top-2 margin exceeds 0.1,
-//! - at every position, for the GPU in reference precision (f32 KV cache, f32 GEMMs, f32 LM head),
-//!   and for the same with the split-f16 GEMMs (`GemmKind::F16x3`) in place of the f32 ones;
-//! - for the default configuration (f16 KV cache, split-f16 GEMMs, f16 LM head), at every position that
-//!   is not ill-conditioned; and for the f16 tensor-core GEMM configuration the same way with a
-//!   bar of 1e-2. A position is ill-conditioned when rounding only the KV
-//!   cache to f16 moves its logits by more than 5e-4 (measured on the GPU: reference precision
-//!   with an f16 cache against reference precision); on the qwen twin a few positions move by
-//!   several 1e-2 (the CPU backend with its cache rounded to f16 moves the same way, see
-//!   docs/GPU_ENGINE.md), so no f16-cache engine can be held to 2e-3 there. At most 5% of the
-//!   positions may be skipped.
+//! Bars (`gpu_common::e2e::check_model`): each GPU configuration against the CPU (exact
+//! arithmetic) with the same KV-cache precision, at every position: logits relative L2 ≤ 2e-3
+//! and the same argmax wherever the CPU's top-1/top-2 margin exceeds 0.1,
+//! - for the GPU in reference precision (f32 KV cache, f32 GEMMs, f32 LM head), and for the same
+//!   with the split-f16 GEMMs (`GemmKind::F16x3`) in place of the f32 ones, against the CPU with
+//!   an f32 cache;
+//! - for reference precision with an f16 cache and for the default configuration (f16 KV cache,
+//!   split-f16 GEMMs, f16 LM head) against the CPU with an f16 cache (rounded as the GPU's); and
+//!   for the plain f16 tensor-core GEMM configuration the same way with a bar of 1e-2. At a
+//!   position where the f16 cache alone moves the CPU's logits by `s` (f16 vs f32 cache), these
+//!   bars are at least `2·s`: on the qwen twin a few positions amplify any last-bit difference in
+//!   the rounded keys and values like the rounding itself (position 222: `s` = 6.0e-2; see
+//!   `F16_CACHE_ALLOWANCE` and docs/GPU_ENGINE.md).
 //!
 //! Twins are generated on first use into `$GPU_TWIN_DIR` (default: the temp dir) from the headers
 //! in `$GPU_FIXTURE_HEADERS` (default: `fixtures/headers` of this checkout).

@@ -1,8 +1,10 @@
 //! The GPU backend on the real models (from the model cache, `$GGUF_MODEL_CACHE`):
 //! - GPU ≡ CPU, teacher-forced, with the twins' bars and procedure (`gpu_common::e2e::check_model`:
 //!   logits rel L2 ≤ 2e-3 over a 512-token prefill and 64 decode steps, same argmax where the CPU
-//!   margin > 0.1; at every position in reference precision, and at every well-conditioned one in
-//!   the default f16 configuration);
+//!   margin > 0.1, at every position, each GPU configuration against the CPU with the same
+//!   KV-cache precision: reference precision against an f32 cache, the default f16-cache
+//!   configuration against an f16 cache, with a larger bar only where the f16 cache itself makes a
+//!   position ill-conditioned: twice the CPU's f16-vs-f32-cache distance there);
 //! - the CPU issue's fidelity bars against the reference outputs of llama.cpp and HF transformers
 //!   (`$GPU_REFS_DIR`, default `shared/refs`): top-1 equal where the reference margin > 0.5,
 //!   ≥ 18 of the top-20 ids shared, |Δ log-prob| ≤ 0.5 on shared ids; teacher-forced argmax equal

