@@ -6,24 +6,29 @@
 //! run in f32; `e^x` is `ex2.approx` (relative error ≈ 2^-21).
 //!
 //! Decode (one query per head, any context length), one launch that also does RoPE and the KV
-//! append of the new token: `attention_decode_f16`, grid = (n_head, n_split), block = 128
-//! threads, dynamic shared memory = `4 * (3 * head_dim + max_chunk + 128)` bytes,
-//! `max_chunk ≥ ceil(n_ctx / n_split)`. The new token sits at position `pos = n_kv − 1` (`n_kv` a
-//! launch argument, or `*pos_dev + 1` when `pos_dev` is non-null: a decode step replayed from a
-//! CUDA graph; clamped to `n_ctx`). `q` (`n_head * head_dim`), `k_new` and `v_new`
-//! (`n_head_kv * head_dim`) are the token's projections before RoPE: every block rotates its
-//! query head and its KV head's new key (the same pairs and f32 operations as `rope_f32`, table
-//! `cos_sin` of `n_pos` positions), rounds the new key and value as the cache stores them, and
-//! uses those for position `pos`; the block of the group's first query head whose split holds
+//! append of the new token: `attention_decode_f16`, grid = (n_head_kv, n_split), n_split =
+//! ceil(n_ctx / DECODE_CHUNK), block = 128 threads, dynamic shared memory =
+//! `4 * shapes::decode_smem_layout(group, head_dim)[7]` bytes. A block serves all `group` query
+//! heads of one KV head over one split, so every key and value row is read once per step. The
+//! new token sits at position `pos = n_kv − 1` (`n_kv` a launch argument, or `*pos_dev + 1` when
+//! `pos_dev` is non-null: a decode step replayed from a CUDA graph; clamped to `n_ctx`). `q`
+//! (`n_head * head_dim`), `k_new` and `v_new` (`n_head_kv * head_dim`) are the token's
+//! projections before RoPE: every block rotates its queries and the new key (the same pairs and
+//! f32 operations as `rope_f32`, table `cos_sin` of `n_pos` positions), rounds the new key and
+//! value as the cache stores them and uses those for position `pos`; the block whose split holds
 //! `pos` writes them to the cache (what `kv_append` would have written). Split `s` covers
-//! positions `s * chunk .. min((s + 1) * chunk, n_kv)`, `chunk = ceil(n_kv / n_split)` (a split
-//! may be empty when `n_kv < n_split`), and writes its partial result `[acc(head_dim), max, sum]`
-//! to `part[(h * n_split + s) * (head_dim + 2) ..]`, where `acc = Σ e^(s_p − max) v_p`. The last
-//! split of each head to finish (counted in `done[h]`, which it resets to 0) rescales the
-//! partials to the global max and writes `out[h * head_dim + j] = Σ acc / Σ sum`.
+//! positions `s * chunk .. min((s + 1) * chunk, n_kv)`, `chunk = ceil(n_kv / n_split)` ≤ 128:
+//! thread `t` scores position `start + t` against all the group's queries (the key row in
+//! 4-element vector loads), per-head max and sum go through one warp reduction and one barrier
+//! each, and warp `w` accumulates the values of positions `start + w, + 4, …` with lane `l`
+//! owning dims `l + 32k` (coalesced rows). With one split the block writes
+//! `out[h * head_dim + j] = Σ acc / Σ sum` directly; otherwise it writes its partial
+//! `[acc(head_dim), max, sum]` per query head to `part[(h * n_split + s) * (head_dim + 2) ..]`
+//! and the last split of each KV head to finish (counted in `done[kvh]`, which it resets to 0)
+//! rescales the partials to the global max and writes `out`.
 //!
-//! Limits: `head_dim` a multiple of 32 and ≤ 128; `max_chunk ≤ 1024`; `done` zeroed before the
-//! first launch.
+//! Limits: `head_dim` a multiple of 32 and ≤ 128; `group ≤ 8`; `done` zeroed before the first
+//! launch.
 //!
 //! Prefill (`attention_prefill_{f16,f32}`, causal, flash-attention style: key tiles streamed
 //! through shared memory with an online softmax, no `n × n` matrix anywhere), register-tiled like
@@ -45,6 +50,7 @@ use crate::shapes::{PREFILL_BM, prefill_bn};
 
 /// Threads per block of every attention kernel.
 pub const THREADS: usize = 128;
+const _: () = assert!(THREADS == crate::shapes::DECODE_THREADS);
 
 /// Element `i` of the head at `x` (`d` floats) after RoPE at position `pos`: the same pairs and
 /// the same f32 operations as `rope_f32` (`crate::rope`). Positions past the table (`≥ n_pos`,
@@ -88,9 +94,13 @@ unsafe fn rope_pair(
     }
 }
 
+use crate::shapes::{DECODE_CHUNK, DECODE_MAX_GROUP, DECODE_WARPS, decode_smem_layout};
+/// Most dims per lane in the value phase of decode (head_dim ≤ 128).
+const MAX_DL: usize = 4;
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attention_decode<C: CacheElem>(
+unsafe fn attention_decode<C: Chunk4>(
     q: *const f32,
     k_new: *const f32,
     v_new: *const f32,
@@ -109,12 +119,14 @@ unsafe fn attention_decode<C: CacheElem>(
     neox: u32,
     scale: f32,
 ) {
+    const G: usize = DECODE_MAX_GROUP;
     let d = head_dim as usize;
-    let h = gpu::block_x() as usize;
+    let grp = group as usize;
+    let dl = d / 32; // dims per lane in the value phase
+    let kvh = gpu::block_x() as usize;
     let split = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
     let n_split = unsafe { core::arch::nvptx::_grid_dim_y() } as usize;
-    // In device mode the query sits at position *pos_dev, so it attends to one key more than that
-    // position; clamped to the cache either way.
+    // In device mode the new token sits at *pos_dev; clamped to the cache either way.
     let n_kv = if pos_dev.is_null() {
         n_kv as usize
     } else {
@@ -122,168 +134,264 @@ unsafe fn attention_decode<C: CacheElem>(
         unsafe { *pos_dev as usize + 1 }
     };
     let n_kv = core::cmp::min(n_kv, n_ctx as usize);
-    let chunk = n_kv.div_ceil(n_split);
-    let kvh = h / group as usize;
-    let t = gpu::thread_x() as usize;
+    let pos = n_kv - 1;
+    let chunk = n_kv.div_ceil(n_split); // ≤ DECODE_CHUNK: n_split ≥ n_ctx / DECODE_CHUNK
     let start = core::cmp::min(split * chunk, n_kv);
     let end = core::cmp::min(start + chunk, n_kv);
+    let t = gpu::thread_x() as usize;
+    let (lane, warp) = (gpu::lane() as usize, gpu::warp() as usize);
+    let [o_q, o_kn, o_vn, o_sc, o_red, o_tot, o_acc, _] = decode_smem_layout(grp, d);
     let smem = gpu::dyn_smem::<f32>();
-    // SAFETY (all shared-memory offsets below): the launcher sized the dynamic shared memory as
-    // 4 * (3 * d + max_chunk + THREADS) bytes with max_chunk ≥ ceil(n_kv / n_split) = chunk:
-    // q_s = [0, d), kn_s = [d, 2d), vn_s = [2d, 3d), scores = [3d, 3d + chunk),
-    // red = [3d + chunk, 3d + chunk + THREADS).
-    let q_s = smem;
-    let kn_s = unsafe { smem.add(d) };
-    let vn_s = unsafe { smem.add(2 * d) };
-    let scores = unsafe { smem.add(3 * d) };
-    let red = unsafe { smem.add(3 * d + chunk) };
-    let kbase = (kvh * n_ctx as usize) * d;
-    // The new token sits at `pos`: RoPE on its query and key, its key and value rounded as the
-    // cache stores them (so every split sees exactly what a later step reads back).
-    let pos = n_kv - 1;
+    // SAFETY (every shared-memory access below): offsets inside the regions of
+    // `decode_smem_layout(group, d)`, which the launcher sized the dynamic shared memory for.
+    let (q_s, kn_s, vn_s, sc, red, tot, acc_s) = unsafe {
+        (
+            smem.add(o_q),
+            smem.add(o_kn),
+            smem.add(o_vn),
+            smem.add(o_sc),
+            smem.add(o_red),
+            smem.add(o_tot),
+            smem.add(o_acc),
+        )
+    };
+    let cache_base = kvh * n_ctx as usize * d;
+
+    // 1. The group's queries and the new key after RoPE; the new key and value rounded as the
+    //    cache stores them (every split then sees what a later step reads back).
+    let mut i = t;
+    while i < grp * d {
+        let (hh, j) = (i / d, i % d);
+        // SAFETY: query head kvh * grp + hh < n_head; j < d; the table holds n_pos positions.
+        unsafe {
+            *q_s.add(i) = rope_pair(q.add((kvh * grp + hh) * d), j, d, pos, n_pos, cos_sin, neox)
+        };
+        i += THREADS;
+    }
     let mut i = t;
     while i < d {
-        // SAFETY: i < d; q holds n_head * d floats, k_new / v_new n_head_kv * d; the table
-        // holds n_pos positions (rope_pair checks pos < n_pos).
+        // SAFETY: k_new / v_new hold n_head_kv * d floats; i < d.
         unsafe {
-            *q_s.add(i) = rope_pair(q.add(h * d), i, d, pos, n_pos, cos_sin, neox);
-            *kn_s.add(i) = C::store(rope_pair(
-                k_new.add(kvh * d),
-                i,
-                d,
-                pos,
-                n_pos,
-                cos_sin,
-                neox,
-            ))
-            .load();
+            let kr = rope_pair(k_new.add(kvh * d), i, d, pos, n_pos, cos_sin, neox);
+            *kn_s.add(i) = C::store(kr).load();
             *vn_s.add(i) = C::store(*v_new.add(kvh * d + i)).load();
         }
         i += THREADS;
     }
     gpu::sync_threads();
-    // One block per KV head writes the new row: the first query head of the group, in the split
-    // that holds `pos`. No block reads the cache at `pos` (they use kn_s / vn_s).
-    if h % group as usize == 0 && start <= pos && pos < end {
+    // The split holding `pos` writes the new row (one block per KV head; no block reads the
+    // cache at `pos`: they use kn_s / vn_s).
+    if start <= pos && pos < end {
         let mut i = t;
         while i < d {
-            // SAFETY: pos < n_kv ≤ n_ctx, i < d: inside this head's cache.
+            // SAFETY: pos < n_ctx, i < d: inside this head's cache.
             unsafe {
-                *k_cache.add(kbase + pos * d + i) = C::store(*kn_s.add(i));
-                *v_cache.add(kbase + pos * d + i) = C::store(*vn_s.add(i));
+                *k_cache.add(cache_base + pos * d + i) = C::store(*kn_s.add(i));
+                *v_cache.add(cache_base + pos * d + i) = C::store(*vn_s.add(i));
             }
             i += THREADS;
         }
     }
 
-    // Scores: one position per thread at a time.
-    let mut local_max = f32::NEG_INFINITY;
-    let mut p = start + t;
-    while p < end {
-        let krow = kbase + p * d;
-        let mut dot = 0.0f32;
+    // 2. Scores: thread t takes position start + t for every query head of the group (the key
+    //    row is read once, in 4-element vectors, for all of them).
+    let p = start + t;
+    let mut s = [f32::NEG_INFINITY; G];
+    if p < end {
+        let mut acc = [0.0f32; G];
         if p == pos {
             for j in 0..d {
-                // SAFETY: j < d: inside q_s and kn_s.
-                unsafe { dot += *q_s.add(j) * *kn_s.add(j) };
+                // SAFETY: j < d.
+                let kv = unsafe { *kn_s.add(j) };
+                for (hh, a) in acc.iter_mut().enumerate() {
+                    if hh < grp {
+                        // SAFETY: hh * d + j < grp * d.
+                        *a += unsafe { *q_s.add(hh * d + j) } * kv;
+                    }
+                }
             }
         } else {
-            for j in 0..d {
-                // SAFETY: p < n_kv ≤ n_ctx, j < d: inside this head's cache and q_s.
-                unsafe { dot += *q_s.add(j) * (*k_cache.add(krow + j)).load() };
+            // SAFETY: p < n_kv ≤ n_ctx: a row of this head's cache (4-element aligned: d is a
+            // multiple of 32).
+            let krow = unsafe { k_cache.add(cache_base + p * d) } as *const C;
+            let mut j = 0;
+            while j < d {
+                // SAFETY: j + 4 ≤ d.
+                let kv = C::widen(unsafe { C::load4(krow.add(j)) });
+                for (jj, &k) in kv.iter().enumerate() {
+                    for (hh, a) in acc.iter_mut().enumerate() {
+                        if hh < grp {
+                            // SAFETY: hh * d + j + jj < grp * d.
+                            *a += unsafe { *q_s.add(hh * d + j + jj) } * k;
+                        }
+                    }
+                }
+                j += 4;
             }
         }
-        let s = dot * scale;
-        // SAFETY: p - start < chunk.
-        unsafe { *scores.add(p - start) = s };
-        local_max = local_max.max(s);
-        p += THREADS;
-    }
-    // An empty split (possible when n_kv < n_split) has m = −inf and l = 0; the combine skips it.
-    let m = gpu::block_max(local_max);
-    let mut local_sum = 0.0f32;
-    let mut p = start + t;
-    while p < end {
-        // SAFETY: p - start < chunk; each thread rewrites only its own scores.
-        unsafe {
-            let e = gpu::exp(*scores.add(p - start) - m);
-            *scores.add(p - start) = e;
-            local_sum += e;
-        }
-        p += THREADS;
-    }
-    let l = gpu::block_sum(local_sum); // its barriers also publish the scores
-
-    // Weighted sum of values: thread (g, j) sums positions start + g, start + g + G, ...
-    let groups = THREADS / d;
-    let (g, j) = (t / d, t % d);
-    let mut acc = 0.0f32;
-    if g < groups {
-        let mut p = start + g;
-        while p < end {
-            // SAFETY: p < n_kv, j < d; scores index < chunk.
-            unsafe {
-                let vv = if p == pos {
-                    *vn_s.add(j)
-                } else {
-                    (*v_cache.add(kbase + p * d + j)).load()
-                };
-                acc += *scores.add(p - start) * vv;
+        for hh in 0..G {
+            if hh < grp {
+                s[hh] = acc[hh] * scale;
             }
-            p += groups;
         }
-        // SAFETY: g * d + j < THREADS.
-        unsafe { *red.add(g * d + j) = acc };
+    }
+    for (hh, &v) in s.iter().enumerate() {
+        if hh < grp {
+            // SAFETY: hh * DECODE_CHUNK + t < grp * DECODE_CHUNK.
+            unsafe { *sc.add(hh * DECODE_CHUNK + t) = v };
+        }
     }
     gpu::sync_threads();
-    if t < d {
-        let mut sum = 0.0f32;
-        for gg in 0..groups {
-            // SAFETY: gg * d + t < THREADS.
-            sum += unsafe { *red.add(gg * d + t) };
+    // 3. Per-head max over the split, warp `w` reducing heads w, w + 4 (an empty split keeps −inf:
+    //    the combine skips it). Reductions go through shared memory so that the per-head
+    //    register arrays are only ever indexed by constants (they stay in registers).
+    let mut hh = warp;
+    while hh < grp {
+        let mut v = f32::NEG_INFINITY;
+        for k in 0..DECODE_CHUNK / 32 {
+            // SAFETY: inside sc.
+            v = v.max(unsafe { *sc.add(hh * DECODE_CHUNK + lane + 32 * k) });
         }
-        let ps = (h * n_split + split) * (d + 2);
-        // SAFETY: part holds n_head * n_split * (d + 2) floats.
-        unsafe {
-            *part.add(ps + t) = sum;
-            if t == 0 {
-                *part.add(ps + d) = m;
-                *part.add(ps + d + 1) = l;
+        let v = gpu::warp_max(v);
+        if lane == 0 {
+            // SAFETY: tot = [max × grp, sum × grp].
+            unsafe { *tot.add(hh) = v };
+        }
+        hh += DECODE_WARPS;
+    }
+    gpu::sync_threads();
+    // 4. Weights e^(s − m) into sc, then their per-head sums.
+    for (hh, &v) in s.iter().enumerate() {
+        if hh < grp {
+            // SAFETY: as above.
+            unsafe {
+                let e = if p < end {
+                    gpu::exp(v - *tot.add(hh))
+                } else {
+                    0.0
+                };
+                *sc.add(hh * DECODE_CHUNK + t) = e;
             }
         }
     }
+    gpu::sync_threads();
+    let mut hh = warp;
+    while hh < grp {
+        let mut v = 0.0f32;
+        for k in 0..DECODE_CHUNK / 32 {
+            // SAFETY: inside sc.
+            v += unsafe { *sc.add(hh * DECODE_CHUNK + lane + 32 * k) };
+        }
+        let v = gpu::warp_sum(v);
+        if lane == 0 {
+            // SAFETY: as above.
+            unsafe { *tot.add(grp + hh) = v };
+        }
+        hh += DECODE_WARPS;
+    }
+    // 5. Values: warp w takes positions start + w, + DECODE_WARPS, …; lane owns dims
+    //    lane + 32 k (coalesced rows), for every query head of the group.
+    let mut acc = [[0.0f32; MAX_DL]; G];
+    let mut p = start + warp;
+    while p < end {
+        let mut vv = [0.0f32; MAX_DL];
+        for (k, v) in vv.iter_mut().enumerate() {
+            if k < dl {
+                let j = lane + 32 * k;
+                // SAFETY: j < d; p < n_kv ≤ n_ctx.
+                *v = unsafe {
+                    if p == pos {
+                        *vn_s.add(j)
+                    } else {
+                        (*v_cache.add(cache_base + p * d + j)).load()
+                    }
+                };
+            }
+        }
+        for (hh, a) in acc.iter_mut().enumerate() {
+            if hh < grp {
+                // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
+                let e = unsafe { *sc.add(hh * DECODE_CHUNK + p - start) };
+                for k in 0..MAX_DL {
+                    if k < dl {
+                        a[k] += e * vv[k];
+                    }
+                }
+            }
+        }
+        p += DECODE_WARPS;
+    }
+    for (hh, a) in acc.iter().enumerate() {
+        if hh < grp {
+            for (k, &v) in a.iter().enumerate() {
+                if k < dl {
+                    // SAFETY: (warp * grp + hh) * d + lane + 32 k < DECODE_WARPS * grp * d.
+                    unsafe { *acc_s.add((warp * grp + hh) * d + lane + 32 * k) = v };
+                }
+            }
+        }
+    }
+    gpu::sync_threads(); // publishes acc_s and tot
+    // 6. Sum the warps' pieces: the result (one split) or this split's partial.
+    let mut i = t;
+    while i < grp * d {
+        let (hh, j) = (i / d, i % d);
+        let mut o = 0.0f32;
+        for w in 0..DECODE_WARPS {
+            // SAFETY: as above.
+            o += unsafe { *acc_s.add((w * grp + hh) * d + j) };
+        }
+        let hq = kvh * grp + hh;
+        // SAFETY: out holds n_head * d floats, part n_head * n_split * (d + 2); tot as above.
+        unsafe {
+            if n_split == 1 {
+                *out.add(hq * d + j) = o / *tot.add(grp + hh);
+            } else {
+                let ps = (hq * n_split + split) * (d + 2);
+                *part.add(ps + j) = o;
+                if j == 0 {
+                    *part.add(ps + d) = *tot.add(hh);
+                    *part.add(ps + d + 1) = *tot.add(grp + hh);
+                }
+            }
+        }
+        i += THREADS;
+    }
+    if n_split == 1 {
+        return;
+    }
 
-    // The last split of head h to finish combines them all (one launch instead of two): each
-    // block publishes its partial (fence), counts itself in done[h], and the block that brings
-    // the count to n_split rescales the partials to the global max.
+    // 7. The last split of this KV head to finish combines them all for its query heads: each
+    //    block publishes its partials (fence), counts itself in done[kvh], and the block that
+    //    brings the count to n_split rescales the partials to the global max.
     gpu::fence_gpu();
-    gpu::sync_threads(); // every thread's partial is fenced before thread 0 counts the block
+    gpu::sync_threads(); // every thread's partials are fenced before thread 0 counts the block
     if t == 0 {
-        // SAFETY: done holds n_head u32, 0 at launch (the last block resets its slot).
-        let prev = gpu::atomic_add_u32(unsafe { done.add(h) }, 1);
+        // SAFETY: done holds ≥ n_head_kv u32, 0 at launch (the last block resets its slot).
+        let prev = gpu::atomic_add_u32(unsafe { done.add(kvh) }, 1);
         let last = if prev as usize == n_split - 1 {
             1.0
         } else {
             0.0
         };
-        // SAFETY: red[0] is this block's scratch, read by all after the barrier below (the
-        // partial sums above were read before the previous barrier).
+        // SAFETY: red[0] is free again (read before the previous barriers).
         unsafe { *red = last };
     }
     gpu::sync_threads();
-    // SAFETY: red[0] written by thread 0 before the barrier.
+    // SAFETY: written by thread 0 before the barrier.
     if unsafe { *red } == 0.0 {
         return;
     }
     gpu::fence_gpu();
-    let base = h * n_split * (d + 2);
-    let mut gm = f32::NEG_INFINITY;
-    for s in 0..n_split {
-        // SAFETY: s < n_split; every block fenced its writes before counting itself.
-        gm = gm.max(unsafe { gpu::load_volatile(part.add(base + s * (d + 2) + d)) });
-    }
-    let mut j = t;
-    while j < d {
+    let mut i = t;
+    while i < grp * d {
+        let (hh, j) = (i / d, i % d);
+        let base = (kvh * grp + hh) * n_split * (d + 2);
+        let mut gm = f32::NEG_INFINITY;
+        for s in 0..n_split {
+            // SAFETY: s < n_split; every block fenced its writes before counting itself.
+            gm = gm.max(unsafe { gpu::load_volatile(part.add(base + s * (d + 2) + d)) });
+        }
         let (mut num, mut den) = (0.0f32, 0.0f32);
         for s in 0..n_split {
             let ps = base + s * (d + 2);
@@ -298,12 +406,12 @@ unsafe fn attention_decode<C: CacheElem>(
             }
         }
         // SAFETY: out holds n_head * d floats.
-        unsafe { *out.add(h * d + j) = num / den };
-        j += THREADS;
+        unsafe { *out.add((kvh * grp + hh) * d + j) = num / den };
+        i += THREADS;
     }
     if t == 0 {
-        // SAFETY: every block of head h has counted itself; none touches done[h] again.
-        unsafe { *done.add(h) = 0 };
+        // SAFETY: every block of this KV head has counted itself; none touches done[kvh] again.
+        unsafe { *done.add(kvh) = 0 };
     }
 }
 

@@ -18,3 +18,30 @@ pub const fn prefill_smem_bytes(head_dim: usize) -> usize {
 }
 
 const _: () = assert!(prefill_smem_bytes(128) <= 48 * 1024 && prefill_smem_bytes(96) <= 48 * 1024);
+
+/// Threads per block of `attention_decode_*` (the same as every attention kernel).
+pub const DECODE_THREADS: usize = 128;
+/// Positions per split of decode attention: one per thread in the score phase.
+pub const DECODE_CHUNK: usize = DECODE_THREADS;
+/// Most query heads per KV head in decode attention.
+pub const DECODE_MAX_GROUP: usize = 8;
+/// Warps per decode block.
+pub const DECODE_WARPS: usize = DECODE_THREADS / 32;
+
+/// f32 offsets of the decode kernel's dynamic shared memory regions for `group` query heads of
+/// `d` dims: `q_s [group][d]`, `kn_s [d]`, `vn_s [d]`, `sc [group][DECODE_CHUNK]`,
+/// `red [DECODE_WARPS][group]`, `tot [2][group]`, `acc_s [DECODE_WARPS][group][d]`; the last
+/// value is the total (the launcher's size, ×4 bytes).
+pub const fn decode_smem_layout(group: usize, d: usize) -> [usize; 8] {
+    let q_s = 0;
+    let kn_s = q_s + group * d;
+    let vn_s = kn_s + d;
+    let sc = vn_s + d;
+    let red = sc + group * DECODE_CHUNK;
+    let tot = red + DECODE_WARPS * group;
+    let acc_s = tot + 2 * group;
+    let end = acc_s + DECODE_WARPS * group * d;
+    [q_s, kn_s, vn_s, sc, red, tot, acc_s, end]
+}
+
+const _: () = assert!(4 * decode_smem_layout(DECODE_MAX_GROUP, 128)[7] <= 48 * 1024);

@@ -435,7 +435,7 @@ fn check_heads(kernel: &'static str, n_head: usize, s: KvShape) -> Result<usize>
 }
 
 /// Most positions per split of decode attention (the shared-memory score buffer).
-pub const DECODE_CHUNK: usize = 256;
+pub const DECODE_CHUNK: usize = kernels_gpu::shapes::DECODE_CHUNK;
 
 /// Splits of decode attention over `n_kv` positions: enough that none holds more than
 /// [`DECODE_CHUNK`].
@@ -568,7 +568,17 @@ pub fn attention_decode<T: KvElem>(
         },
     )?;
     let n_split = decode_splits(bound);
-    let max_chunk = bound.div_ceil(n_split);
+    ensure(
+        kname,
+        group <= kernels_gpu::shapes::DECODE_MAX_GROUP,
+        || {
+            format!(
+                "{group} query heads per KV head; at most {} supported",
+                kernels_gpu::shapes::DECODE_MAX_GROUP
+            )
+        },
+    )?;
+    let smem = 4 * kernels_gpu::shapes::decode_smem_layout(group, d)[7];
     let args = (
         to_u32(kname, "n_kv", n_kv)?,
         to_u32(kname, "n_ctx", s.n_ctx)?,
@@ -580,12 +590,12 @@ pub fn attention_decode<T: KvElem>(
     );
     let cfg = LaunchConfig {
         grid_dim: (
-            to_u32(kname, "n_head", n_head)?,
+            to_u32(kname, "n_head_kv", s.n_head_kv)?,
             to_u32(kname, "n_split", n_split)?,
             1,
         ),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: (4 * (3 * d + max_chunk + 128)) as u32,
+        block_dim: (kernels_gpu::shapes::DECODE_THREADS as u32, 1, 1),
+        shared_mem_bytes: smem as u32,
     };
     let (mut kc, mut vc) = (cache.k.as_view_mut(), cache.v.as_view_mut());
     let table = tok.rope.data.as_view();
