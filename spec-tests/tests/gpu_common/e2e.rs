@@ -333,11 +333,15 @@ pub const FAST_REL_L2: f64 = 1e-2;
 /// 4. the plain f16 tensor-core GEMM configuration (f16 KV cache, f16 LM head) against the CPU
 ///    with an f16 cache: [`FAST_REL_L2`];
 /// 5. reference precision with the `F16x3` GEMMs instead of the f32 ones against the CPU with an
-///    f32 cache: [`MAX_REL_L2`], like run 1: the split-f16 GEMM is held to the f32 path's standard.
+///    f32 cache: [`MAX_REL_L2`], like run 1.
 ///
-/// In 2–4 a position that the f16 cache itself makes ill-conditioned gets a larger bar
-/// ([`F16_CACHE_ALLOWANCE`]); at every other position, and in 1 and 5 everywhere, the bar is as
-/// stated. Printed as information: how far the f16 cache alone moves the logits (the CPU's f16
+/// In 2–5 a position that the f16 cache itself makes ill-conditioned gets a larger bar
+/// ([`F16_CACHE_ALLOWANCE`]); at every other position, and in 1 everywhere, the bar is as
+/// stated. Run 5 has the allowance because such a position amplifies any perturbation, not only
+/// the cache's: on the qwen twin, position 222 (s = 6e-2) turns run 1's f32 rounding differences
+/// into 1.19e-3 (the only position above 1e-4), and the split-f16 GEMM's representation error
+/// (≤ 3·2^-22 relative per product, ≈ 12× f32's 2^-24·k accumulation bound) into 1.41e-2 (H100,
+/// run 8 of docs/GPU_ENGINE.md); the median there is 9e-7. Printed as information: how far the f16 cache alone moves the logits (the CPU's f16
 /// run against its f32 run). On the real qwen model that is more than 5e-4 at most positions (up
 /// to 2.2e-2), so an f16-cache GPU run cannot be judged against an f32-cache reference; against
 /// the f16-cache reference it differs only by the engines' f32 arithmetic (and the f16 LM head or
@@ -426,7 +430,7 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         compare(&kv16, &cpu.kv16, MAX_REL_L2, s),
         compare(&default, &cpu.kv16, MAX_REL_L2, s),
         compare(&fast, &cpu.kv16, FAST_REL_L2, s),
-        compare(&split, &cpu.kv32, MAX_REL_L2, None),
+        compare(&split, &cpu.kv32, MAX_REL_L2, s),
     ];
     let fails: Vec<String> = reports.iter().filter_map(|r| r.failure.clone()).collect();
     assert!(fails.is_empty(), "{}", fails.join("\n"));
