@@ -27,8 +27,8 @@
 //! and the last split of each KV head to finish (counted in `done[kvh]`, which it resets to 0)
 //! rescales the partials to the global max and writes `out`.
 //!
-//! Limits: `head_dim` a multiple of 32 and ≤ 128; `group ≤ 8`; `done` zeroed before the first
-//! launch.
+//! Limits: `head_dim` 32, 64 or 128 (a power of two: `head_dim / 8` threads share a position);
+//! `group ≤ 8`; `n_ctx ≤ 128 · DECODE_CHUNK`; `done` zeroed before the first launch.
 //!
 //! Prefill (`attention_prefill_{f16,f32}`, causal, flash-attention style: key tiles streamed
 //! through shared memory with an online softmax, no `n × n` matrix anywhere), register-tiled like
@@ -94,7 +94,9 @@ unsafe fn rope_pair(
     }
 }
 
-use crate::shapes::{DECODE_CHUNK, DECODE_MAX_GROUP, DECODE_WARPS, decode_smem_layout};
+use crate::shapes::{
+    DECODE_CHUNK, DECODE_MAX_GROUP, DECODE_MIN_CHUNK, DECODE_WARPS, decode_smem_layout,
+};
 /// Most dims per lane in the value phase of decode (head_dim ≤ 128).
 const MAX_DL: usize = 4;
 
@@ -122,7 +124,6 @@ unsafe fn attention_decode<C: Chunk4>(
     const G: usize = DECODE_MAX_GROUP;
     let d = head_dim as usize;
     let grp = group as usize;
-    let dl = d / 32; // dims per lane in the value phase
     let kvh = gpu::block_x() as usize;
     let split = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
     let n_split = unsafe { core::arch::nvptx::_grid_dim_y() } as usize;
@@ -135,8 +136,14 @@ unsafe fn attention_decode<C: Chunk4>(
     };
     let n_kv = core::cmp::min(n_kv, n_ctx as usize);
     let pos = n_kv - 1;
-    let chunk = n_kv.div_ceil(n_split); // ≤ DECODE_CHUNK: n_split ≥ n_ctx / DECODE_CHUNK
-    let start = core::cmp::min(split * chunk, n_kv);
+    // Splits of at least DECODE_MIN_CHUNK positions (at most DECODE_CHUNK: n_split ≥
+    // n_ctx / DECODE_CHUNK); the splits past the last used one have nothing to do.
+    let chunk = core::cmp::max(n_kv.div_ceil(n_split), DECODE_MIN_CHUNK);
+    let n_used = n_kv.div_ceil(chunk);
+    if split >= n_used {
+        return; // block-uniform, before any barrier
+    }
+    let start = split * chunk;
     let end = core::cmp::min(start + chunk, n_kv);
     let t = gpu::thread_x() as usize;
     let (lane, warp) = (gpu::lane() as usize, gpu::warp() as usize);
@@ -193,64 +200,72 @@ unsafe fn attention_decode<C: Chunk4>(
         }
     }
 
-    // 2. Scores: thread t takes position start + t for every query head of the group (the key
-    //    row is read once, in 4-element vectors, for all of them).
-    let p = start + t;
-    let mut s = [f32::NEG_INFINITY; G];
-    if p < end {
-        let mut acc = [0.0f32; G];
-        if p == pos {
-            for j in 0..d {
-                // SAFETY: j < d.
-                let kv = unsafe { *kn_s.add(j) };
-                for (hh, a) in acc.iter_mut().enumerate() {
-                    if hh < grp {
-                        // SAFETY: hh * d + j < grp * d.
-                        *a += unsafe { *q_s.add(hh * d + j) } * kv;
-                    }
-                }
-            }
-        } else {
-            // SAFETY: p < n_kv ≤ n_ctx: a row of this head's cache (4-element aligned: d is a
-            // multiple of 32).
-            let krow = unsafe { k_cache.add(cache_base + p * d) } as *const C;
-            let mut j = 0;
-            while j < d {
-                // SAFETY: j + 4 ≤ d.
-                let kv = C::widen(unsafe { C::load4(krow.add(j)) });
-                for (jj, &k) in kv.iter().enumerate() {
-                    for (hh, a) in acc.iter_mut().enumerate() {
-                        if hh < grp {
-                            // SAFETY: hh * d + j + jj < grp * d.
-                            *a += unsafe { *q_s.add(hh * d + j + jj) } * k;
-                        }
-                    }
-                }
-                j += 4;
-            }
-        }
-        for hh in 0..G {
-            if hh < grp {
-                s[hh] = acc[hh] * scale;
+    // 2. Scores: `tpp = d / 8` adjacent threads share a position, thread `sub` owning dims
+    //    8 sub .. 8 sub + 8 of every query of the group (in registers), the key read as two
+    //    4-element vectors; a shuffle reduction over the tpp threads gives the dots.
+    let tpp = d / 8;
+    let (sub, row) = (t % tpp, t / tpp);
+    let per_pass = THREADS / tpp;
+    let mut qr = [[0.0f32; 8]; G];
+    for (hh, qh) in qr.iter_mut().enumerate() {
+        if hh < grp {
+            for (i, v) in qh.iter_mut().enumerate() {
+                // SAFETY: hh * d + 8 sub + i < grp * d.
+                *v = unsafe { *q_s.add(hh * d + 8 * sub + i) };
             }
         }
     }
-    for (hh, &v) in s.iter().enumerate() {
-        if hh < grp {
-            // SAFETY: hh * DECODE_CHUNK + t < grp * DECODE_CHUNK.
-            unsafe { *sc.add(hh * DECODE_CHUNK + t) = v };
+    // The same number of passes for every thread: all lanes take part in every shuffle
+    // (positions past `end` contribute zeros).
+    for pass in 0..chunk.div_ceil(per_pass) {
+        let p = start + row + pass * per_pass;
+        let mut kv = [0.0f32; 8];
+        if p < end {
+            if p == pos {
+                for (i, v) in kv.iter_mut().enumerate() {
+                    // SAFETY: 8 sub + i < d.
+                    *v = unsafe { *kn_s.add(8 * sub + i) };
+                }
+            } else {
+                // SAFETY: p < n_kv ≤ n_ctx; 8 sub + 8 ≤ d; rows are 4-element aligned.
+                let kp = unsafe { k_cache.add(cache_base + p * d + 8 * sub) } as *const C;
+                let (a, b) = unsafe { (C::widen(C::load4(kp)), C::widen(C::load4(kp.add(4)))) };
+                kv = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
+            }
+        }
+        let mut dots = [0.0f32; G];
+        for (dt, qh) in dots.iter_mut().zip(&qr) {
+            for (&qv, &k) in qh.iter().zip(&kv) {
+                *dt += qv * k;
+            }
+        }
+        let mut m = tpp / 2;
+        while m > 0 {
+            for dt in dots.iter_mut() {
+                *dt += gpu::shfl_xor(*dt, m as u32);
+            }
+            m /= 2;
+        }
+        if sub == 0 && p < end {
+            for (hh, &dt) in dots.iter().enumerate() {
+                if hh < grp {
+                    // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
+                    unsafe { *sc.add(hh * DECODE_CHUNK + p - start) = dt * scale };
+                }
+            }
         }
     }
     gpu::sync_threads();
-    // 3. Per-head max over the split, warp `w` reducing heads w, w + 4 (an empty split keeps −inf:
-    //    the combine skips it). Reductions go through shared memory so that the per-head
-    //    register arrays are only ever indexed by constants (they stay in registers).
+    // 3. Per-head max over the split, warp `w` reducing heads w, w + 4.
+    let n_here = end - start;
     let mut hh = warp;
     while hh < grp {
         let mut v = f32::NEG_INFINITY;
-        for k in 0..DECODE_CHUNK / 32 {
+        let mut k = lane;
+        while k < n_here {
             // SAFETY: inside sc.
-            v = v.max(unsafe { *sc.add(hh * DECODE_CHUNK + lane + 32 * k) });
+            v = v.max(unsafe { *sc.add(hh * DECODE_CHUNK + k) });
+            k += 32;
         }
         let v = gpu::warp_max(v);
         if lane == 0 {
@@ -260,27 +275,25 @@ unsafe fn attention_decode<C: Chunk4>(
         hh += DECODE_WARPS;
     }
     gpu::sync_threads();
-    // 4. Weights e^(s − m) into sc, then their per-head sums.
-    for (hh, &v) in s.iter().enumerate() {
-        if hh < grp {
+    // 4. Weights e^(s − m) in place, then their per-head sums.
+    let mut i = t;
+    while i < grp * DECODE_CHUNK {
+        let (hh, k) = (i / DECODE_CHUNK, i % DECODE_CHUNK);
+        if k < n_here {
             // SAFETY: as above.
-            unsafe {
-                let e = if p < end {
-                    gpu::exp(v - *tot.add(hh))
-                } else {
-                    0.0
-                };
-                *sc.add(hh * DECODE_CHUNK + t) = e;
-            }
+            unsafe { *sc.add(i) = gpu::exp(*sc.add(i) - *tot.add(hh)) };
         }
+        i += THREADS;
     }
     gpu::sync_threads();
     let mut hh = warp;
     while hh < grp {
         let mut v = 0.0f32;
-        for k in 0..DECODE_CHUNK / 32 {
+        let mut k = lane;
+        while k < n_here {
             // SAFETY: inside sc.
-            v += unsafe { *sc.add(hh * DECODE_CHUNK + lane + 32 * k) };
+            v += unsafe { *sc.add(hh * DECODE_CHUNK + k) };
+            k += 32;
         }
         let v = gpu::warp_sum(v);
         if lane == 0 {
@@ -291,6 +304,7 @@ unsafe fn attention_decode<C: Chunk4>(
     }
     // 5. Values: warp w takes positions start + w, + DECODE_WARPS, …; lane owns dims
     //    lane + 32 k (coalesced rows), for every query head of the group.
+    let dl = d / 32;
     let mut acc = [[0.0f32; MAX_DL]; G];
     let mut p = start + warp;
     while p < end {
@@ -312,10 +326,8 @@ unsafe fn attention_decode<C: Chunk4>(
             if hh < grp {
                 // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
                 let e = unsafe { *sc.add(hh * DECODE_CHUNK + p - start) };
-                for k in 0..MAX_DL {
-                    if k < dl {
-                        a[k] += e * vv[k];
-                    }
+                for (av, &v) in a.iter_mut().zip(&vv) {
+                    *av += e * v;
                 }
             }
         }
@@ -332,7 +344,7 @@ unsafe fn attention_decode<C: Chunk4>(
         }
     }
     gpu::sync_threads(); // publishes acc_s and tot
-    // 6. Sum the warps' pieces: the result (one split) or this split's partial.
+    // 6. Sum the warps' pieces: the result (one split used) or this split's partial.
     let mut i = t;
     while i < grp * d {
         let (hh, j) = (i / d, i % d);
@@ -344,7 +356,7 @@ unsafe fn attention_decode<C: Chunk4>(
         let hq = kvh * grp + hh;
         // SAFETY: out holds n_head * d floats, part n_head * n_split * (d + 2); tot as above.
         unsafe {
-            if n_split == 1 {
+            if n_used == 1 {
                 *out.add(hq * d + j) = o / *tot.add(grp + hh);
             } else {
                 let ps = (hq * n_split + split) * (d + 2);
@@ -357,24 +369,24 @@ unsafe fn attention_decode<C: Chunk4>(
         }
         i += THREADS;
     }
-    if n_split == 1 {
+    if n_used == 1 {
         return;
     }
 
-    // 7. The last split of this KV head to finish combines them all for its query heads: each
-    //    block publishes its partials (fence), counts itself in done[kvh], and the block that
-    //    brings the count to n_split rescales the partials to the global max.
+    // 7. The last used split of this KV head to finish combines them: each block publishes its
+    //    partials (fence), counts itself in done[kvh], and the block that brings the count to
+    //    n_used rescales the partials to the global max.
     gpu::fence_gpu();
     gpu::sync_threads(); // every thread's partials are fenced before thread 0 counts the block
     if t == 0 {
         // SAFETY: done holds ≥ n_head_kv u32, 0 at launch (the last block resets its slot).
         let prev = gpu::atomic_add_u32(unsafe { done.add(kvh) }, 1);
-        let last = if prev as usize == n_split - 1 {
+        let last = if prev as usize == n_used - 1 {
             1.0
         } else {
             0.0
         };
-        // SAFETY: red[0] is free again (read before the previous barriers).
+        // SAFETY: red[0] is this block's scratch.
         unsafe { *red = last };
     }
     gpu::sync_threads();
@@ -383,34 +395,56 @@ unsafe fn attention_decode<C: Chunk4>(
         return;
     }
     gpu::fence_gpu();
+    // Each split's weight e^(m_s − m) per head into sc (n_used ≤ DECODE_CHUNK: the launcher
+    // keeps n_split ≤ DECODE_CHUNK), the denominators into tot.
+    let mut hh = warp;
+    while hh < grp {
+        let base = (kvh * grp + hh) * n_split * (d + 2);
+        let mut gm = f32::NEG_INFINITY;
+        let mut s = lane;
+        while s < n_used {
+            // SAFETY: s < n_used ≤ n_split; fenced by its writer before the count.
+            gm = gm.max(unsafe { gpu::load_cg(part.add(base + s * (d + 2) + d)) });
+            s += 32;
+        }
+        let gm = gpu::warp_max(gm);
+        let mut den = 0.0f32;
+        let mut s = lane;
+        while s < n_used {
+            // SAFETY: as above; hh * DECODE_CHUNK + s < grp * DECODE_CHUNK.
+            unsafe {
+                let ps = base + s * (d + 2);
+                let w = gpu::exp(gpu::load_cg(part.add(ps + d)) - gm);
+                *sc.add(hh * DECODE_CHUNK + s) = w;
+                den += w * gpu::load_cg(part.add(ps + d + 1));
+            }
+            s += 32;
+        }
+        let den = gpu::warp_sum(den);
+        if lane == 0 {
+            // SAFETY: as above.
+            unsafe { *tot.add(hh) = den };
+        }
+        hh += DECODE_WARPS;
+    }
+    gpu::sync_threads();
     let mut i = t;
     while i < grp * d {
         let (hh, j) = (i / d, i % d);
-        let base = (kvh * grp + hh) * n_split * (d + 2);
-        let mut gm = f32::NEG_INFINITY;
-        for s in 0..n_split {
-            // SAFETY: s < n_split; every block fenced its writes before counting itself.
-            gm = gm.max(unsafe { gpu::load_volatile(part.add(base + s * (d + 2) + d)) });
-        }
-        let (mut num, mut den) = (0.0f32, 0.0f32);
-        for s in 0..n_split {
-            let ps = base + s * (d + 2);
+        let base = (kvh * grp + hh) * n_split * (d + 2) + j;
+        let mut num = 0.0f32;
+        for s in 0..n_used {
             // SAFETY: as above.
             unsafe {
-                let ms = gpu::load_volatile(part.add(ps + d));
-                if ms != f32::NEG_INFINITY {
-                    let w = gpu::exp(ms - gm);
-                    num += w * gpu::load_volatile(part.add(ps + j));
-                    den += w * gpu::load_volatile(part.add(ps + d + 1));
-                }
-            }
+                num += *sc.add(hh * DECODE_CHUNK + s) * gpu::load_cg(part.add(base + s * (d + 2)))
+            };
         }
         // SAFETY: out holds n_head * d floats.
-        unsafe { *out.add((kvh * grp + hh) * d + j) = num / den };
+        unsafe { *out.add((kvh * grp + hh) * d + j) = num / *tot.add(hh) };
         i += THREADS;
     }
     if t == 0 {
-        // SAFETY: every block of this KV head has counted itself; none touches done[kvh] again.
+        // SAFETY: every used block of this KV head has counted itself; none touches done again.
         unsafe { *done.add(kvh) = 0 };
     }
 }

@@ -308,6 +308,23 @@ pub unsafe fn load_volatile<T: Copy>(p: *const T) -> T {
     unsafe { core::ptr::read_volatile(p) }
 }
 
+/// A load cached in L2 only (`ld.global.cg`): for data another block of the same grid wrote and
+/// published through [`fence_gpu`] and an atomic (L1 is not coherent across blocks). Unlike
+/// [`load_volatile`] the compiler may batch these.
+///
+/// # Safety
+/// `p` is a valid, 4-byte aligned global address.
+#[inline(always)]
+pub unsafe fn load_cg(p: *const f32) -> f32 {
+    let r: u32;
+    // SAFETY: caller contract.
+    unsafe {
+        asm!("ld.global.cg.b32 {r}, [{p}];", r = out(reg32) r, p = in(reg64) p as u64,
+             options(readonly, nostack, preserves_flags));
+    }
+    f32::from_bits(r)
+}
+
 /// The position a kernel works at: `host` (a launch argument) unless `dev` is non-null, then the
 /// u32 it points to (decode steps replayed from a CUDA graph keep the position in device memory).
 ///

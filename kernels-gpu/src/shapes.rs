@@ -23,6 +23,9 @@ const _: () = assert!(prefill_smem_bytes(128) <= 48 * 1024 && prefill_smem_bytes
 pub const DECODE_THREADS: usize = 128;
 /// Positions per split of decode attention: one per thread in the score phase.
 pub const DECODE_CHUNK: usize = DECODE_THREADS;
+/// Fewest positions per used split of decode attention (short contexts use fewer splits: each
+/// used split costs its block's fixed latency and a share of the combine).
+pub const DECODE_MIN_CHUNK: usize = 32;
 /// Most query heads per KV head in decode attention.
 pub const DECODE_MAX_GROUP: usize = 8;
 /// Warps per decode block.

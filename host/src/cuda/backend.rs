@@ -211,6 +211,13 @@ impl CudaBackend {
     ) -> Result<CudaBackend, BackendError> {
         opts.n_ctx = opts.n_ctx.clamp(1, cfg.n_ctx_train);
         opts.max_batch = opts.max_batch.clamp(1, opts.n_ctx);
+        let max_ctx = kernels_gpu::shapes::DECODE_CHUNK * kernels_gpu::shapes::DECODE_CHUNK;
+        if opts.n_ctx > max_ctx {
+            return Err(BackendError::Device(format!(
+                "a context of {} positions was asked for; the GPU decode attention supports at most {max_ctx}",
+                opts.n_ctx
+            )));
+        }
         for (kind, lm) in [(opts.gemm, false), (opts.lm_head, true)] {
             let ok = matches!(kind, GemmKind::F16F32 | GemmKind::F32 | GemmKind::Tf32)
                 || (!lm && kind == GemmKind::F16x3);

@@ -568,6 +568,17 @@ pub fn attention_decode<T: KvElem>(
         },
     )?;
     let n_split = decode_splits(bound);
+    ensure(kname, d.is_power_of_two(), || {
+        format!("head_dim {d}: decode attention takes 32, 64 or 128")
+    })?;
+    ensure(kname, n_split <= kernels_gpu::shapes::DECODE_CHUNK, || {
+        format!(
+            "a {}-position cache needs {n_split} splits; decode attention combines at most {} (contexts up to {} positions)",
+            s.n_ctx,
+            kernels_gpu::shapes::DECODE_CHUNK,
+            kernels_gpu::shapes::DECODE_CHUNK * kernels_gpu::shapes::DECODE_CHUNK
+        )
+    })?;
     ensure(
         kname,
         group <= kernels_gpu::shapes::DECODE_MAX_GROUP,
