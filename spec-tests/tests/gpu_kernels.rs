@@ -466,6 +466,16 @@ fn attention_prefill_case<T: TestElem>(
 
 const HEADS: &[(usize, usize, usize)] =
     &[(14, 2, 64), (9, 3, 64), (4, 4, 128), (8, 1, 32), (6, 2, 96)];
+/// Decode takes head_dim 32, 64 or 128 (96 is refused: `launchers_refuse_bad_shapes…`), and up to
+/// 8 query heads per KV head.
+const DECODE_HEADS: &[(usize, usize, usize)] = &[
+    (14, 2, 64),
+    (9, 3, 64),
+    (4, 4, 128),
+    (8, 1, 32),
+    (16, 2, 64),
+    (16, 2, 128),
+];
 
 proptest! {
     #![proptest_config(cfg(8))]
@@ -488,8 +498,8 @@ proptest! {
     #[test]
     #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
     fn attention_decode_matches_cpu(
-        heads in prop::sample::select(HEADS),
-        n_kv in prop::sample::select(&[1usize, 2, 255, 256, 257, 1000, 4096][..]),
+        heads in prop::sample::select(DECODE_HEADS),
+        n_kv in prop::sample::select(&[1usize, 2, 31, 32, 33, 128, 129, 255, 256, 257, 1000, 4095, 4096][..]),
         f32_cache in any::<bool>(),
         seed in any::<u64>(),
     ) {
@@ -1052,6 +1062,51 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("sample_topk_topp_f32"), "{e}");
+    // Decode attention: head_dim 96 and a group of 16 query heads per KV head are refused by name
+    // before anything is launched.
+    for (n_head, n_head_kv, head_dim, why) in
+        [(6, 2, 96, "head_dim 96"), (32, 2, 64, "16 query heads")]
+    {
+        let s = KvShape {
+            n_head_kv,
+            head_dim,
+            n_ctx: 64,
+        };
+        let mut cache: KvLayer<u16> = KvLayer::new(&g, s).unwrap();
+        let q = upload(&g, &vec![0.5f32; n_head * head_dim]);
+        let kv = upload(&g, &vec![0.5f32; n_head_kv * head_dim]);
+        let table = RopeTable::new(&g, 64, head_dim, 10_000.0).unwrap();
+        let mut scratch = ops::DecodeScratch::new(&g, n_head, head_dim, 64).unwrap();
+        let mut out = poisoned(&g, n_head * head_dim, f32::NAN);
+        let (qv, kvv) = (q.as_view(), kv.as_view());
+        let tok = ops::NewToken {
+            q: &qv,
+            k: &kvv,
+            v: &kvv,
+            rope: &table,
+            style: RopeStyle::Neox,
+        };
+        let e = ops::attention_decode(
+            &g,
+            tok,
+            &mut cache,
+            s,
+            n_head,
+            DecodeAt::Kv(5),
+            &mut scratch,
+            &mut out.as_view_mut(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("attention_decode_f16") && e.contains(why.split(' ').next().unwrap()),
+            "{e}"
+        );
+        assert!(
+            download(&g, &out).iter().all(|v| v.is_nan()),
+            "{why}: nothing may be written"
+        );
+    }
     // The dequant kernels' vector stores need a 16-byte aligned output; the split layouts need
     // three times the elements.
     let w = DeviceTensor::upload(&g, "w", GgmlType::F32, 2, 32, &[0x3f; 2 * 32 * 4]).unwrap();
