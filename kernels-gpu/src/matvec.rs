@@ -110,7 +110,24 @@ unsafe fn matvec_legacy<B: Legacy4>(
     add: *const f32,
     mode: u32,
 ) {
-    let row = gpu::block_x() as usize * ROWS_PER_BLOCK + gpu::warp() as usize;
+    // SAFETY: forwarded contract.
+    unsafe { matvec_legacy_at::<B>(gpu::block_x() as usize, w, x, y, rows, cols, add, mode) }
+}
+
+/// [`matvec_legacy`] as block `blk` of its grid (rows `4 blk .. 4 blk + 4`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn matvec_legacy_at<B: Legacy4>(
+    blk: usize,
+    w: *const u8,
+    x: *const f32,
+    y: *mut f32,
+    rows: u32,
+    cols: u32,
+    add: *const f32,
+    mode: u32,
+) {
+    let row = blk * ROWS_PER_BLOCK + gpu::warp() as usize;
     if row >= rows as usize {
         return; // warp-uniform; no barriers below
     }
@@ -163,6 +180,51 @@ unsafe fn row_dot_legacy<B: Legacy4>(wr: *const u8, nb: usize, lane: usize, x: *
     acc
 }
 
+/// [`row_dot_legacy`] of two rows at once (gate and up): both rows' loads are issued before any
+/// arithmetic, so the warp waits for memory once, not twice. The same per-row sums, in the same
+/// order, as two calls.
+///
+/// # Safety
+/// As [`row_dot_legacy`], for both rows.
+#[inline(always)]
+unsafe fn row_dot2_legacy<B: Legacy4>(
+    wa: *const u8,
+    wb: *const u8,
+    nb: usize,
+    lane: usize,
+    x: *const f32,
+) -> (f32, f32) {
+    let q = lane % 4;
+    let mut b = lane / 4;
+    let (mut acc_a, mut acc_b) = (0.0f32, 0.0f32);
+    while b < nb {
+        let ld = |w: *const u8, u: usize| {
+            let bb = (b + 8 * u).min(nb - 1);
+            // SAFETY: bb < cols / 32: a whole block of the row, 2-byte aligned.
+            unsafe { B::load(w.add(bb * B::BYTES), q) }
+        };
+        let ra: [Raw; UNROLL] = [ld(wa, 0), ld(wa, 1), ld(wa, 2), ld(wa, 3)];
+        let rb: [Raw; UNROLL] = [ld(wb, 0), ld(wb, 1), ld(wb, 2), ld(wb, 3)];
+        // Written out for the 4 steps (a loop over the arrays would put them in local memory).
+        let mut step = |u: usize| {
+            let bb = b + 8 * u;
+            if bb < nb {
+                // SAFETY: x holds cols = 32 nb floats.
+                unsafe {
+                    acc_a += B::dot_raw(ra[u], q, x.add(32 * bb));
+                    acc_b += B::dot_raw(rb[u], q, x.add(32 * bb));
+                }
+            }
+        };
+        step(0);
+        step(1);
+        step(2);
+        step(3);
+        b += 8 * UNROLL;
+    }
+    (acc_a, acc_b)
+}
+
 /// `h[r] = silu((Wg x)[r]) · (Wu x)[r]`: the gate and up projections and the SwiGLU in one
 /// launch (a warp per row, as `matvec_legacy`; the same sums and the same `silu_mul` as the
 /// separate kernels, so the same bits).
@@ -184,10 +246,7 @@ unsafe fn matvec_swiglu_legacy<B: Legacy4>(
     // SAFETY: row < rows: both rows lie inside their matrices (same shape); x holds cols floats.
     let (g, u) = unsafe {
         let off = row * nb * B::BYTES;
-        (
-            row_dot_legacy::<B>(wg.add(off), nb, lane, x),
-            row_dot_legacy::<B>(wu.add(off), nb, lane, x),
-        )
+        row_dot2_legacy::<B>(wg.add(off), wu.add(off), nb, lane, x)
     };
     let (g, u) = (gpu::warp_sum(g), gpu::warp_sum(u));
     if lane == 0 {
@@ -217,6 +276,81 @@ matvec_swiglu_kernels! {
     matvec_swiglu_q5_0 => BlockQ5_0;
     matvec_swiglu_q5_1 => BlockQ5_1;
     matvec_swiglu_q8_0 => BlockQ8_0;
+}
+
+/// The q, k and v projections of one token in one launch: blocks `0 .. ⌈nq/4⌉` compute
+/// `yq = Wq x`, the next `⌈nk/4⌉` `yk = Wk x`, the rest `yv = Wv x` (q and k of type `A`, v of
+/// type `B`), each plus its bias when `mode` is [`ADD`]. A warp per row as in `matvec_legacy`:
+/// the same sums, so the same bits as three launches.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
+    wq: *const u8,
+    wk: *const u8,
+    wv: *const u8,
+    x: *const f32,
+    yq: *mut f32,
+    yk: *mut f32,
+    yv: *mut f32,
+    bq: *const f32,
+    bk: *const f32,
+    bv: *const f32,
+    nq: u32,
+    nk: u32,
+    nv: u32,
+    cols: u32,
+    mode: u32,
+) {
+    let blk = gpu::block_x() as usize;
+    let bq_n = (nq as usize).div_ceil(ROWS_PER_BLOCK);
+    let bk_n = (nk as usize).div_ceil(ROWS_PER_BLOCK);
+    // SAFETY: forwarded contract; each sub-range addresses its own matrix and output.
+    unsafe {
+        if blk < bq_n {
+            matvec_legacy_at::<A>(blk, wq, x, yq, nq, cols, bq, mode)
+        } else if blk < bq_n + bk_n {
+            matvec_legacy_at::<A>(blk - bq_n, wk, x, yk, nk, cols, bk, mode)
+        } else {
+            matvec_legacy_at::<B>(blk - bq_n - bk_n, wv, x, yv, nv, cols, bv, mode)
+        }
+    }
+}
+
+macro_rules! matvec_qkv_kernels {
+    ($($name:ident => $a:ty, $b:ty;)*) => {$(
+        /// # Safety
+        /// `wq`, `wk`: `nq × cols` and `nk × cols` matrices of the first type, `wv` `nv × cols`
+        /// of the second; `x` holds cols floats, `yq`/`yk`/`yv` (and the biases when `mode` is
+        /// ADD) nq/nk/nv; grid = ⌈nq/4⌉ + ⌈nk/4⌉ + ⌈nv/4⌉ blocks of 128 (validated by the
+        /// launcher).
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $name(
+            wq: *const u8, wk: *const u8, wv: *const u8, x: *const f32,
+            yq: *mut f32, yk: *mut f32, yv: *mut f32,
+            bq: *const f32, bk: *const f32, bv: *const f32,
+            nq: u32, nk: u32, nv: u32, cols: u32, mode: u32,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe {
+                matvec_qkv_legacy::<$a, $b>(
+                    wq, wk, wv, x, yq, yk, yv, bq, bk, bv, nq, nk, nv, cols, mode,
+                )
+            }
+        }
+    )*};
+}
+
+matvec_qkv_kernels! {
+    matvec_qkv_q4_0_q4_0 => BlockQ4_0, BlockQ4_0;
+    matvec_qkv_q4_1_q4_1 => BlockQ4_1, BlockQ4_1;
+    matvec_qkv_q5_0_q5_0 => BlockQ5_0, BlockQ5_0;
+    matvec_qkv_q5_1_q5_1 => BlockQ5_1, BlockQ5_1;
+    matvec_qkv_q8_0_q8_0 => BlockQ8_0, BlockQ8_0;
+    matvec_qkv_q4_0_q8_0 => BlockQ4_0, BlockQ8_0;
+    matvec_qkv_q4_1_q8_0 => BlockQ4_1, BlockQ8_0;
+    matvec_qkv_q5_0_q8_0 => BlockQ5_0, BlockQ8_0;
+    matvec_qkv_q5_1_q8_0 => BlockQ5_1, BlockQ8_0;
 }
 
 /// K-quants: one block (4 warps) per row; warp `w` takes super-blocks `w, w + 4, …`, all its

@@ -636,6 +636,35 @@ proptest! {
             ops::matvec_swiglu(&g, &w, &wu, &xd.as_view(), &mut hf.as_view_mut()).unwrap();
             assert_bits_eq(&format!("matvec_swiglu {t:?} {rows}x{cols}"), &download(&g, &hf), &download(&g, &h));
         }
+        // The fused q/k/v matvec: w as q, a second matrix of the type as k (fewer rows), and a
+        // Q8_0 matrix as v, with and without biases: the bits of three separate launches.
+        let nk = rows.div_ceil(3);
+        let (kb, _) = random_tensor(t, nk, cols, &mut rng);
+        let wk = DeviceTensor::upload(&g, "k", t, nk, cols, &kb).unwrap();
+        let (vb, _) = random_tensor(GgmlType::Q8_0, nk, cols, &mut rng);
+        let wv = DeviceTensor::upload(&g, "v", GgmlType::Q8_0, nk, cols, &vb).unwrap();
+        for with_bias in [false, true] {
+            if !ops::matvec_qkv_supported(&w, &wk, &wv, [with_bias; 3]) {
+                continue;
+            }
+            let bs: Vec<Vec<f32>> = [rows, nk, nk].iter().map(|&n| random(&mut rng, n, 2.0)).collect();
+            let bd: Vec<_> = bs.iter().map(|b| upload(&g, b)).collect();
+            let mut sep = Vec::new();
+            for (wt, i) in [(&w, 0), (&wk, 1), (&wv, 2)] {
+                let mut y = poisoned(&g, wt.rows, f32::NAN);
+                let bv = bd[i].as_view();
+                let out = if with_bias { MatvecOut::Bias(&bv) } else { MatvecOut::Store };
+                ops::matvec_with(&g, wt, &xd.as_view(), &mut y.as_view_mut(), out).unwrap();
+                sep.push(download(&g, &y));
+            }
+            let (mut yq, mut yk, mut yv) = (poisoned(&g, rows, f32::NAN), poisoned(&g, nk, f32::NAN), poisoned(&g, nk, f32::NAN));
+            let (b0, b1, b2) = (bd[0].as_view(), bd[1].as_view(), bd[2].as_view());
+            let biases = with_bias.then_some([&b0, &b1, &b2]);
+            ops::matvec_qkv(&g, [&w, &wk, &wv], &xd.as_view(), &mut yq.as_view_mut(), &mut yk.as_view_mut(), &mut yv.as_view_mut(), biases).unwrap();
+            for (name, got, want) in [("q", download(&g, &yq), &sep[0]), ("k", download(&g, &yk), &sep[1]), ("v", download(&g, &yv), &sep[2])] {
+                assert_bits_eq(&format!("matvec_qkv {t:?} {rows}x{cols} {name} bias={with_bias}"), &got, want);
+            }
+        }
     }
 
     #[test]

@@ -471,36 +471,42 @@ impl CudaBackend {
                 &mut s.xn.slice_mut(..t * d),
             )?;
             let xn = s.xn.slice(..t * d);
-            lin.run_bias(
-                &l.wq,
-                &xn,
-                &mut s.q.slice_mut(..t * qd),
-                t,
-                l.bq.as_ref(),
-                &mut s.wdeq32,
-                &mut s.wdeq16,
-                &mut s.x16,
-            )?;
-            lin.run_bias(
-                &l.wk,
-                &xn,
-                &mut s.k.slice_mut(..t * kvd),
-                t,
-                l.bk.as_ref(),
-                &mut s.wdeq32,
-                &mut s.wdeq16,
-                &mut s.x16,
-            )?;
-            lin.run_bias(
-                &l.wv,
-                &xn,
-                &mut s.v.slice_mut(..t * kvd),
-                t,
-                l.bv.as_ref(),
-                &mut s.wdeq32,
-                &mut s.wdeq16,
-                &mut s.x16,
-            )?;
+            let biases = [l.bq.is_some(), l.bk.is_some(), l.bv.is_some()];
+            if t == 1 && lin.fuse && ops::matvec_qkv_supported(&l.wq, &l.wk, &l.wv, biases) {
+                let bias_views = match (&l.bq, &l.bk, &l.bv) {
+                    (Some(bq), Some(bk), Some(bv)) => {
+                        Some((bq.as_view(), bk.as_view(), bv.as_view()))
+                    }
+                    _ => None,
+                };
+                ops::matvec_qkv(
+                    gpu,
+                    [&l.wq, &l.wk, &l.wv],
+                    &xn,
+                    &mut s.q.slice_mut(..qd),
+                    &mut s.k.slice_mut(..kvd),
+                    &mut s.v.slice_mut(..kvd),
+                    bias_views.as_ref().map(|(a, b, c)| [a, b, c]),
+                )?;
+            } else {
+                for (w, y, bias) in [
+                    (&l.wq, s.q.slice_mut(..t * qd), l.bq.as_ref()),
+                    (&l.wk, s.k.slice_mut(..t * kvd), l.bk.as_ref()),
+                    (&l.wv, s.v.slice_mut(..t * kvd), l.bv.as_ref()),
+                ] {
+                    let mut y = y;
+                    lin.run_bias(
+                        w,
+                        &xn,
+                        &mut y,
+                        t,
+                        bias,
+                        &mut s.wdeq32,
+                        &mut s.wdeq16,
+                        &mut s.x16,
+                    )?;
+                }
+            }
             let step = AttnStep {
                 gpu,
                 shape: self.kv_shape,

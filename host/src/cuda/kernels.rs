@@ -33,6 +33,15 @@ pub const KERNELS: &[&str] = &[
     "matvec_swiglu_q5_0",
     "matvec_swiglu_q5_1",
     "matvec_swiglu_q8_0",
+    "matvec_qkv_q4_0_q4_0",
+    "matvec_qkv_q4_1_q4_1",
+    "matvec_qkv_q5_0_q5_0",
+    "matvec_qkv_q5_1_q5_1",
+    "matvec_qkv_q8_0_q8_0",
+    "matvec_qkv_q4_0_q8_0",
+    "matvec_qkv_q4_1_q8_0",
+    "matvec_qkv_q5_0_q8_0",
+    "matvec_qkv_q5_1_q8_0",
     "matvec_q2_k",
     "matvec_q3_k",
     "matvec_q4_k",
@@ -107,6 +116,13 @@ pub fn matvec_kernel(t: GgmlType) -> &'static str {
 /// legacy 32-element block types).
 pub fn matvec_swiglu_kernel(t: GgmlType) -> Option<&'static str> {
     let name = format!("matvec_swiglu_{}", type_suffix(t));
+    KERNELS.iter().copied().find(|k| *k == name)
+}
+
+/// The fused q/k/v matvec kernel for q and k of type `qk` and v of type `v`, where there is one
+/// (legacy types, v of the same type or Q8_0).
+pub fn matvec_qkv_kernel(qk: GgmlType, v: GgmlType) -> Option<&'static str> {
+    let name = format!("matvec_qkv_{}_{}", type_suffix(qk), type_suffix(v));
     KERNELS.iter().copied().find(|k| *k == name)
 }
 

@@ -7,7 +7,7 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig};
 
 use super::device::{Gpu, launch};
 use super::error::CudaError;
-use super::kernels::{dequant_kernel, matvec_kernel, matvec_swiglu_kernel};
+use super::kernels::{dequant_kernel, matvec_kernel, matvec_qkv_kernel, matvec_swiglu_kernel};
 use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
 use kernels_gpu::shapes::{PREFILL_BM, prefill_smem_bytes};
@@ -864,6 +864,109 @@ pub fn matvec_swiglu(
     };
     let (gv, uv) = (gate.data.as_view(), up.data.as_view());
     launch!(gpu, k, cfg, &gv, &uv, x, h, &rows, &cols);
+    Ok(())
+}
+
+/// Whether [`matvec_qkv`] can run these three projections in one launch: q and k of one legacy
+/// type, v of the same or Q8_0, all with `cols` columns, and biases on all three or none.
+pub fn matvec_qkv_supported(
+    wq: &DeviceTensor,
+    wk: &DeviceTensor,
+    wv: &DeviceTensor,
+    biases: [bool; 3],
+) -> bool {
+    wq.ty == wk.ty
+        && wq.cols == wk.cols
+        && wq.cols == wv.cols
+        && (biases == [true; 3] || biases == [false; 3])
+        && matvec_qkv_kernel(wq.ty, wv.ty).is_some()
+}
+
+/// The q, k and v projections of one token (`x`, `cols` floats) in one launch, each plus its bias
+/// when `biases` is given: the same bits as three [`matvec_with`] launches (see
+/// [`matvec_qkv_supported`] for the types it takes).
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_qkv(
+    gpu: &Gpu,
+    w: [&DeviceTensor; 3],
+    x: &CudaView<f32>,
+    yq: &mut CudaViewMut<f32>,
+    yk: &mut CudaViewMut<f32>,
+    yv: &mut CudaViewMut<f32>,
+    biases: Option<[&CudaView<f32>; 3]>,
+) -> Result<()> {
+    const K: &str = "matvec_qkv";
+    let [wq, wk, wv] = w;
+    let Some(k) = matvec_qkv_kernel(wq.ty, wv.ty) else {
+        return Err(shape_err(
+            K,
+            format!(
+                "{}: no fused q/k/v kernel for {} with {}",
+                wq.name, wq.ty, wv.ty
+            ),
+        ));
+    };
+    ensure(
+        k,
+        matvec_qkv_supported(wq, wk, wv, [biases.is_some(); 3]),
+        || {
+            format!(
+                "{} ({} {} x {}), {} ({} {} x {}), {} ({} {} x {}) cannot share a launch",
+                wq.name,
+                wq.ty,
+                wq.rows,
+                wq.cols,
+                wk.name,
+                wk.ty,
+                wk.rows,
+                wk.cols,
+                wv.name,
+                wv.ty,
+                wv.rows,
+                wv.cols
+            )
+        },
+    )?;
+    for (wt, y) in [(wq, &*yq), (wk, &*yk), (wv, &*yv)] {
+        ensure(k, x.len() == wt.cols && y.len() == wt.rows, || {
+            format!(
+                "{}: x {} / y {} for a {} x {} matrix",
+                wt.name,
+                x.len(),
+                y.len(),
+                wt.rows,
+                wt.cols
+            )
+        })?;
+    }
+    if let Some(b) = &biases {
+        for (wt, bb) in [wq, wk, wv].iter().zip(b) {
+            ensure(k, bb.len() == wt.rows, || {
+                format!("{}: bias of {} for {} rows", wt.name, bb.len(), wt.rows)
+            })?;
+        }
+    }
+    x_aligned(gpu, k, &wq.name, x)?;
+    let blocks = wq.rows.div_ceil(4) + wk.rows.div_ceil(4) + wv.rows.div_ceil(4);
+    let cfg = LaunchConfig {
+        grid_dim: (to_u32(k, "blocks", blocks)?, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (nq, nk, nv, cols) = (
+        to_u32(k, "rows", wq.rows)?,
+        to_u32(k, "rows", wk.rows)?,
+        to_u32(k, "rows", wv.rows)?,
+        to_u32(k, "cols", wq.cols)?,
+    );
+    let (dq, dk, dv) = (wq.data.as_view(), wk.data.as_view(), wv.data.as_view());
+    // The kernel's modes (kernels-gpu/src/matvec.rs): 1 adds the bias, 0 stores.
+    let mode: u32 = if biases.is_some() { 1 } else { 0 };
+    // Without biases the kernel never reads them: any valid pointer does (x).
+    let [bq, bk, bv] = biases.unwrap_or([x, x, x]);
+    launch!(
+        gpu, k, cfg, &dq, &dk, &dv, x, yq, yk, yv, bq, bk, bv, &nq, &nk, &nv, &cols, &mode
+    );
     Ok(())
 }
 
