@@ -225,48 +225,10 @@ unsafe fn row_dot2_legacy<B: Legacy4>(
     (acc_a, acc_b)
 }
 
-/// With `norm` non-null: the block's RMSNorm of the activations into dynamic shared memory,
-/// `xs[c] = x[c] · scale · norm[c]` with `scale = 1 / sqrt(Σ x² / cols + eps)` (the expression
-/// of `rms_norm_f32`; only the order of the sum of squares differs), and returns `xs`; with
-/// `norm` null, returns `x`. Every thread of the block must call it (it has barriers): callers
-/// run it before any early return.
-///
-/// # Safety
-/// `x` and `norm` (when non-null) hold `cols` floats; the launch has `4 · cols` bytes of dynamic
-/// shared memory when `norm` is non-null.
-#[inline(always)]
-unsafe fn normed_input(x: *const f32, norm: *const f32, cols: u32, eps: f32) -> *const f32 {
-    if norm.is_null() {
-        return x;
-    }
-    let cols = cols as usize;
-    let (t, step) = (gpu::thread_x() as usize, gpu::block_dim_x() as usize);
-    let mut ss = 0.0f32;
-    let mut c = t;
-    while c < cols {
-        // SAFETY: c < cols.
-        let v = unsafe { *x.add(c) };
-        ss += v * v;
-        c += step;
-    }
-    let ss = gpu::block_sum(ss);
-    let scale = 1.0 / core::f32::math::sqrt(ss / cols as f32 + eps);
-    let xs = gpu::dyn_smem::<f32>();
-    let mut c = t;
-    while c < cols {
-        // SAFETY: c < cols; xs holds cols floats (caller contract).
-        unsafe { *xs.add(c) = *x.add(c) * scale * *norm.add(c) };
-        c += step;
-    }
-    gpu::sync_threads();
-    xs
-}
-
 /// `h[r] = silu((Wg x)[r]) · (Wu x)[r]`: the gate and up projections and the SwiGLU in one
 /// launch (a warp per row, as `matvec_legacy`; the same sums and the same `silu_mul` as the
 /// separate kernels, so the same bits).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn matvec_swiglu_legacy<B: Legacy4>(
     wg: *const u8,
     wu: *const u8,
@@ -274,11 +236,7 @@ unsafe fn matvec_swiglu_legacy<B: Legacy4>(
     h: *mut f32,
     rows: u32,
     cols: u32,
-    norm: *const f32,
-    eps: f32,
 ) {
-    // SAFETY: forwarded contract (before the early return: it has barriers).
-    let x = unsafe { normed_input(x, norm, cols, eps) };
     let row = gpu::block_x() as usize * ROWS_PER_BLOCK + gpu::warp() as usize;
     if row >= rows as usize {
         return; // warp-uniform; no barriers below
@@ -301,16 +259,13 @@ macro_rules! matvec_swiglu_kernels {
     ($($name:ident => $t:ty;)*) => {$(
         /// # Safety
         /// `wg`, `wu`: `rows × cols` matrices of the type; `x` holds cols floats, `h` rows;
-        /// `cols` a multiple of 32; `norm` null or cols floats (then 4 · cols bytes of dynamic
-        /// shared memory) (validated by the launcher).
+        /// `cols` a multiple of 32 (validated by the launcher).
         #[unsafe(no_mangle)]
-        #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $name(
             wg: *const u8, wu: *const u8, x: *const f32, h: *mut f32, rows: u32, cols: u32,
-            norm: *const f32, eps: f32,
         ) {
             // SAFETY: forwarded contract.
-            unsafe { matvec_swiglu_legacy::<$t>(wg, wu, x, h, rows, cols, norm, eps) }
+            unsafe { matvec_swiglu_legacy::<$t>(wg, wu, x, h, rows, cols) }
         }
     )*};
 }
@@ -326,9 +281,7 @@ matvec_swiglu_kernels! {
 /// The q, k and v projections of one token in one launch: blocks `0 .. ⌈nq/4⌉` compute
 /// `yq = Wq x`, the next `⌈nk/4⌉` `yk = Wk x`, the rest `yv = Wv x` (q and k of type `A`, v of
 /// type `B`), each plus its bias when `mode` is [`ADD`]. A warp per row as in `matvec_legacy`:
-/// the same sums, so the same bits as three launches. With `norm` non-null, `x` is the residual
-/// stream and each block applies the RMSNorm first ([`normed_input`]): the layer's attention norm
-/// costs no launch of its own.
+/// the same sums, so the same bits as three launches.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
@@ -347,11 +300,7 @@ unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
     nv: u32,
     cols: u32,
     mode: u32,
-    norm: *const f32,
-    eps: f32,
 ) {
-    // SAFETY: forwarded contract (before the dispatch and its early returns: it has barriers).
-    let x = unsafe { normed_input(x, norm, cols, eps) };
     let blk = gpu::block_x() as usize;
     let bq_n = (nq as usize).div_ceil(ROWS_PER_BLOCK);
     let bk_n = (nk as usize).div_ceil(ROWS_PER_BLOCK);
@@ -380,12 +329,12 @@ macro_rules! matvec_qkv_kernels {
             wq: *const u8, wk: *const u8, wv: *const u8, x: *const f32,
             yq: *mut f32, yk: *mut f32, yv: *mut f32,
             bq: *const f32, bk: *const f32, bv: *const f32,
-            nq: u32, nk: u32, nv: u32, cols: u32, mode: u32, norm: *const f32, eps: f32,
+            nq: u32, nk: u32, nv: u32, cols: u32, mode: u32,
         ) {
             // SAFETY: forwarded contract.
             unsafe {
                 matvec_qkv_legacy::<$a, $b>(
-                    wq, wk, wv, x, yq, yk, yv, bq, bk, bv, nq, nk, nv, cols, mode, norm, eps,
+                    wq, wk, wv, x, yq, yk, yv, bq, bk, bv, nq, nk, nv, cols, mode,
                 )
             }
         }

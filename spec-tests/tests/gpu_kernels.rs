@@ -633,22 +633,8 @@ proptest! {
             let mut h = poisoned(&g, rows, f32::NAN);
             ops::swiglu(&g, &y.as_view(), &yu.as_view(), &mut h.as_view_mut()).unwrap();
             let mut hf = poisoned(&g, rows, f32::NAN);
-            ops::matvec_swiglu(&g, &w, &wu, &xd.as_view(), &mut hf.as_view_mut(), None).unwrap();
+            ops::matvec_swiglu(&g, &w, &wu, &xd.as_view(), &mut hf.as_view_mut()).unwrap();
             assert_bits_eq(&format!("matvec_swiglu {t:?} {rows}x{cols}"), &download(&g, &hf), &download(&g, &h));
-            // With the RMSNorm folded in (x is then the residual stream): against `rms_norm`
-            // followed by the plain fused kernel. The scale's sum of squares runs in another
-            // order, so the bar is the matvec's rounding bound on the normalized input.
-            let (nw, resid) = (random(&mut rng, cols, 1.0), random(&mut rng, cols, 3.0));
-            let (nwd, rd) = (upload(&g, &nw), upload(&g, &resid));
-            let mut xn = poisoned(&g, cols, f32::NAN);
-            ops::rms_norm(&g, &rd.as_view(), &nwd.as_view(), 1e-6, &mut xn.as_view_mut()).unwrap();
-            let mut h_ref = poisoned(&g, rows, f32::NAN);
-            ops::matvec_swiglu(&g, &w, &wu, &xn.as_view(), &mut h_ref.as_view_mut(), None).unwrap();
-            let mut h_n = poisoned(&g, rows, f32::NAN);
-            let nv = nwd.as_view();
-            let norm = ops::FusedNorm { weight: &nv, eps: 1e-6 };
-            ops::matvec_swiglu(&g, &w, &wu, &rd.as_view(), &mut h_n.as_view_mut(), Some(norm)).unwrap();
-            assert_close(&format!("matvec_swiglu + norm {t:?} {rows}x{cols}"), &download(&g, &h_n), &download(&g, &h_ref), 1e-5, 1e-5);
         }
         // The fused q/k/v matvec: w as q, a second matrix of the type as k (fewer rows), and a
         // Q8_0 matrix as v, with and without biases: the bits of three separate launches.
@@ -674,28 +660,9 @@ proptest! {
             let (mut yq, mut yk, mut yv) = (poisoned(&g, rows, f32::NAN), poisoned(&g, nk, f32::NAN), poisoned(&g, nk, f32::NAN));
             let (b0, b1, b2) = (bd[0].as_view(), bd[1].as_view(), bd[2].as_view());
             let biases = with_bias.then_some([&b0, &b1, &b2]);
-            ops::matvec_qkv(&g, [&w, &wk, &wv], &xd.as_view(), &mut yq.as_view_mut(), &mut yk.as_view_mut(), &mut yv.as_view_mut(), biases, None).unwrap();
+            ops::matvec_qkv(&g, [&w, &wk, &wv], &xd.as_view(), &mut yq.as_view_mut(), &mut yk.as_view_mut(), &mut yv.as_view_mut(), biases).unwrap();
             for (name, got, want) in [("q", download(&g, &yq), &sep[0]), ("k", download(&g, &yk), &sep[1]), ("v", download(&g, &yv), &sep[2])] {
                 assert_bits_eq(&format!("matvec_qkv {t:?} {rows}x{cols} {name} bias={with_bias}"), &got, want);
-            }
-            // With the RMSNorm folded in: against `rms_norm` then the plain fused kernel.
-            let (nw, resid) = (random(&mut rng, cols, 1.0), random(&mut rng, cols, 3.0));
-            let (nwd, rd) = (upload(&g, &nw), upload(&g, &resid));
-            let mut xn = poisoned(&g, cols, f32::NAN);
-            ops::rms_norm(&g, &rd.as_view(), &nwd.as_view(), 1e-6, &mut xn.as_view_mut()).unwrap();
-            let mut refs = Vec::new();
-            let mut outs = Vec::new();
-            for normed in [false, true] {
-                let (mut yq, mut yk, mut yv) = (poisoned(&g, rows, f32::NAN), poisoned(&g, nk, f32::NAN), poisoned(&g, nk, f32::NAN));
-                let nv = nwd.as_view();
-                let norm = normed.then_some(ops::FusedNorm { weight: &nv, eps: 1e-6 });
-                let input = if normed { rd.as_view() } else { xn.as_view() };
-                ops::matvec_qkv(&g, [&w, &wk, &wv], &input, &mut yq.as_view_mut(), &mut yk.as_view_mut(), &mut yv.as_view_mut(), biases, norm).unwrap();
-                let v = [download(&g, &yq), download(&g, &yk), download(&g, &yv)];
-                if normed { outs = v.to_vec() } else { refs = v.to_vec() }
-            }
-            for (i, name) in ["q", "k", "v"].iter().enumerate() {
-                assert_close(&format!("matvec_qkv + norm {t:?} {rows}x{cols} {name} bias={with_bias}"), &outs[i], &refs[i], 1e-5, 1e-5);
             }
         }
     }

@@ -463,28 +463,16 @@ impl CudaBackend {
             fuse: self.opts.fuse_epilogues,
         };
         for (li, l) in self.layers.iter().enumerate() {
-            let biases = [l.bq.is_some(), l.bk.is_some(), l.bv.is_some()];
-            let fused_qkv = t == 1
-                && lin.fuse
-                && d <= ops::FUSED_NORM_MAX_COLS
-                && ops::matvec_qkv_supported(&l.wq, &l.wk, &l.wv, biases);
-            if !fused_qkv {
-                ops::rms_norm(
-                    gpu,
-                    &s.x.slice(..t * d),
-                    &l.attn_norm.as_view(),
-                    c.rms_eps,
-                    &mut s.xn.slice_mut(..t * d),
-                )?;
-            }
+            ops::rms_norm(
+                gpu,
+                &s.x.slice(..t * d),
+                &l.attn_norm.as_view(),
+                c.rms_eps,
+                &mut s.xn.slice_mut(..t * d),
+            )?;
             let xn = s.xn.slice(..t * d);
-            if fused_qkv {
-                // The attention norm runs inside the fused launch, on the residual stream.
-                let nw = l.attn_norm.as_view();
-                let norm = ops::FusedNorm {
-                    weight: &nw,
-                    eps: c.rms_eps,
-                };
+            let biases = [l.bq.is_some(), l.bk.is_some(), l.bv.is_some()];
+            if t == 1 && lin.fuse && ops::matvec_qkv_supported(&l.wq, &l.wk, &l.wv, biases) {
                 let bias_views = match (&l.bq, &l.bk, &l.bv) {
                     (Some(bq), Some(bk), Some(bv)) => {
                         Some((bq.as_view(), bk.as_view(), bv.as_view()))
@@ -494,12 +482,11 @@ impl CudaBackend {
                 ops::matvec_qkv(
                     gpu,
                     [&l.wq, &l.wk, &l.wv],
-                    &s.x.slice(..d),
+                    &xn,
                     &mut s.q.slice_mut(..qd),
                     &mut s.k.slice_mut(..kvd),
                     &mut s.v.slice_mut(..kvd),
                     bias_views.as_ref().map(|(a, b, c)| [a, b, c]),
-                    Some(norm),
                 )?;
             } else {
                 for (w, y, bias) in [
@@ -549,35 +536,16 @@ impl CudaBackend {
                 &mut s.x16,
             )?;
 
-            let fused_ffn = t == 1
-                && lin.fuse
-                && d <= ops::FUSED_NORM_MAX_COLS
-                && ops::matvec_swiglu_supported(&l.gate, &l.up);
-            if !fused_ffn {
-                ops::rms_norm(
-                    gpu,
-                    &s.x.slice(..t * d),
-                    &l.ffn_norm.as_view(),
-                    c.rms_eps,
-                    &mut s.xn.slice_mut(..t * d),
-                )?;
-            }
+            ops::rms_norm(
+                gpu,
+                &s.x.slice(..t * d),
+                &l.ffn_norm.as_view(),
+                c.rms_eps,
+                &mut s.xn.slice_mut(..t * d),
+            )?;
             let xn = s.xn.slice(..t * d);
-            if fused_ffn {
-                // The FFN norm runs inside the fused launch, on the residual stream.
-                let nw = l.ffn_norm.as_view();
-                let norm = ops::FusedNorm {
-                    weight: &nw,
-                    eps: c.rms_eps,
-                };
-                ops::matvec_swiglu(
-                    gpu,
-                    &l.gate,
-                    &l.up,
-                    &s.x.slice(..d),
-                    &mut s.h.slice_mut(..ff),
-                    Some(norm),
-                )?;
+            if t == 1 && lin.fuse && ops::matvec_swiglu_supported(&l.gate, &l.up) {
+                ops::matvec_swiglu(gpu, &l.gate, &l.up, &xn, &mut s.h.slice_mut(..ff))?;
             } else {
                 lin.run(
                     &l.gate,

@@ -823,16 +823,14 @@ pub fn matvec_swiglu_supported(gate: &DeviceTensor, up: &DeviceTensor) -> bool {
         && matvec_swiglu_kernel(gate.ty).is_some()
 }
 
-/// `h = silu(Wg x) · (Wu x)` in one launch: the same bits as two [`matvec`]s and [`swiglu`]
-/// (with `norm`, `x` is first normalized by each block, see [`FusedNorm`]). Legacy block types
-/// only (see [`matvec_swiglu_supported`]).
+/// `h = silu(Wg x) · (Wu x)` in one launch: the same bits as two [`matvec`]s and [`swiglu`].
+/// Legacy block types only (see [`matvec_swiglu_supported`]).
 pub fn matvec_swiglu(
     gpu: &Gpu,
     gate: &DeviceTensor,
     up: &DeviceTensor,
     x: &CudaView<f32>,
     h: &mut CudaViewMut<f32>,
-    norm: Option<FusedNorm>,
 ) -> Result<()> {
     const K: &str = "matvec_swiglu";
     let Some(k) = matvec_swiglu_kernel(gate.ty) else {
@@ -859,48 +857,14 @@ pub fn matvec_swiglu(
     })?;
     x_aligned(gpu, k, &gate.name, x)?;
     let (rows, cols) = (to_u32(k, "rows", gate.rows)?, to_u32(k, "cols", gate.cols)?);
-    let (nptr, eps, smem) = norm_args(gpu, k, norm, gate.cols)?;
     let cfg = LaunchConfig {
         grid_dim: (gate.rows.div_ceil(4) as u32, 1, 1),
         block_dim: (128, 1, 1),
-        shared_mem_bytes: smem,
+        shared_mem_bytes: 0,
     };
     let (gv, uv) = (gate.data.as_view(), up.data.as_view());
-    launch!(gpu, k, cfg, &gv, &uv, x, h, &rows, &cols, &nptr, &eps);
+    launch!(gpu, k, cfg, &gv, &uv, x, h, &rows, &cols);
     Ok(())
-}
-
-/// An RMSNorm the fused decode matvecs ([`matvec_qkv`], [`matvec_swiglu`]) apply to their input
-/// first: the norm weight (`cols` floats) and epsilon. Their input is then the residual stream.
-#[derive(Clone, Copy)]
-pub struct FusedNorm<'a> {
-    pub weight: &'a CudaView<'a, f32>,
-    pub eps: f32,
-}
-
-/// Most columns a fused norm takes (its normalized row lives in 48 KB of shared memory).
-pub const FUSED_NORM_MAX_COLS: usize = 12 * 1024;
-
-/// The `(norm pointer, eps, dynamic shared bytes)` launch arguments for `norm`.
-fn norm_args(
-    gpu: &Gpu,
-    k: &'static str,
-    norm: Option<FusedNorm>,
-    cols: usize,
-) -> Result<(u64, f32, u32)> {
-    match norm {
-        None => Ok((0, 0.0, 0)),
-        Some(n) => {
-            ensure(k, n.weight.len() == cols, || {
-                format!("norm weight of {} for {cols} columns", n.weight.len())
-            })?;
-            ensure(k, cols <= FUSED_NORM_MAX_COLS, || {
-                format!("{cols} columns: a fused norm takes at most {FUSED_NORM_MAX_COLS}")
-            })?;
-            let (ptr, _sync) = n.weight.device_ptr(gpu.stream());
-            Ok((ptr, n.eps, (4 * cols) as u32))
-        }
-    }
 }
 
 /// Whether [`matvec_qkv`] can run these three projections in one launch: q and k of one legacy
@@ -930,7 +894,6 @@ pub fn matvec_qkv(
     yk: &mut CudaViewMut<f32>,
     yv: &mut CudaViewMut<f32>,
     biases: Option<[&CudaView<f32>; 3]>,
-    norm: Option<FusedNorm>,
 ) -> Result<()> {
     const K: &str = "matvec_qkv";
     let [wq, wk, wv] = w;
@@ -984,12 +947,11 @@ pub fn matvec_qkv(
         }
     }
     x_aligned(gpu, k, &wq.name, x)?;
-    let (nptr, eps, smem) = norm_args(gpu, k, norm, wq.cols)?;
     let blocks = wq.rows.div_ceil(4) + wk.rows.div_ceil(4) + wv.rows.div_ceil(4);
     let cfg = LaunchConfig {
         grid_dim: (to_u32(k, "blocks", blocks)?, 1, 1),
         block_dim: (128, 1, 1),
-        shared_mem_bytes: smem,
+        shared_mem_bytes: 0,
     };
     let (nq, nk, nv, cols) = (
         to_u32(k, "rows", wq.rows)?,
@@ -1003,8 +965,7 @@ pub fn matvec_qkv(
     // Without biases the kernel never reads them: any valid pointer does (x).
     let [bq, bk, bv] = biases.unwrap_or([x, x, x]);
     launch!(
-        gpu, k, cfg, &dq, &dk, &dv, x, yq, yk, yv, bq, bk, bv, &nq, &nk, &nv, &cols, &mode, &nptr,
-        &eps
+        gpu, k, cfg, &dq, &dk, &dv, x, yq, yk, yv, bq, bk, bv, &nq, &nk, &nv, &cols, &mode
     );
     Ok(())
 }
