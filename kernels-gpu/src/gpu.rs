@@ -324,18 +324,3 @@ pub unsafe fn load_cg(p: *const f32) -> f32 {
     }
     f32::from_bits(r)
 }
-
-/// The position a kernel works at: `host` (a launch argument) unless `dev` is non-null, then the
-/// u32 it points to (decode steps replayed from a CUDA graph keep the position in device memory).
-///
-/// # Safety
-/// `dev` is null or points to a readable u32.
-#[inline(always)]
-pub unsafe fn position(host: u32, dev: *const u32) -> u32 {
-    if dev.is_null() {
-        host
-    } else {
-        // SAFETY: caller contract.
-        unsafe { *dev }
-    }
-}

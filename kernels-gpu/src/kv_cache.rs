@@ -6,11 +6,8 @@
 //! Cache layout, per layer: `[n_head_kv][n_ctx][head_dim]`, so one head's keys are contiguous
 //! for attention. f16 values are rounded to nearest even (`cvt.rn.f16.f32`).
 //!
-//! `pos0` is the launch argument, or, when `pos_dev` is non-null, the u32 it points to (a decode
-//! step replayed from a CUDA graph); rows at positions `≥ n_ctx` are not written (the launcher
-//! cannot check a position in device memory, so the kernel does).
-//!
 //! Launch: any 1-D grid, grid-stride over the `n_tok * n_head_kv * head_dim` elements.
+//! Limits: `pos0 + n_tok ≤ n_ctx`.
 
 use crate::gpu;
 
@@ -50,14 +47,11 @@ unsafe fn kv_append<C: CacheElem>(
     k_cache: *mut C,
     v_cache: *mut C,
     pos0: u32,
-    pos_dev: *const u32,
     n_tok: u32,
     n_head_kv: u32,
     head_dim: u32,
     n_ctx: u32,
 ) {
-    // SAFETY: pos_dev is null or one readable u32 (launcher contract).
-    let pos0 = unsafe { gpu::position(pos0, pos_dev) };
     let d = head_dim as usize;
     let row = n_head_kv as usize * d;
     let total = n_tok as usize * row;
@@ -65,14 +59,11 @@ unsafe fn kv_append<C: CacheElem>(
     while i < total {
         let (t, r) = (i / row, i % row);
         let (h, j) = (r / d, r % d);
-        let p = pos0 as usize + t;
-        if p < n_ctx as usize {
-            let dst = (h * n_ctx as usize + p) * d + j;
-            // SAFETY: i < n_tok * row; dst < n_head_kv * n_ctx * d since p < n_ctx.
-            unsafe {
-                *k_cache.add(dst) = C::store(*k.add(i));
-                *v_cache.add(dst) = C::store(*v.add(i));
-            }
+        let dst = (h * n_ctx as usize + pos0 as usize + t) * d + j;
+        // SAFETY: i < n_tok * row; dst < n_head_kv * n_ctx * d since pos0 + t < n_ctx.
+        unsafe {
+            *k_cache.add(dst) = C::store(*k.add(i));
+            *v_cache.add(dst) = C::store(*v.add(i));
         }
         i += gpu::stride_x();
     }
@@ -88,7 +79,6 @@ pub unsafe extern "ptx-kernel" fn kv_append_f16(
     k_cache: *mut u16,
     v_cache: *mut u16,
     pos0: u32,
-    pos_dev: *const u32,
     n_tok: u32,
     n_head_kv: u32,
     head_dim: u32,
@@ -97,7 +87,7 @@ pub unsafe extern "ptx-kernel" fn kv_append_f16(
     // SAFETY: forwarded contract.
     unsafe {
         kv_append(
-            k, v, k_cache, v_cache, pos0, pos_dev, n_tok, n_head_kv, head_dim, n_ctx,
+            k, v, k_cache, v_cache, pos0, n_tok, n_head_kv, head_dim, n_ctx,
         )
     }
 }
@@ -112,7 +102,6 @@ pub unsafe extern "ptx-kernel" fn kv_append_f32(
     k_cache: *mut f32,
     v_cache: *mut f32,
     pos0: u32,
-    pos_dev: *const u32,
     n_tok: u32,
     n_head_kv: u32,
     head_dim: u32,
@@ -121,7 +110,7 @@ pub unsafe extern "ptx-kernel" fn kv_append_f32(
     // SAFETY: forwarded contract.
     unsafe {
         kv_append(
-            k, v, k_cache, v_cache, pos0, pos_dev, n_tok, n_head_kv, head_dim, n_ctx,
+            k, v, k_cache, v_cache, pos0, n_tok, n_head_kv, head_dim, n_ctx,
         )
     }
 }

@@ -7,12 +7,9 @@
 //! CPU reference's angle (`cpu::rope_angle`, f64) and rounded to f32 once, so the GPU applies
 //! exactly the CPU's rotation: `(a, b) → (a cos − b sin, a sin + b cos)`, same operation order.
 //!
-//! `pos0` is the launch argument, or, when `pos_dev` is non-null, the u32 it points to (a decode
-//! step replayed from a CUDA graph). Rows at positions `≥ n_pos` (the table's length) are left
-//! untouched: the launcher cannot check a position held in device memory, so the kernel does.
-//!
 //! Launch: any 1-D grid, grid-stride over the `n_tok * n_head * half` pairs (the launcher covers
-//! them once with 256-thread blocks). Limits: `head_dim` even; the table holds `n_pos` positions.
+//! them once with 256-thread blocks). Limits: `head_dim` even; the table holds positions
+//! `0 .. pos0 + n_tok`.
 
 use crate::gpu;
 
@@ -26,12 +23,8 @@ pub unsafe extern "ptx-kernel" fn rope_f32(
     n_head: u32,
     head_dim: u32,
     pos0: u32,
-    pos_dev: *const u32,
-    n_pos: u32,
     neox: u32,
 ) {
-    // SAFETY: pos_dev is null or one readable u32 (launcher contract).
-    let pos0 = unsafe { gpu::position(pos0, pos_dev) };
     let half = head_dim as usize / 2;
     let per_tok = n_head as usize * half;
     let total = n_tok as usize * per_tok;
@@ -47,11 +40,7 @@ pub unsafe extern "ptx-kernel" fn rope_f32(
             (2 * i, 2 * i + 1)
         };
         let p = pos0 as usize + t;
-        if p >= n_pos as usize {
-            k += gpu::stride_x();
-            continue;
-        }
-        // SAFETY: t < n_tok, h < n_head, ia/ib < head_dim, p < n_pos (the table's length).
+        // SAFETY: t < n_tok, h < n_head, ia/ib < head_dim, p < table length (launcher contract).
         unsafe {
             let cos = *cos_sin.add(2 * (p * half + i));
             let sin = *cos_sin.add(2 * (p * half + i) + 1);

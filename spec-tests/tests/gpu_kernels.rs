@@ -39,7 +39,7 @@ use gpu_common::{
 use host::cpu;
 use host::cuda::gemm::{SplitOperand, split_f16x3};
 use host::cuda::ops::{
-    self, DecodeAt, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut, Pos, RopeTable,
+    self, DecodeAt, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut, RopeTable,
     SampleParams,
 };
 use host::gguf::GgmlType;
@@ -154,22 +154,6 @@ proptest! {
         let mut d = upload(&g, &x);
         ops::rope(&g, &mut d.as_view_mut(), &table, n_head, pos0, style).unwrap();
         assert_bits_eq(&format!("rope {n_head}x{head_dim} n_tok={n_tok} pos0={pos0} {style:?}"), &download(&g, &d), &want);
-        // The same with the position in device memory (a graph-replayed decode step).
-        let dpos = upload(&g, &[pos0 as u32]);
-        let mut d = upload(&g, &x);
-        ops::rope_at(&g, &mut d.as_view_mut(), &table, n_head, Pos::Device(&dpos.as_view()), style).unwrap();
-        assert_bits_eq(&format!("rope (device position) {n_head}x{head_dim} n_tok={n_tok} pos0={pos0}"), &download(&g, &d), &want);
-        // Rows at positions past the table are left untouched (the kernel checks what the
-        // launcher cannot see), the rows before them rotated as usual.
-        let past = upload(&g, &[(4096 - 1) as u32]);
-        let mut d = upload(&g, &x);
-        ops::rope_at(&g, &mut d.as_view_mut(), &table, n_head, Pos::Device(&past.as_view()), style).unwrap();
-        let got = download(&g, &d);
-        let row = n_head * head_dim;
-        let mut want_first = x[..row].to_vec();
-        cpu::rope(&mut want_first, n_head, head_dim, &[4095], theta, style);
-        assert_bits_eq("rope at the last table position", &got[..row], &want_first);
-        assert_bits_eq("rope past the table", &got[row..], &x[row..]);
     }
 }
 
@@ -264,46 +248,15 @@ fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
         v: poisoned(&g, s.elems(), T::POISON),
     };
     let pos0 = 1024 - n;
-    // Half the cases take the position from device memory (a graph-replayed decode step).
-    if seed.is_multiple_of(2) {
-        ops::kv_append(
-            &g,
-            &upload(&g, &k).as_view(),
-            &upload(&g, &v).as_view(),
-            &mut cache,
-            s,
-            pos0,
-        )
-        .unwrap();
-    } else {
-        let dpos = upload(&g, &[pos0 as u32]);
-        ops::kv_append_at(
-            &g,
-            &upload(&g, &k).as_view(),
-            &upload(&g, &v).as_view(),
-            &mut cache,
-            s,
-            Pos::Device(&dpos.as_view()),
-        )
-        .unwrap();
-        // A device position past the cache writes nothing (the kernel's own bound check).
-        let past = upload(&g, &[1024u32]);
-        let mut probe: KvLayer<T> = KvLayer {
-            k: poisoned(&g, s.elems(), T::POISON),
-            v: poisoned(&g, s.elems(), T::POISON),
-        };
-        ops::kv_append_at(
-            &g,
-            &upload(&g, &k[..row]).as_view(),
-            &upload(&g, &v[..row]).as_view(),
-            &mut probe,
-            s,
-            Pos::Device(&past.as_view()),
-        )
-        .unwrap();
-        assert!(download(&g, &probe.k).iter().all(|&b| b.is_poison()));
-        assert!(download(&g, &probe.v).iter().all(|&b| b.is_poison()));
-    }
+    ops::kv_append(
+        &g,
+        &upload(&g, &k).as_view(),
+        &upload(&g, &v).as_view(),
+        &mut cache,
+        s,
+        pos0,
+    )
+    .unwrap();
     let (kc, vc) = (download(&g, &cache.k), download(&g, &cache.v));
     for t in 0..n {
         for h in 0..n_head_kv {

@@ -41,10 +41,10 @@ fn grid_1d(n: usize, threads: u32) -> LaunchConfig {
     }
 }
 
-/// Where a kernel takes its token position from: a launch argument, or a u32 in device memory
-/// (a decode step replayed from a CUDA graph reads its position there; the step's sampler
-/// advances it). A device position cannot be checked on the host: the kernels skip work at
-/// positions past the cache instead of writing out of bounds.
+/// Where the forward takes its token position from: the host, or a u32 in device memory (a
+/// decode step replayed from a CUDA graph reads its position there; the step's sampler advances
+/// it). A device position cannot be checked on the host: [`attention_decode`], the one kernel
+/// that takes one, clamps it to the cache.
 #[derive(Clone, Copy)]
 pub enum Pos<'a> {
     Host(usize),
@@ -218,21 +218,7 @@ pub fn rope(
     pos0: usize,
     style: RopeStyle,
 ) -> Result<()> {
-    rope_at(gpu, x, table, n_head, Pos::Host(pos0), style)
-}
-
-/// [`rope`] at a position that may live in device memory ([`Pos::Device`]: rows past the table
-/// are left untouched).
-pub fn rope_at(
-    gpu: &Gpu,
-    x: &mut CudaViewMut<f32>,
-    table: &RopeTable,
-    n_head: usize,
-    pos: Pos,
-    style: RopeStyle,
-) -> Result<()> {
     const K: &str = "rope_f32";
-    let pos0 = if let Pos::Host(p) = pos { p } else { 0 };
     let d = table.head_dim;
     let row = n_head * d;
     ensure(
@@ -254,13 +240,12 @@ pub fn rope_at(
         )
     })?;
     let pairs = n_tok * n_head * d / 2;
-    let (n_tok32, nh, d32, n_pos) = (
+    let (n_tok32, nh, d32, p0) = (
         to_u32(K, "n_tok", n_tok)?,
         to_u32(K, "n_head", n_head)?,
         to_u32(K, "head_dim", d)?,
-        to_u32(K, "n_pos", table.n_pos)?,
+        to_u32(K, "pos0", pos0)?,
     );
-    let (p0, pdev) = pos_args(gpu, K, pos)?;
     let neox: u32 = matches!(style, RopeStyle::Neox) as u32;
     let tv = table.data.as_view();
     launch!(
@@ -273,8 +258,6 @@ pub fn rope_at(
         &nh,
         &d32,
         &p0,
-        &pdev,
-        &n_pos,
         &neox
     );
     Ok(())
@@ -358,21 +341,7 @@ pub fn kv_append<T: KvElem>(
     s: KvShape,
     pos0: usize,
 ) -> Result<()> {
-    kv_append_at(gpu, k, v, cache, s, Pos::Host(pos0))
-}
-
-/// [`kv_append`] at a position that may live in device memory ([`Pos::Device`]: rows past the
-/// cache are not written).
-pub fn kv_append_at<T: KvElem>(
-    gpu: &Gpu,
-    k: &CudaView<f32>,
-    v: &CudaView<f32>,
-    cache: &mut KvLayer<T>,
-    s: KvShape,
-    pos: Pos,
-) -> Result<()> {
     let kname = T::KERNELS.0;
-    let pos0 = if let Pos::Host(p) = pos { p } else { 0 };
     cache.check(kname, s)?;
     let row = s.n_head_kv * s.head_dim;
     ensure(
@@ -388,9 +357,8 @@ pub fn kv_append_at<T: KvElem>(
             s.n_ctx
         )
     })?;
-    let (p0, pdev) = pos_args(gpu, kname, pos)?;
     let args = (
-        p0,
+        to_u32(kname, "pos0", pos0)?,
         to_u32(kname, "n_tok", n_tok)?,
         to_u32(kname, "n_head_kv", s.n_head_kv)?,
         to_u32(kname, "head_dim", s.head_dim)?,
@@ -406,7 +374,6 @@ pub fn kv_append_at<T: KvElem>(
         &mut kc,
         &mut vc,
         &args.0,
-        &pdev,
         &args.1,
         &args.2,
         &args.3,
