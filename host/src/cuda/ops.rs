@@ -51,18 +51,6 @@ pub enum Pos<'a> {
     Device(&'a CudaView<'a, u32>),
 }
 
-/// The `(pos0, pos_dev)` launch arguments for `pos`: `pos_dev` is 0 (null) for a host position.
-fn pos_args(gpu: &Gpu, kernel: &'static str, pos: Pos) -> Result<(u32, u64)> {
-    match pos {
-        Pos::Host(p) => Ok((to_u32(kernel, "position", p)?, 0)),
-        Pos::Device(v) => {
-            ensure(kernel, !v.is_empty(), || "empty position buffer".into())?;
-            let (ptr, _sync) = v.device_ptr(gpu.stream());
-            Ok((0, ptr))
-        }
-    }
-}
-
 /// `y = a * x + y` (the pipeline smoke test).
 pub fn axpy(gpu: &Gpu, a: f32, x: &CudaView<f32>, y: &mut CudaViewMut<f32>) -> Result<()> {
     const K: &str = "axpy_f32";
@@ -519,7 +507,10 @@ pub fn attention_decode<T: KvElem>(
             })?;
             (n_kv, 0u64)
         }
-        DecodeAt::Device(p) => (0, pos_args(gpu, kname, Pos::Device(p))?.1),
+        DecodeAt::Device(p) => {
+            ensure(kname, !p.is_empty(), || "empty position buffer".into())?;
+            (0, addr(gpu, p))
+        }
     };
     // Splits sized for the whole cache in both modes, so a host-position launch and a replayed
     // graph step do the same arithmetic, bit for bit (splits past n_kv are empty and cheap).
@@ -729,9 +720,9 @@ pub fn matvec(
 /// [`matvec`] with a bias added or the result added into `y` in the same launch.
 /// The matvec kernels read the activations in 16-byte vectors (`kernels-gpu/src/matvec_dot.rs`).
 fn x_aligned(gpu: &Gpu, k: &'static str, name: &str, x: &CudaView<f32>) -> Result<()> {
-    let (addr, _sync) = x.device_ptr(gpu.stream());
-    ensure(k, addr.is_multiple_of(16), || {
-        format!("{name}: activations at {addr:#x} are not 16-byte aligned")
+    let a = addr(gpu, x);
+    ensure(k, a.is_multiple_of(16), || {
+        format!("{name}: activations at {a:#x} are not 16-byte aligned")
     })
 }
 
@@ -1047,8 +1038,7 @@ fn opt_ptr(gpu: &Gpu, kernel: &'static str, p: Option<&mut CudaViewMut<u32>>) ->
         None => Ok(0),
         Some(v) => {
             ensure(kernel, !v.is_empty(), || "empty position buffer".into())?;
-            let (ptr, _sync) = v.device_ptr(gpu.stream());
-            Ok(ptr)
+            Ok(addr(gpu, &*v))
         }
     }
 }
