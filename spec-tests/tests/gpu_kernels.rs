@@ -829,6 +829,24 @@ proptest! {
     }
 }
 
+/// `Y = X·Wᵀ` in f64 for `t` rows of `x` and `n` rows of `w` (`k` columns each), row-major over
+/// (row of x, row of w): each element with `Σ|w·x|`, the scale of its rounding bound.
+fn gemm_ref(x: &[f32], w: &[f32], n: usize, k: usize, t: usize) -> Vec<(f64, f64)> {
+    (0..t * n)
+        .map(|i| {
+            let (r, c) = (i / n, i % n);
+            let (xr, wr) = (&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
+            let s: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let m: f64 = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            (s, m)
+        })
+        .collect()
+}
+
 /// cuBLAS GEMM in the engine's row-major convention, Y = X·Wᵀ, against an f64 reference on the
 /// same (f16-rounded where applicable) inputs: |err| ≤ 1e-4·Σ|w·x| (f32 accumulation on tensor
 /// cores; F32 pedantic is ~1e-6 in practice).
@@ -847,19 +865,7 @@ fn gemm_row_major_matches_f64() {
     ] {
         let w = random_f16_exact(&mut rng, n * k, 0.1);
         let x = random_f16_exact(&mut rng, t * k, 2.0);
-        let want: Vec<(f64, f64)> = (0..t * n)
-            .map(|i| {
-                let (r, c) = (i / n, i % n);
-                let (xr, wr) = (&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
-                let s: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let m: f64 = xr
-                    .iter()
-                    .zip(wr)
-                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                    .sum();
-                (s, m)
-            })
-            .collect();
+        let want = gemm_ref(&x, &w, n, k, t);
         for kind in [GemmKind::F32, GemmKind::F16F32] {
             let mut y: CudaSlice<f32> = poisoned(&g, t * n, f32::NAN);
             if kind == GemmKind::F16F32 {
@@ -928,19 +934,7 @@ fn gemm_f16x3_keeps_f32_accuracy() {
         let (bytes, deq) = random_tensor(t_ty, n, k, &mut rng);
         let w = DeviceTensor::upload(&g, "w", t_ty, n, k, &bytes).unwrap();
         let x = random(&mut rng, t * k, 3.0);
-        let want: Vec<(f64, f64)> = (0..t * n)
-            .map(|i| {
-                let (r, c) = (i / n, i % n);
-                let (xr, wr) = (&x[r * k..(r + 1) * k], &deq[c * k..(c + 1) * k]);
-                let s: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let m: f64 = xr
-                    .iter()
-                    .zip(wr)
-                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                    .sum();
-                (s, m)
-            })
-            .collect();
+        let want = gemm_ref(&x, &deq, n, k, t);
         let dx = upload(&g, &x);
         // Split f16 through the kernels the backend uses.
         let mut w3 = poisoned(&g, 3 * n * k, 0x7e00u16);
