@@ -7,7 +7,8 @@
 //!
 //! Decode (one query per head, any context length), one launch that also does RoPE and the KV
 //! append of the new token: `attention_decode_f16`, grid = (n_head_kv, n_split), n_split =
-//! ceil(n_ctx / DECODE_CHUNK), block = 128 threads, dynamic shared memory =
+//! min(ceil(n_ctx / DECODE_MIN_CHUNK), DECODE_CHUNK) (host `ops::decode_splits`), block = 128
+//! threads, dynamic shared memory =
 //! `4 * shapes::decode_smem_layout(group, head_dim)[7]` bytes. A block serves all `group` query
 //! heads of one KV head over one split, so every key and value row is read once per step. The
 //! new token sits at position `pos = n_kv − 1` (`n_kv` a launch argument, or `*pos_dev + 1` when
@@ -17,11 +18,13 @@
 //! f32 operations as `rope_f32`, table `cos_sin` of `n_pos` positions), rounds the new key and
 //! value as the cache stores them and uses those for position `pos`; the block whose split holds
 //! `pos` writes them to the cache (what `kv_append` would have written). Split `s` covers
-//! positions `s * chunk .. min((s + 1) * chunk, n_kv)`, `chunk = ceil(n_kv / n_split)` ≤ 128:
-//! thread `t` scores position `start + t` against all the group's queries (the key row in
-//! 4-element vector loads), per-head max and sum go through one warp reduction and one barrier
-//! each, and warp `w` accumulates the values of positions `start + w, + 4, …` with lane `l`
-//! owning dims `l + 32k` (coalesced rows). With one split the block writes
+//! positions `s * chunk .. min((s + 1) * chunk, n_kv)`, `chunk = max(ceil(n_kv / n_split),
+//! DECODE_MIN_CHUNK)` ≤ 128 (splits past the last are idle): `head_dim / 8` adjacent threads
+//! score a position against all the group's queries (the key row in 4-element vector loads, the
+//! loads of 4 passes issued before their arithmetic), per-head max and sum go through one warp
+//! reduction and one barrier each, and warp `w` accumulates the values of positions
+//! `start + w, + 4, …` (the loads of 4 positions issued together, accumulated in order) with lane
+//! `l` owning dims `l + 32k` (coalesced rows). With one split the block writes
 //! `out[h * head_dim + j] = Σ acc / Σ sum` directly; otherwise it writes its partial
 //! `[acc(head_dim), max, sum]` per query head to `part[(h * n_split + s) * (head_dim + 2) ..]`
 //! and the last split of each KV head to finish (counted in `done[kvh]`, which it resets to 0)
@@ -125,8 +128,13 @@ unsafe fn attention_decode<C: Chunk4>(
     let d = head_dim as usize;
     let grp = group as usize;
     let kvh = gpu::block_x() as usize;
-    let split = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
-    let n_split = unsafe { core::arch::nvptx::_grid_dim_y() } as usize;
+    // SAFETY: reading special registers has no side effects.
+    let (split, n_split) = unsafe {
+        (
+            core::arch::nvptx::_block_idx_y() as usize,
+            core::arch::nvptx::_grid_dim_y() as usize,
+        )
+    };
     // In device mode the new token sits at *pos_dev; clamped to the cache either way.
     let n_kv = if pos_dev.is_null() {
         n_kv as usize
@@ -206,54 +214,86 @@ unsafe fn attention_decode<C: Chunk4>(
     let tpp = d / 8;
     let (sub, row) = (t % tpp, t / tpp);
     let per_pass = THREADS / tpp;
-    let mut qr = [[0.0f32; 8]; G];
-    for (hh, qh) in qr.iter_mut().enumerate() {
-        if hh < grp {
-            for (i, v) in qh.iter_mut().enumerate() {
-                // SAFETY: hh * d + 8 sub + i < grp * d.
-                *v = unsafe { *q_s.add(hh * d + 8 * sub + i) };
-            }
-        }
-    }
     // The same number of passes for every thread: all lanes take part in every shuffle
-    // (positions past `end` contribute zeros).
-    for pass in 0..chunk.div_ceil(per_pass) {
-        let p = start + row + pass * per_pass;
-        let mut kv = [0.0f32; 8];
-        if p < end {
-            if p == pos {
+    // (positions past `end` contribute zeros). Passes go in groups of 4 whose key loads are all
+    // issued before any arithmetic (the loop is bound by memory latency, not work).
+    let n_pass = chunk.div_ceil(per_pass);
+    let mut pass0 = 0;
+    while pass0 < n_pass {
+        let ld = |u: usize| {
+            let p = start + row + (pass0 + u) * per_pass;
+            if p < end && p != pos {
+                // SAFETY: p < n_kv ≤ n_ctx; 8 sub + 8 ≤ d; rows are 4-element aligned.
+                unsafe {
+                    let kp = k_cache.add(cache_base + p * d + 8 * sub) as *const C;
+                    (C::load4(kp), C::load4(kp.add(4)))
+                }
+            } else {
+                (C::ZERO, C::ZERO)
+            }
+        };
+        let raw = [ld(0), ld(1), ld(2), ld(3)];
+        let step = |u: usize| {
+            let p = start + row + (pass0 + u) * per_pass;
+            let mut kv = [0.0f32; 8];
+            if p < end && p == pos {
                 for (i, v) in kv.iter_mut().enumerate() {
                     // SAFETY: 8 sub + i < d.
                     *v = unsafe { *kn_s.add(8 * sub + i) };
                 }
-            } else {
-                // SAFETY: p < n_kv ≤ n_ctx; 8 sub + 8 ≤ d; rows are 4-element aligned.
-                let kp = unsafe { k_cache.add(cache_base + p * d + 8 * sub) } as *const C;
-                let (a, b) = unsafe { (C::widen(C::load4(kp)), C::widen(C::load4(kp.add(4)))) };
+            } else if p < end {
+                let (a, b) = (C::widen(raw[u].0), C::widen(raw[u].1));
                 kv = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
             }
-        }
-        let mut dots = [0.0f32; G];
-        for (dt, qh) in dots.iter_mut().zip(&qr) {
-            for (&qv, &k) in qh.iter().zip(&kv) {
-                *dt += qv * k;
-            }
-        }
-        let mut m = tpp / 2;
-        while m > 0 {
-            for dt in dots.iter_mut() {
-                *dt += gpu::shfl_xor(*dt, m as u32);
-            }
-            m /= 2;
-        }
-        if sub == 0 && p < end {
-            for (hh, &dt) in dots.iter().enumerate() {
+            // The queries are read from shared memory at each pass (two 16-byte loads per
+            // head), not held in registers: the kernel needs ~100 registers instead of 144.
+            let mut dots = [0.0f32; G];
+            for (hh, dt) in dots.iter_mut().enumerate() {
                 if hh < grp {
-                    // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
-                    unsafe { *sc.add(hh * DECODE_CHUNK + p - start) = dt * scale };
+                    // SAFETY: hh * d + 8 sub + 8 ≤ grp * d, 16-byte aligned (q_s is at offset 0
+                    // of the 16-byte aligned dynamic shared memory, d and 8 sub multiples of 4).
+                    let (qa, qb) = unsafe {
+                        let qp = q_s.add(hh * d + 8 * sub);
+                        (ld4(qp), ld4(qp.add(4)))
+                    };
+                    for i in 0..4 {
+                        *dt += qa[i] * kv[i];
+                    }
+                    for i in 0..4 {
+                        *dt += qb[i] * kv[4 + i];
+                    }
                 }
             }
+            let mut m = tpp / 2;
+            while m > 0 {
+                for dt in dots.iter_mut() {
+                    *dt += gpu::shfl_xor(*dt, m as u32);
+                }
+                m /= 2;
+            }
+            if sub == 0 && p < end {
+                for (hh, &dt) in dots.iter().enumerate() {
+                    if hh < grp {
+                        // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
+                        unsafe { *sc.add(hh * DECODE_CHUNK + p - start) = dt * scale };
+                    }
+                }
+            }
+        };
+        // Passes past n_pass are skipped (the condition is the same for every thread, so every
+        // lane still takes part in each shuffle).
+        // Written out (a loop would index `raw` at run time, in local memory).
+        step(0);
+        if pass0 + 1 < n_pass {
+            step(1);
         }
+        if pass0 + 2 < n_pass {
+            step(2);
+        }
+        if pass0 + 3 < n_pass {
+            step(3);
+        }
+        pass0 += 4;
     }
     gpu::sync_threads();
     // 3. Per-head max over the split, warp `w` reducing heads w, w + 4.
@@ -306,32 +346,50 @@ unsafe fn attention_decode<C: Chunk4>(
     //    lane + 32 k (coalesced rows), for every query head of the group.
     let dl = d / 32;
     let mut acc = [[0.0f32; MAX_DL]; G];
-    let mut p = start + warp;
-    while p < end {
-        let mut vv = [0.0f32; MAX_DL];
-        for (k, v) in vv.iter_mut().enumerate() {
-            if k < dl {
-                let j = lane + 32 * k;
-                // SAFETY: j < d; p < n_kv ≤ n_ctx.
-                *v = unsafe {
-                    if p == pos {
-                        *vn_s.add(j)
-                    } else {
-                        (*v_cache.add(cache_base + p * d + j)).load()
+    // Positions in groups of 4 per warp (p, p + 4, p + 8, p + 12 of the warp's sequence), the
+    // value loads of a group issued first; accumulated in the same order as one at a time.
+    let mut p0 = start + warp;
+    while p0 < end {
+        let ld = |u: usize| {
+            let p = p0 + u * DECODE_WARPS;
+            let mut vv = [0.0f32; MAX_DL];
+            if p < end {
+                for (k, v) in vv.iter_mut().enumerate() {
+                    if k < dl {
+                        let j = lane + 32 * k;
+                        // SAFETY: j < d; p < n_kv ≤ n_ctx.
+                        *v = unsafe {
+                            if p == pos {
+                                *vn_s.add(j)
+                            } else {
+                                (*v_cache.add(cache_base + p * d + j)).load()
+                            }
+                        };
                     }
-                };
-            }
-        }
-        for (hh, a) in acc.iter_mut().enumerate() {
-            if hh < grp {
-                // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
-                let e = unsafe { *sc.add(hh * DECODE_CHUNK + p - start) };
-                for (av, &v) in a.iter_mut().zip(&vv) {
-                    *av += e * v;
                 }
             }
-        }
-        p += DECODE_WARPS;
+            vv
+        };
+        let vs = [ld(0), ld(1), ld(2), ld(3)];
+        let mut step = |u: usize| {
+            let p = p0 + u * DECODE_WARPS;
+            if p < end {
+                for (hh, a) in acc.iter_mut().enumerate() {
+                    if hh < grp {
+                        // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
+                        let e = unsafe { *sc.add(hh * DECODE_CHUNK + p - start) };
+                        for (av, &v) in a.iter_mut().zip(&vs[u]) {
+                            *av += e * v;
+                        }
+                    }
+                }
+            }
+        };
+        step(0);
+        step(1);
+        step(2);
+        step(3);
+        p0 += 4 * DECODE_WARPS;
     }
     for (hh, a) in acc.iter().enumerate() {
         if hh < grp {

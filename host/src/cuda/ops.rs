@@ -392,10 +392,14 @@ fn check_heads(kernel: &'static str, n_head: usize, s: KvShape) -> Result<usize>
 /// Most positions per split of decode attention (the shared-memory score buffer).
 pub const DECODE_CHUNK: usize = kernels_gpu::shapes::DECODE_CHUNK;
 
-/// Splits of decode attention over `n_kv` positions: enough that none holds more than
-/// [`DECODE_CHUNK`].
-pub fn decode_splits(n_kv: usize) -> usize {
-    n_kv.div_ceil(DECODE_CHUNK).max(1)
+/// Splits of decode attention for a cache of `n_ctx` positions: one per
+/// `DECODE_MIN_CHUNK` positions, at most [`DECODE_CHUNK`] (so none holds more than
+/// [`DECODE_CHUNK`] positions up to `DECODE_CHUNK²`). Many splits keep many blocks busy at long
+/// contexts; the kernel uses only as many as hold `DECODE_MIN_CHUNK` positions each.
+pub fn decode_splits(n_ctx: usize) -> usize {
+    n_ctx
+        .div_ceil(kernels_gpu::shapes::DECODE_MIN_CHUNK)
+        .clamp(1, DECODE_CHUNK)
 }
 
 /// Scratch of decode attention for contexts up to `n_ctx`: the per-split partials
