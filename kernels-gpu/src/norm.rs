@@ -1,7 +1,8 @@
 //! `rms_norm_f32`: `y = x / sqrt(mean(x²) + eps) * w`, row by row (reference: `cpu::rms_norm`).
 //!
 //! Launch: grid = (rows, 1, 1), block = (T, 1, 1) with T a multiple of 32, ≤ 1024 (the launcher
-//! uses 256). Each block reduces one row of `n` floats; the scale is computed with IEEE `sqrt` and
+//! uses a thread per element, rounded up to a warp, at most 1024: the row's loads are then issued
+//! at once). Each block reduces one row of `n` floats; the scale is computed with IEEE `sqrt` and
 //! division (not `rsqrt.approx`) so it matches the CPU reference to rounding.
 //! Limits: `n ≥ 1`; `x`, `y` hold `rows * n` floats, `w` holds `n`; `x` and `y` may be the same
 //! buffer (each element is read and written by the same thread).

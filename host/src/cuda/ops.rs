@@ -85,7 +85,9 @@ pub fn rms_norm(
     let n32 = to_u32(K, "n", n)?;
     let cfg = LaunchConfig {
         grid_dim: (rows, 1, 1),
-        block_dim: (256, 1, 1),
+        // A thread per element up to 1024 (one load each for the models' widths: the norm is
+        // bound by the latency of its loads, not their number).
+        block_dim: (n.next_multiple_of(32).min(1024) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     launch!(gpu, K, cfg, x, w, out, &n32, &eps);
