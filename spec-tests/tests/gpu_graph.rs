@@ -4,10 +4,10 @@
 //! launch shapes, so the same arithmetic, bit for bit.
 //!
 //! On full-size twins (see `gpu_e2e.rs`): chained greedy decoding through `forward_next` (the
-//! device feeds itself the token it chose) must give, at every step, the argmax of the logits the
-//! host-launched path (`forward`, graph off) computes for the same tokens; rewinding (the device
-//! holds a stale token and position, which must be replaced) and device-side sampling give the
-//! same ids with and without the graph.
+//! device feeds itself the token it chose) must give, at every step, logits identical bit for bit
+//! to those the host-launched path (`forward`, graph off) computes for the same tokens, and their
+//! argmax; rewinding (the device holds a stale token and position, which must be replaced) and
+//! device-side sampling give the same ids with and without the graph.
 
 mod gpu_common;
 
@@ -52,17 +52,31 @@ fn graph_case(header: &str) {
     // Chained greedy decoding: the prompt (not graphed: several tokens), then 48 single-token
     // steps, each fed the id the previous one returned (the device already holds it).
     let mut ids = vec![graph.forward_next(&prompt, 0, None).unwrap()];
+    let mut step_logits = Vec::new();
     for i in 0..48 {
         let last = *ids.last().unwrap();
         ids.push(graph.forward_next(&[last], n + i, None).unwrap());
+        step_logits.push(graph.next_logits().unwrap());
     }
     assert_eq!(graph.n_past(), n + 48);
 
-    // The host-launched path on the same tokens: its logits' argmax is every chosen id.
+    // The host-launched path on the same tokens: the same logits, bit for bit, and their argmax
+    // is every chosen id.
     let l = plain.forward(&prompt, 0, Logits::Last).unwrap();
     assert_eq!(argmax(&l), ids[0], "{header}: after the prompt");
     for i in 0..48 {
         let l = plain.forward(&ids[i..][..1], n + i, Logits::Last).unwrap();
+        let differ = l
+            .iter()
+            .zip(&step_logits[i])
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ,
+            0,
+            "{header}: decode step {i}: {differ} of {} logits differ from the launched path's",
+            l.len()
+        );
         assert_eq!(argmax(&l), ids[i + 1], "{header}: decode step {i}");
     }
     // The same chain without the graph.

@@ -716,6 +716,14 @@ impl CudaBackend {
         Ok(id)
     }
 
+    /// The logits the last [`CudaBackend::forward_next`] computed (for tests: the graph-replayed
+    /// step leaves them on the device).
+    pub fn next_logits(&self) -> Result<Vec<f32>, BackendError> {
+        Ok(self
+            .gpu
+            .download(&self.s.logits.slice(..self.cfg.n_vocab))?)
+    }
+
     /// Captures one decode step (embedding of `s.step[0]` at position `s.step[1]`, every layer,
     /// output norm, LM head into `s.logits`) as a CUDA graph.
     fn capture_step(&mut self) -> Result<cudarc::driver::CudaGraph, CudaError> {
