@@ -13,9 +13,11 @@
 //! - the others (F32, F16, BF16, Q2_K, Q3_K, Q5_K): lane `l` decodes the 32-element pieces
 //!   `l, l + 32, …` of the row through the shared decode functions into a buffer.
 //!
-//! Launch: grid = (ceil(rows / 4), 1, 1), block = (128, 1, 1) (4 warps = 4 rows per block); for
-//! Q4_K and Q6_K grid = (rows, 1, 1), block = (128, 1, 1) (one row per block: these rows are long,
-//! ffn_down's 4864, and a warp per row leaves too few warps in flight).
+//! Launch: grid = (ceil(rows / R), 1, 1), block = (32 R, 1, 1) (a warp per row, R =
+//! `shapes::MATVEC_ROWS_PER_BLOCK` = 4); for Q4_K and Q6_K grid = (rows, 1, 1), block = (32 W, 1,
+//! 1) (one row per block of W = `shapes::MATVEC_KWARP_WARPS` = 4 warps: these rows are long,
+//! ffn_down's 4864, and a warp per row leaves too few warps in flight). 8 or 16 rows per block and
+//! 8 warps per K-quant row measured slower (PERF.md change 15).
 //! Limits: `cols` a multiple of the type's block size (and of 32); `rows < 2^32`.
 
 use crate::elementwise::silu_mul;
@@ -28,13 +30,13 @@ use crate::quant::{
 };
 
 /// Rows (warps) per block, except for the K-quant kernels (Q4_K, Q6_K).
-pub const ROWS_PER_BLOCK: usize = 4;
+pub const ROWS_PER_BLOCK: usize = crate::shapes::MATVEC_ROWS_PER_BLOCK;
 /// Blocks (legacy) or super-blocks (K-quants) whose weight loads a lane issues before any of
 /// their arithmetic: the kernels are bound by DRAM latency, so the loads of one loop step
 /// should all be in flight together.
 pub const UNROLL: usize = 4; // the loops below are written out for 4
 /// Warps per block (and per row) of the K-quant kernels (Q4_K, Q6_K): one row per block.
-pub const KWARP_WARPS: usize = 4;
+pub const KWARP_WARPS: usize = crate::shapes::MATVEC_KWARP_WARPS;
 
 #[inline(always)]
 unsafe fn matvec<B: Sub32>(
@@ -278,10 +280,10 @@ matvec_swiglu_kernels! {
     matvec_swiglu_q8_0 => BlockQ8_0;
 }
 
-/// The q, k and v projections of one token in one launch: blocks `0 .. ⌈nq/4⌉` compute
-/// `yq = Wq x`, the next `⌈nk/4⌉` `yk = Wk x`, the rest `yv = Wv x` (q and k of type `A`, v of
-/// type `B`), each plus its bias when `mode` is [`ADD`]. A warp per row as in `matvec_legacy`:
-/// the same sums, so the same bits as three launches.
+/// The q, k and v projections of one token in one launch (R = `shapes::MATVEC_ROWS_PER_BLOCK`):
+/// blocks `0 .. ⌈nq/R⌉` compute `yq = Wq x`, the next `⌈nk/R⌉` `yk = Wk x`, the rest
+/// `yv = Wv x` (q and k of type `A`, v of type `B`), each plus its bias when `mode` is [`ADD`]. A
+/// warp per row as in `matvec_legacy`: the same sums, so the same bits as three launches.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
@@ -321,7 +323,7 @@ macro_rules! matvec_qkv_kernels {
         /// # Safety
         /// `wq`, `wk`: `nq × cols` and `nk × cols` matrices of the first type, `wv` `nv × cols`
         /// of the second; `x` holds cols floats, `yq`/`yk`/`yv` (and the biases when `mode` is
-        /// ADD) nq/nk/nv; grid = ⌈nq/4⌉ + ⌈nk/4⌉ + ⌈nv/4⌉ blocks of 128 (validated by the
+        /// ADD) nq/nk/nv; grid = ⌈nq/R⌉ + ⌈nk/R⌉ + ⌈nv/R⌉ blocks of 32 R (validated by the
         /// launcher).
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments)]

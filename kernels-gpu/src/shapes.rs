@@ -1,6 +1,13 @@
 //! Launch geometry that a kernel and its host launcher must agree on (compiled for both, so the
 //! numbers are written once).
 
+/// Rows (a warp each) per block of the legacy-type matvec kernels (`matvec_<type>`,
+/// `matvec_swiglu_*`, `matvec_qkv_*`): blocks of `32 · MATVEC_ROWS_PER_BLOCK` threads.
+pub const MATVEC_ROWS_PER_BLOCK: usize = 4;
+
+/// Warps per row (and per block) of the K-quant matvec kernels (`matvec_q4_k`, `matvec_q6_k`).
+pub const MATVEC_KWARP_WARPS: usize = 4;
+
 /// Query rows (positions of one head) per block of `attention_prefill_*`.
 pub const PREFILL_BM: usize = 32;
 

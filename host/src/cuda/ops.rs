@@ -648,6 +648,9 @@ pub fn attention_prefill<T: KvElem>(
     Ok(())
 }
 
+/// Rows per block of the legacy-type matvec kernels (a warp each).
+const MATVEC_ROWS: usize = kernels_gpu::shapes::MATVEC_ROWS_PER_BLOCK;
+
 /// A weight matrix on the device in its GGUF blocks: `rows` rows of `cols` elements.
 pub struct DeviceTensor {
     pub name: String,
@@ -752,15 +755,16 @@ pub fn matvec_with(
     })?;
     x_aligned(gpu, k, &w.name, x)?;
     let (rows, cols) = (to_u32(k, "rows", w.rows)?, to_u32(k, "cols", w.cols)?);
-    // kernels-gpu/src/matvec.rs: Q4_K and Q6_K run one row per block, the others 4 rows.
-    let rows_per_block = if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
-        1
+    // kernels-gpu/src/matvec.rs: Q4_K and Q6_K run one row per block of MATVEC_KWARP_WARPS
+    // warps, the others a warp per row, MATVEC_ROWS_PER_BLOCK rows per block.
+    let (rows_per_block, threads) = if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
+        (1, 32 * kernels_gpu::shapes::MATVEC_KWARP_WARPS as u32)
     } else {
-        4
+        (MATVEC_ROWS, 32 * MATVEC_ROWS as u32)
     };
     let cfg = LaunchConfig {
         grid_dim: (w.rows.div_ceil(rows_per_block) as u32, 1, 1),
-        block_dim: (128, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     };
     let wv = w.data.as_view();
@@ -822,8 +826,8 @@ pub fn matvec_swiglu(
     x_aligned(gpu, k, &gate.name, x)?;
     let (rows, cols) = (to_u32(k, "rows", gate.rows)?, to_u32(k, "cols", gate.cols)?);
     let cfg = LaunchConfig {
-        grid_dim: (gate.rows.div_ceil(4) as u32, 1, 1),
-        block_dim: (128, 1, 1),
+        grid_dim: (gate.rows.div_ceil(MATVEC_ROWS) as u32, 1, 1),
+        block_dim: (32 * MATVEC_ROWS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let (gv, uv) = (gate.data.as_view(), up.data.as_view());
@@ -911,10 +915,11 @@ pub fn matvec_qkv(
         }
     }
     x_aligned(gpu, k, &wq.name, x)?;
-    let blocks = wq.rows.div_ceil(4) + wk.rows.div_ceil(4) + wv.rows.div_ceil(4);
+    let r = MATVEC_ROWS;
+    let blocks = wq.rows.div_ceil(r) + wk.rows.div_ceil(r) + wv.rows.div_ceil(r);
     let cfg = LaunchConfig {
         grid_dim: (to_u32(k, "blocks", blocks)?, 1, 1),
-        block_dim: (128, 1, 1),
+        block_dim: (32 * r as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let (nq, nk, nv, cols) = (
