@@ -103,6 +103,42 @@ use crate::shapes::{
 /// Most dims per lane in the value phase of decode (head_dim ≤ 128).
 const MAX_DL: usize = 4;
 
+/// `out[hh] = ⊕ sc[hh][0 .. n]` for each query head `hh < grp` of a decode block: warp `w` takes
+/// heads `w, w + DECODE_WARPS, …`, its lanes fold positions `lane, lane + 32, …` with `op` from
+/// `init`, and `warp_op` combines the lanes (the per-head max and the per-head sum of a split).
+///
+/// # Safety
+/// `sc` holds `grp` rows of `DECODE_CHUNK ≥ n` floats, `out` `grp` floats (shared memory of the
+/// block); called by every thread of the block.
+#[inline(always)]
+unsafe fn per_head(
+    sc: *const f32,
+    out: *mut f32,
+    grp: usize,
+    n: usize,
+    init: f32,
+    op: impl Fn(f32, f32) -> f32,
+    warp_op: impl Fn(f32) -> f32,
+) {
+    let (lane, warp) = (gpu::lane() as usize, gpu::warp() as usize);
+    let mut hh = warp;
+    while hh < grp {
+        let mut v = init;
+        let mut k = lane;
+        while k < n {
+            // SAFETY: hh < grp, k < n ≤ DECODE_CHUNK (caller contract).
+            v = op(v, unsafe { *sc.add(hh * DECODE_CHUNK + k) });
+            k += 32;
+        }
+        let v = warp_op(v);
+        if lane == 0 {
+            // SAFETY: hh < grp.
+            unsafe { *out.add(hh) = v };
+        }
+        hh += DECODE_WARPS;
+    }
+}
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attention_decode<C: Chunk4>(
@@ -298,22 +334,18 @@ unsafe fn attention_decode<C: Chunk4>(
     gpu::sync_threads();
     // 3. Per-head max over the split, warp `w` reducing heads w, w + 4.
     let n_here = end - start;
-    let mut hh = warp;
-    while hh < grp {
-        let mut v = f32::NEG_INFINITY;
-        let mut k = lane;
-        while k < n_here {
-            // SAFETY: inside sc.
-            v = v.max(unsafe { *sc.add(hh * DECODE_CHUNK + k) });
-            k += 32;
-        }
-        let v = gpu::warp_max(v);
-        if lane == 0 {
-            // SAFETY: tot = [max × grp, sum × grp].
-            unsafe { *tot.add(hh) = v };
-        }
-        hh += DECODE_WARPS;
-    }
+    // SAFETY: tot = [max × grp, sum × grp]; sc holds grp rows of DECODE_CHUNK ≥ n_here.
+    unsafe {
+        per_head(
+            sc,
+            tot,
+            grp,
+            n_here,
+            f32::NEG_INFINITY,
+            f32::max,
+            gpu::warp_max,
+        )
+    };
     gpu::sync_threads();
     // 4. Weights e^(s − m) in place, then their per-head sums.
     let mut i = t;
@@ -326,22 +358,18 @@ unsafe fn attention_decode<C: Chunk4>(
         i += THREADS;
     }
     gpu::sync_threads();
-    let mut hh = warp;
-    while hh < grp {
-        let mut v = 0.0f32;
-        let mut k = lane;
-        while k < n_here {
-            // SAFETY: inside sc.
-            v += unsafe { *sc.add(hh * DECODE_CHUNK + k) };
-            k += 32;
-        }
-        let v = gpu::warp_sum(v);
-        if lane == 0 {
-            // SAFETY: as above.
-            unsafe { *tot.add(grp + hh) = v };
-        }
-        hh += DECODE_WARPS;
-    }
+    // SAFETY: as above (the sums go to tot[grp ..]).
+    unsafe {
+        per_head(
+            sc,
+            tot.add(grp),
+            grp,
+            n_here,
+            0.0,
+            |a, b| a + b,
+            gpu::warp_sum,
+        )
+    };
     // 5. Values: warp w takes positions start + w, + DECODE_WARPS, …; lane owns dims
     //    lane + 32 k (coalesced rows), for every query head of the group.
     let dl = d / 32;
