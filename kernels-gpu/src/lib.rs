@@ -20,6 +20,7 @@
 #![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
 
 pub mod matvec_dot;
+pub mod q8_planar;
 pub mod quant;
 pub mod shapes;
 pub mod split;
@@ -36,6 +37,8 @@ pub mod formats;
 mod gpu;
 #[cfg(target_arch = "nvptx64")]
 pub mod kv_cache;
+#[cfg(target_arch = "nvptx64")]
+pub mod lm_head;
 #[cfg(target_arch = "nvptx64")]
 pub mod matvec;
 #[cfg(target_arch = "nvptx64")]

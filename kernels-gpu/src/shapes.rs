@@ -8,6 +8,11 @@ pub const MATVEC_ROWS_PER_BLOCK: usize = 4;
 /// Warps per row (and per block) of the K-quant matvec kernels (`matvec_q4_k`, `matvec_q6_k`).
 pub const MATVEC_KWARP_WARPS: usize = 4;
 
+/// Rows per warp of `matvec_q8p` (the planar Q8_0 LM head): their loads are in flight together.
+pub const Q8P_ROWS: usize = 4;
+/// Warps per block of `matvec_q8p`.
+pub const Q8P_WARPS: usize = 8;
+
 /// Query rows (positions of one head) per block of `attention_prefill_*`.
 pub const PREFILL_BM: usize = 32;
 

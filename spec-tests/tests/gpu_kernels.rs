@@ -528,6 +528,36 @@ fn random_tensor(t: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u
     (bytes, deq)
 }
 
+proptest! {
+    #![proptest_config(cfg(12))]
+
+    /// The planar Q8_0 LM-head matvec: the same bound as `matvec` against an f64 dot of the
+    /// CPU-dequantized rows, on the rows the warps share (1, a partial warp, whole blocks).
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn matvec_q8p_matches_cpu_dequantized(
+        cols in prop::sample::select(&[896usize, 576, 32, 64, 4864, 2048][..]),
+        rows in prop::sample::select(&[1usize, 3, 31, 32, 33, 1001, 4864][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let (bytes, deq) = random_tensor(GgmlType::Q8_0, rows, cols, &mut rng);
+        let x = random(&mut rng, cols, 3.0);
+        let w = ops::Q8Planar::upload(&g, "w", rows, cols, &bytes).unwrap();
+        let mut y = poisoned(&g, rows, f32::NAN);
+        ops::matvec_q8p(&g, &w, &upload(&g, &x).as_view(), &mut y.as_view_mut()).unwrap();
+        let got = download(&g, &y);
+        for r in 0..rows {
+            let row = &deq[r * cols..(r + 1) * cols];
+            let want: f64 = row.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let bound: f64 = row.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * 1e-5;
+            prop_assert!((got[r] as f64 - want).abs() <= bound,
+                "q8p {}x{} row {}: got {} want {} (bound {:e})", rows, cols, r, got[r], want, bound);
+        }
+    }
+}
+
 /// Column counts valid for `t` from the real shapes (K-quants need multiples of 256).
 fn cols_for(t: GgmlType) -> &'static [usize] {
     if t.block_size() == 256 {

@@ -62,6 +62,10 @@ pub struct CudaOptions {
     /// a step costs one graph launch instead of a few hundred kernel launches. Off: every kernel
     /// launched from the host (the same kernels and arithmetic).
     pub decode_graph: bool,
+    /// The LM head from the Q8_0 output matrix itself, re-laid out in planar form (the same
+    /// bytes) and multiplied by `matvec_q8p`, instead of the [`CudaOptions::lm_head`] copy and
+    /// cuBLAS; applies when that matrix is Q8_0 (otherwise the copy is used).
+    pub lm_head_q8: bool,
 }
 
 impl CudaOptions {
@@ -88,6 +92,7 @@ impl Default for CudaOptions {
             kv_f32: false,
             fuse_epilogues: true,
             decode_graph: true,
+            lm_head_q8: false,
         }
     }
 }
@@ -113,10 +118,12 @@ enum KvCache {
     F32(Vec<KvLayer<f32>>),
 }
 
-/// The LM head matrix, decoded once: f16 bits or f32, `n_vocab` rows of `n_embd`.
+/// The LM head matrix: decoded once to f16 bits or f32 (for cuBLAS), or the Q8_0 matrix in
+/// planar form; `n_vocab` rows of `n_embd`.
 enum LmHead {
     F16(CudaSlice<u16>),
     F32(CudaSlice<f32>),
+    Q8(ops::Q8Planar),
 }
 
 struct Scratch {
@@ -260,7 +267,12 @@ impl CudaBackend {
         if !w.output_tied {
             weight_bytes += w.output.n_bytes as usize; // the quantized copy, while decoding
         }
-        let lm_bytes = cfg.n_vocab * cfg.n_embd * opts.lm_head.in_bytes();
+        let lm_q8 = opts.lm_head_q8 && w.output.ggml_type == crate::gguf::GgmlType::Q8_0;
+        let lm_bytes = if lm_q8 {
+            w.output.n_bytes as usize
+        } else {
+            cfg.n_vocab * cfg.n_embd * opts.lm_head.in_bytes()
+        };
         let kv_bytes = 2 * cfg.n_layer * kv_shape.elems() * if opts.kv_f32 { 4 } else { 2 };
         let b = opts.max_batch;
         let widest = cfg.n_embd.max(cfg.n_ff).max(cfg.q_dim());
@@ -305,7 +317,15 @@ impl CudaBackend {
         }
         let tok_embd = upload_matrix(&gpu, g, &w.token_embd)?;
         let output_norm = upload_vector(&gpu, g, &w.output_norm)?;
-        let lm_head = {
+        let lm_head = if lm_q8 {
+            LmHead::Q8(ops::Q8Planar::upload(
+                &gpu,
+                &w.output.name,
+                cfg.n_vocab,
+                cfg.n_embd,
+                g.tensor_data(&w.output),
+            )?)
+        } else {
             let out_q;
             let src = if w.output_tied {
                 &tok_embd
@@ -645,6 +665,16 @@ impl CudaBackend {
                     d,
                     m,
                 )?;
+            }
+            LmHead::Q8(w) => {
+                for i in 0..m {
+                    ops::matvec_q8p(
+                        gpu,
+                        w,
+                        &s.xn.slice(i * d..(i + 1) * d),
+                        &mut s.logits.slice_mut(i * nv..(i + 1) * nv),
+                    )?;
+                }
             }
         }
         Ok(())
@@ -1017,6 +1047,7 @@ impl CudaBackend {
         let lm_head = match &self.lm_head {
             LmHead::F16(w) => w.num_bytes(),
             LmHead::F32(w) => w.num_bytes(),
+            LmHead::Q8(w) => w.bytes(),
         };
         let kv_cache = match &self.kv {
             KvCache::F16(ls) => ls.iter().map(|l| l.k.num_bytes() + l.v.num_bytes()).sum(),

@@ -397,6 +397,16 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         &cpu.tokens,
         0,
     );
+    let q8_head = gpu_run(
+        &format!("{label} Q8_0 LM head (planar, matvec_q8p; f16 KV cache, split-f16 GEMMs)"),
+        g,
+        CudaOptions {
+            lm_head_q8: true,
+            ..base
+        },
+        &cpu.tokens,
+        N_NEXT,
+    );
     let sens: Vec<f64> = cpu
         .kv16
         .iter()
@@ -433,6 +443,7 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         compare(&default, &cpu.kv16, MAX_REL_L2, s),
         compare(&fast, &cpu.kv16, FAST_REL_L2, s),
         compare(&split, &cpu.kv32, MAX_REL_L2, s),
+        compare(&q8_head, &cpu.kv16, MAX_REL_L2, s),
     ];
     let fails: Vec<String> = reports.iter().filter_map(|r| r.failure.clone()).collect();
     assert!(fails.is_empty(), "{}", fails.join("\n"));

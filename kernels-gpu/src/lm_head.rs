@@ -1,0 +1,106 @@
+//! `matvec_q8p`: `y = W x` for a Q8_0 matrix in planar form (`q8_planar`), the decode LM head
+//! (reference: the row dequantized by `host::quant::dequantize_row`, dotted with `x` in f64).
+//!
+//! Launch: grid = (ceil(rows / (Q8P_WARPS · Q8P_ROWS)), 1, 1), block = (32 · Q8P_WARPS, 1, 1)
+//! (`shapes`). Warp `w` of block `b` takes rows `(b · Q8P_WARPS + w) · Q8P_ROWS ..` (Q8P_ROWS of
+//! them); lane `l` takes the 16-quant chunks `l, l + 32, …` of each row, two chunks per step with
+//! the loads of both for all the warp's rows issued before their arithmetic (one 16-byte load of
+//! quants and one f16 scale per row and chunk, the activations in 16-byte vectors); each chunk's
+//! dot ([`dot16`]) is scaled by its block's `d`, and a warp sum gives each row.
+//! Limits: `rows ≥ 1`; `cols` a multiple of 32; `qs` and `x` 16-byte aligned.
+
+use crate::gpu;
+use crate::q8_planar::dot16;
+use crate::quant::f16_to_f32;
+use crate::shapes::{Q8P_ROWS, Q8P_WARPS};
+
+const _: () = assert!(
+    Q8P_ROWS == 4,
+    "the row steps below are written out for 4 rows"
+);
+
+/// 16 quant bytes as one 16-byte load.
+#[repr(C, align(16))]
+#[derive(Clone, Copy)]
+struct U4([u32; 4]);
+
+/// 4 activations as one 16-byte load.
+#[repr(C, align(16))]
+#[derive(Clone, Copy)]
+struct F4([f32; 4]);
+
+/// The 16 activations of chunk `c`.
+///
+/// # Safety
+/// `x + 16 c` is 16-byte aligned with 16 floats readable.
+#[inline(always)]
+unsafe fn x16(x: *const f32, c: usize) -> [f32; 16] {
+    // SAFETY: caller contract.
+    let v: [F4; 4] = unsafe { core::array::from_fn(|i| *(x.add(16 * c + 4 * i) as *const F4)) };
+    core::array::from_fn(|i| v[i / 4].0[i % 4])
+}
+
+/// # Safety
+/// Shapes as in the module header, validated by the launcher (`ops::matvec_q8p`).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn matvec_q8p(
+    qs: *const u8,
+    d: *const u16,
+    x: *const f32,
+    y: *mut f32,
+    rows: u32,
+    cols: u32,
+) {
+    let (rows, cols) = (rows as usize, cols as usize);
+    let lane = gpu::lane() as usize;
+    let row0 = (gpu::block_x() as usize * Q8P_WARPS + gpu::warp() as usize) * Q8P_ROWS;
+    if row0 >= rows {
+        return; // warp-uniform; no barriers below
+    }
+    let (chunks, nb) = (cols / 16, cols / 32);
+    // Rows past the matrix and chunks past the row are clamped to the last ones: loaded, not
+    // counted.
+    let ld = |r: usize, c: usize| {
+        let rr = core::cmp::min(row0 + r, rows - 1);
+        let cc = core::cmp::min(c, chunks - 1);
+        // SAFETY: rr < rows, cc < chunks: inside qs (16-byte aligned rows: cols % 16 == 0) and d.
+        unsafe {
+            (
+                *(qs.add(rr * cols + 16 * cc) as *const U4),
+                *d.add(rr * nb + cc / 2),
+            )
+        }
+    };
+    let mut acc = [0.0f32; Q8P_ROWS];
+    let mut c = lane;
+    while c < chunks {
+        let c2 = c + 32;
+        // Written out for the 4 rows (a loop over these arrays put them in local memory).
+        let a = [ld(0, c), ld(1, c), ld(2, c), ld(3, c)];
+        let b = [ld(0, c2), ld(1, c2), ld(2, c2), ld(3, c2)];
+        // SAFETY: c < chunks and the clamped c2 < chunks: inside x (cols floats, aligned).
+        let (xa, xb) = unsafe { (x16(x, c), x16(x, core::cmp::min(c2, chunks - 1))) };
+        let mut step = |r: usize| {
+            acc[r] += f16_to_f32(a[r].1) * dot16(a[r].0.0, &xa);
+            if c2 < chunks {
+                acc[r] += f16_to_f32(b[r].1) * dot16(b[r].0.0, &xb);
+            }
+        };
+        step(0);
+        step(1);
+        step(2);
+        step(3);
+        c += 64;
+    }
+    let store = |r: usize, s: f32| {
+        let v = gpu::warp_sum(s);
+        if lane == 0 && row0 + r < rows {
+            // SAFETY: row0 + r < rows; y holds rows floats.
+            unsafe { *y.add(row0 + r) = v };
+        }
+    };
+    store(0, acc[0]);
+    store(1, acc[1]);
+    store(2, acc[2]);
+    store(3, acc[3]);
+}
