@@ -23,7 +23,7 @@
 use crate::elementwise::silu_mul;
 use crate::formats::{Bf16x32, F16x32, F32x32, Sub32, decode_sub};
 use crate::gpu;
-use crate::matvec_dot::{KWarp, Legacy4, Raw};
+use crate::matvec_dot::{KWarp, Legacy4, Raw, xa4};
 use crate::quant::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
     BlockQ8_0,
@@ -101,6 +101,83 @@ pub const ADD: u32 = 1;
 /// `y += W x` (residual).
 pub const ACCUMULATE: u32 = 2;
 
+/// Where a lane's activations come from in the legacy-type kernels.
+trait Acts {
+    /// The 4 activations at `n .. n + 4` (`n` a multiple of 4).
+    ///
+    /// # Safety
+    /// `n + 4` ≤ the row length the source was made for.
+    unsafe fn get(&mut self, n: usize) -> [f32; 4];
+    /// The row's value from its dot product summed over the warp (every lane calls this: it may
+    /// shuffle).
+    fn finish(self, dot: f32) -> f32;
+}
+
+/// The activation vector itself.
+#[derive(Clone, Copy)]
+struct Plain(*const f32);
+
+impl Acts for Plain {
+    #[inline(always)]
+    unsafe fn get(&mut self, n: usize) -> [f32; 4] {
+        // SAFETY: caller contract; x is 16-byte aligned (launcher) and n a multiple of 4.
+        unsafe { xa4(self.0, n) }
+    }
+    #[inline(always)]
+    fn finish(self, dot: f32) -> f32 {
+        dot
+    }
+}
+
+/// The RMSNorm of the residual stream `h` with weight `g`, folded into the dot product:
+/// `Σ_c W[r, c] · (h_c · g_c · s) = s · Σ_c W[r, c] · (h_c · g_c)` with
+/// `s = 1 / sqrt(Σ h² / n + eps)`. The lanes of a warp read each element of `h` exactly once
+/// for the dot product, so the sum of squares is gathered on the way and the scale applied to the
+/// warp's sum at the end: no separate norm launch, no barrier, and the weight loads do not wait
+/// for it.
+struct Normed {
+    h: *const f32,
+    g: *const f32,
+    ss: f32,
+    n: u32,
+    eps: f32,
+}
+
+impl Normed {
+    #[inline(always)]
+    fn new(h: *const f32, g: *const f32, n: u32, eps: f32) -> Self {
+        Normed {
+            h,
+            g,
+            ss: 0.0,
+            n,
+            eps,
+        }
+    }
+
+    /// The norm's scale `s` once the warp has read the whole row (every lane calls this).
+    #[inline(always)]
+    fn scale(&self) -> f32 {
+        let ss = gpu::warp_sum(self.ss);
+        // As `rms_norm_f32`: IEEE sqrt and division.
+        1.0 / core::f32::math::sqrt(ss / self.n as f32 + self.eps)
+    }
+}
+
+impl Acts for Normed {
+    #[inline(always)]
+    unsafe fn get(&mut self, n: usize) -> [f32; 4] {
+        // SAFETY: caller contract; h and g hold the row's n floats, 16-byte aligned (launcher).
+        let (h, g) = unsafe { (xa4(self.h, n), xa4(self.g, n)) };
+        self.ss += h[0] * h[0] + h[1] * h[1] + h[2] * h[2] + h[3] * h[3];
+        [h[0] * g[0], h[1] * g[1], h[2] * g[2], h[3] * g[3]]
+    }
+    #[inline(always)]
+    fn finish(self, dot: f32) -> f32 {
+        dot * self.scale()
+    }
+}
+
 /// Legacy types: lane `l` takes quarter `l % 4` of blocks `l / 4, l / 4 + 8, …`.
 #[inline(always)]
 unsafe fn matvec_legacy<B: Legacy4>(
@@ -113,16 +190,28 @@ unsafe fn matvec_legacy<B: Legacy4>(
     mode: u32,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { matvec_legacy_at::<B>(gpu::block_x() as usize, w, x, y, rows, cols, add, mode) }
+    unsafe {
+        matvec_legacy_at::<B, _>(
+            gpu::block_x() as usize,
+            w,
+            Plain(x),
+            y,
+            rows,
+            cols,
+            add,
+            mode,
+        )
+    }
 }
 
-/// [`matvec_legacy`] as block `blk` of its grid (rows `4 blk .. 4 blk + 4`).
+/// [`matvec_legacy`] as block `blk` of its grid (rows `4 blk .. 4 blk + 4`), activations from
+/// `acts` (a fresh source per row).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn matvec_legacy_at<B: Legacy4>(
+unsafe fn matvec_legacy_at<B: Legacy4, A: Acts>(
     blk: usize,
     w: *const u8,
-    x: *const f32,
+    acts: A,
     y: *mut f32,
     rows: u32,
     cols: u32,
@@ -137,22 +226,44 @@ unsafe fn matvec_legacy_at<B: Legacy4>(
     // SAFETY: row < rows: inside W.
     let wr = unsafe { w.add(row * nb * B::BYTES) };
     let lane = gpu::lane() as usize;
-    // SAFETY: forwarded: wr is a whole row of nb blocks, x holds 32 nb floats.
-    let acc = unsafe { row_dot_legacy::<B>(wr, nb, lane, x) };
-    let acc = gpu::warp_sum(acc);
+    let mut acts = acts;
+    // SAFETY: forwarded: wr is a whole row of nb blocks, acts reads 32 nb floats.
+    let acc = unsafe { row_dot_legacy::<B, A>(wr, nb, lane, &mut acts) };
+    let acc = acts.finish(gpu::warp_sum(acc));
     if lane == 0 {
         // SAFETY: row < rows; y holds rows floats.
         unsafe { store(y, row, acc, add, mode) };
     }
 }
 
-/// Lane `lane`'s part of the dot product of the row at `wr` (`nb` blocks) with `x`: quarter
-/// `lane % 4` of blocks `lane / 4, lane / 4 + 8, …` (sum the warp's lanes for the row's value).
+/// Lane `lane`'s 8 activations of block `bb` (thread `q = lane % 4`'s runs).
 ///
 /// # Safety
-/// `wr` points to a whole row of `nb ≥ 1` blocks, 2-byte aligned; `x` holds `32 nb` floats.
+/// `acts` reads at least `32 (bb + 1)` floats.
 #[inline(always)]
-unsafe fn row_dot_legacy<B: Legacy4>(wr: *const u8, nb: usize, lane: usize, x: *const f32) -> f32 {
+unsafe fn block_acts<B: Legacy4, A: Acts>(acts: &mut A, bb: usize, q: usize) -> [[f32; 4]; 2] {
+    // SAFETY: caller contract; x_at(q, j) + 4 ≤ 32, multiples of 4.
+    unsafe {
+        [
+            acts.get(32 * bb + B::x_at(q, 0)),
+            acts.get(32 * bb + B::x_at(q, 1)),
+        ]
+    }
+}
+
+/// Lane `lane`'s part of the dot product of the row at `wr` (`nb` blocks) with the activations:
+/// quarter `lane % 4` of blocks `lane / 4, lane / 4 + 8, …` (sum the warp's lanes for the row's
+/// value).
+///
+/// # Safety
+/// `wr` points to a whole row of `nb ≥ 1` blocks, 2-byte aligned; `acts` reads `32 nb` floats.
+#[inline(always)]
+unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
+    wr: *const u8,
+    nb: usize,
+    lane: usize,
+    acts: &mut A,
+) -> f32 {
     let q = lane % 4;
     let mut b = lane / 4;
     let mut acc = 0.0f32;
@@ -169,8 +280,8 @@ unsafe fn row_dot_legacy<B: Legacy4>(wr: *const u8, nb: usize, lane: usize, x: *
         let mut step = |u: usize| {
             let bb = b + 8 * u;
             if bb < nb {
-                // SAFETY: x holds cols = 32 nb floats.
-                acc += unsafe { B::dot_raw(raw[u], q, x.add(32 * bb)) };
+                // SAFETY: bb < nb: acts reads 32 nb floats.
+                acc += B::dot_vals(raw[u], q, unsafe { block_acts::<B, A>(acts, bb, q) });
             }
         };
         step(0);
@@ -183,18 +294,18 @@ unsafe fn row_dot_legacy<B: Legacy4>(wr: *const u8, nb: usize, lane: usize, x: *
 }
 
 /// [`row_dot_legacy`] of two rows at once (gate and up): both rows' loads are issued before any
-/// arithmetic, so the warp waits for memory once, not twice. The same per-row sums, in the same
-/// order, as two calls.
+/// arithmetic, so the warp waits for memory once, not twice, and each activation is read once
+/// for both. The same per-row sums, in the same order, as two calls.
 ///
 /// # Safety
 /// As [`row_dot_legacy`], for both rows.
 #[inline(always)]
-unsafe fn row_dot2_legacy<B: Legacy4>(
+unsafe fn row_dot2_legacy<B: Legacy4, A: Acts>(
     wa: *const u8,
     wb: *const u8,
     nb: usize,
     lane: usize,
-    x: *const f32,
+    acts: &mut A,
 ) -> (f32, f32) {
     let q = lane % 4;
     let mut b = lane / 4;
@@ -211,11 +322,10 @@ unsafe fn row_dot2_legacy<B: Legacy4>(
         let mut step = |u: usize| {
             let bb = b + 8 * u;
             if bb < nb {
-                // SAFETY: x holds cols = 32 nb floats.
-                unsafe {
-                    acc_a += B::dot_raw(ra[u], q, x.add(32 * bb));
-                    acc_b += B::dot_raw(rb[u], q, x.add(32 * bb));
-                }
+                // SAFETY: bb < nb: acts reads 32 nb floats.
+                let xs = unsafe { block_acts::<B, A>(acts, bb, q) };
+                acc_a += B::dot_vals(ra[u], q, xs);
+                acc_b += B::dot_vals(rb[u], q, xs);
             }
         };
         step(0);
@@ -227,15 +337,18 @@ unsafe fn row_dot2_legacy<B: Legacy4>(
     (acc_a, acc_b)
 }
 
-/// `h[r] = silu((Wg x)[r]) · (Wu x)[r]`: the gate and up projections and the SwiGLU in one
-/// launch (a warp per row, as `matvec_legacy`; the same sums and the same `silu_mul` as the
-/// separate kernels, so the same bits).
+/// `out[r] = silu((Wg xn)[r]) · (Wu xn)[r]` with `xn = rms_norm(h) ∘ g`: the FFN norm, the gate
+/// and up projections and the SwiGLU in one launch (a warp per row, as `matvec_legacy`, the norm
+/// folded in as [`Normed`]).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn matvec_swiglu_legacy<B: Legacy4>(
     wg: *const u8,
     wu: *const u8,
-    x: *const f32,
-    h: *mut f32,
+    h: *const f32,
+    g: *const f32,
+    eps: f32,
+    out: *mut f32,
     rows: u32,
     cols: u32,
 ) {
@@ -245,29 +358,33 @@ unsafe fn matvec_swiglu_legacy<B: Legacy4>(
     }
     let nb = cols as usize / 32;
     let lane = gpu::lane() as usize;
-    // SAFETY: row < rows: both rows lie inside their matrices (same shape); x holds cols floats.
-    let (g, u) = unsafe {
+    let mut acts = Normed::new(h, g, cols, eps);
+    // SAFETY: row < rows: both rows lie inside their matrices (same shape); h and g hold cols
+    // floats.
+    let (a, b) = unsafe {
         let off = row * nb * B::BYTES;
-        row_dot2_legacy::<B>(wg.add(off), wu.add(off), nb, lane, x)
+        row_dot2_legacy::<B, Normed>(wg.add(off), wu.add(off), nb, lane, &mut acts)
     };
-    let (g, u) = (gpu::warp_sum(g), gpu::warp_sum(u));
+    let (a, b, s) = (gpu::warp_sum(a), gpu::warp_sum(b), acts.scale());
     if lane == 0 {
-        // SAFETY: row < rows; h holds rows floats.
-        unsafe { *h.add(row) = silu_mul(g, u) };
+        // SAFETY: row < rows; out holds rows floats.
+        unsafe { *out.add(row) = silu_mul(a * s, b * s) };
     }
 }
 
 macro_rules! matvec_swiglu_kernels {
     ($($name:ident => $t:ty;)*) => {$(
         /// # Safety
-        /// `wg`, `wu`: `rows × cols` matrices of the type; `x` holds cols floats, `h` rows;
-        /// `cols` a multiple of 32 (validated by the launcher).
+        /// `wg`, `wu`: `rows × cols` matrices of the type; `h` and `g` hold cols floats (16-byte
+        /// aligned), `out` rows; `cols` a multiple of 32 (validated by the launcher).
         #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $name(
-            wg: *const u8, wu: *const u8, x: *const f32, h: *mut f32, rows: u32, cols: u32,
+            wg: *const u8, wu: *const u8, h: *const f32, g: *const f32, eps: f32,
+            out: *mut f32, rows: u32, cols: u32,
         ) {
             // SAFETY: forwarded contract.
-            unsafe { matvec_swiglu_legacy::<$t>(wg, wu, x, h, rows, cols) }
+            unsafe { matvec_swiglu_legacy::<$t>(wg, wu, h, g, eps, out, rows, cols) }
         }
     )*};
 }
@@ -280,17 +397,20 @@ matvec_swiglu_kernels! {
     matvec_swiglu_q8_0 => BlockQ8_0;
 }
 
-/// The q, k and v projections of one token in one launch (R = `shapes::MATVEC_ROWS_PER_BLOCK`):
-/// blocks `0 .. ⌈nq/R⌉` compute `yq = Wq x`, the next `⌈nk/R⌉` `yk = Wk x`, the rest
-/// `yv = Wv x` (q and k of type `A`, v of type `B`), each plus its bias when `mode` is [`ADD`]. A
-/// warp per row as in `matvec_legacy`: the same sums, so the same bits as three launches.
+/// The attention norm and the q, k and v projections of one token in one launch (R =
+/// `shapes::MATVEC_ROWS_PER_BLOCK`): blocks `0 .. ⌈nq/R⌉` compute `yq = Wq xn`, the next
+/// `⌈nk/R⌉` `yk = Wk xn`, the rest `yv = Wv xn` (q and k of type `A`, v of type `B`), each plus
+/// its bias when `mode` is [`ADD`], with `xn = rms_norm(h) ∘ g` folded in as [`Normed`]. A warp
+/// per row as in `matvec_legacy`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
     wq: *const u8,
     wk: *const u8,
     wv: *const u8,
-    x: *const f32,
+    h: *const f32,
+    g: *const f32,
+    eps: f32,
     yq: *mut f32,
     yk: *mut f32,
     yv: *mut f32,
@@ -306,14 +426,15 @@ unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
     let blk = gpu::block_x() as usize;
     let bq_n = (nq as usize).div_ceil(ROWS_PER_BLOCK);
     let bk_n = (nk as usize).div_ceil(ROWS_PER_BLOCK);
+    let acts = Normed::new(h, g, cols, eps);
     // SAFETY: forwarded contract; each sub-range addresses its own matrix and output.
     unsafe {
         if blk < bq_n {
-            matvec_legacy_at::<A>(blk, wq, x, yq, nq, cols, bq, mode)
+            matvec_legacy_at::<A, _>(blk, wq, acts, yq, nq, cols, bq, mode)
         } else if blk < bq_n + bk_n {
-            matvec_legacy_at::<A>(blk - bq_n, wk, x, yk, nk, cols, bk, mode)
+            matvec_legacy_at::<A, _>(blk - bq_n, wk, acts, yk, nk, cols, bk, mode)
         } else {
-            matvec_legacy_at::<B>(blk - bq_n - bk_n, wv, x, yv, nv, cols, bv, mode)
+            matvec_legacy_at::<B, _>(blk - bq_n - bk_n, wv, acts, yv, nv, cols, bv, mode)
         }
     }
 }
@@ -322,13 +443,13 @@ macro_rules! matvec_qkv_kernels {
     ($($name:ident => $a:ty, $b:ty;)*) => {$(
         /// # Safety
         /// `wq`, `wk`: `nq × cols` and `nk × cols` matrices of the first type, `wv` `nv × cols`
-        /// of the second; `x` holds cols floats, `yq`/`yk`/`yv` (and the biases when `mode` is
-        /// ADD) nq/nk/nv; grid = ⌈nq/R⌉ + ⌈nk/R⌉ + ⌈nv/R⌉ blocks of 32 R (validated by the
-        /// launcher).
+        /// of the second; `h` and `g` hold cols floats (16-byte aligned), `yq`/`yk`/`yv` (and the
+        /// biases when `mode` is ADD) nq/nk/nv; grid = ⌈nq/R⌉ + ⌈nk/R⌉ + ⌈nv/R⌉ blocks of 32 R
+        /// (validated by the launcher).
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $name(
-            wq: *const u8, wk: *const u8, wv: *const u8, x: *const f32,
+            wq: *const u8, wk: *const u8, wv: *const u8, h: *const f32, g: *const f32, eps: f32,
             yq: *mut f32, yk: *mut f32, yv: *mut f32,
             bq: *const f32, bk: *const f32, bv: *const f32,
             nq: u32, nk: u32, nv: u32, cols: u32, mode: u32,
@@ -336,7 +457,7 @@ macro_rules! matvec_qkv_kernels {
             // SAFETY: forwarded contract.
             unsafe {
                 matvec_qkv_legacy::<$a, $b>(
-                    wq, wk, wv, x, yq, yk, yv, bq, bk, bv, nq, nk, nv, cols, mode,
+                    wq, wk, wv, h, g, eps, yq, yk, yv, bq, bk, bv, nq, nk, nv, cols, mode,
                 )
             }
         }

@@ -58,7 +58,7 @@ struct F2([f32; 2]);
 /// `x + n` is 16-byte aligned on the device (the matvec launcher checks `x`; every offset used
 /// is a multiple of 4 elements) and 4 f32 are readable there.
 #[inline(always)]
-unsafe fn xa4(x: *const f32, n: usize) -> [f32; 4] {
+pub(crate) unsafe fn xa4(x: *const f32, n: usize) -> [f32; 4] {
     // SAFETY: caller contract (host builds, whose test vectors are only 4-byte aligned, read
     // unaligned).
     unsafe {
@@ -99,11 +99,28 @@ pub trait Legacy4 {
     /// # Safety
     /// `blk` points to a whole, 2-byte aligned block; `q < 4`.
     unsafe fn load(blk: *const u8, q: usize) -> Raw;
-    /// `Σ w_i x_i` over thread `q`'s quarter, from its [`Legacy4::load`]ed bits.
+    /// `Σ w_i x_i` over thread `q`'s quarter, from its [`Legacy4::load`]ed bits and its 8
+    /// activations `xs` (the block's elements at [`Legacy4::x_at`]`(q, 0)` and `(q, 1)`, 4 each).
+    fn dot_vals(r: Raw, q: usize, xs: [[f32; 4]; 2]) -> f32;
+    /// Offset in the block of the `j`-th (0 or 1) 4-element run of thread `q`'s activations.
+    #[inline(always)]
+    fn x_at(q: usize, j: usize) -> usize {
+        if Self::RUN == 8 {
+            Self::run_start(q, 0) + 4 * j
+        } else {
+            Self::run_start(q, j)
+        }
+    }
+    /// [`Legacy4::dot_vals`] with the activations read from `x`.
     ///
     /// # Safety
-    /// `x` points to the block's 32 activations; `q < 4`.
-    unsafe fn dot_raw(r: Raw, q: usize, x: *const f32) -> f32;
+    /// `x` points to the block's 32 activations (16-byte aligned on the device); `q < 4`.
+    #[inline(always)]
+    unsafe fn dot_raw(r: Raw, q: usize, x: *const f32) -> f32 {
+        // SAFETY: caller contract; x_at(q, j) + 4 ≤ 32 and a multiple of 4.
+        let xs = unsafe { [xa4(x, Self::x_at(q, 0)), xa4(x, Self::x_at(q, 1))] };
+        Self::dot_vals(r, q, xs)
+    }
     /// Both steps.
     ///
     /// # Safety
@@ -142,18 +159,12 @@ fn nibble_quants(v: u32, h_lo: u32, h_hi: u32, off: i32) -> [i32; 8] {
     })
 }
 
-/// Σ over 4 nibble pairs: `(lo_i + off) x[i]` and `(hi_i + off) x[16 + i]`, with 5th bits `h_lo`,
+/// Σ over 4 nibble pairs: `(lo_i + off) xl[i]` and `(hi_i + off) xh[i]`, with 5th bits `h_lo`,
 /// `h_hi` (bit i of each) added as bit 4; returns (Σ q x, Σ x).
-///
-/// # Safety
-/// `x` points to 20 readable f32 (x[0..4] and x[16..20] are used).
 #[inline(always)]
-unsafe fn nibbles4(v: u32, h_lo: u32, h_hi: u32, off: i32, x: *const f32) -> (f32, f32) {
+fn nibbles4(v: u32, h_lo: u32, h_hi: u32, off: i32, [xl, xh]: [[f32; 4]; 2]) -> (f32, f32) {
     let mut s = 0.0f32;
     let mut sx = 0.0f32;
-    // SAFETY: caller contract (x and x + 16 are 16-byte aligned: x is a block's activations
-    // plus 4q).
-    let (xl, xh) = unsafe { (xa4(x, 0), xa4(x, 16)) };
     for i in 0..4 {
         let b = v >> (8 * i);
         let lo = ((b & 15) | (((h_lo >> i) & 1) << 4)) as i32 + off;
@@ -179,9 +190,8 @@ impl Legacy4 for BlockQ4_0 {
         unsafe { (ld16(blk), 0, ld32(blk.add(2 + 4 * q))) }
     }
     #[inline(always)]
-    unsafe fn dot_raw((d, _, v): Raw, q: usize, x: *const f32) -> f32 {
-        // SAFETY: x offsets 4q.. and 16 + 4q.. < 32.
-        half(d, false) * unsafe { nibbles4(v, 0, 0, -8, x.add(4 * q)) }.0
+    fn dot_vals((d, _, v): Raw, _q: usize, xs: [[f32; 4]; 2]) -> f32 {
+        half(d, false) * nibbles4(v, 0, 0, -8, xs).0
     }
     #[inline(always)]
     fn values((d, _, v): Raw, _q: usize) -> [f32; 8] {
@@ -198,9 +208,8 @@ impl Legacy4 for BlockQ4_1 {
         unsafe { (ld32(blk), 0, ld32(blk.add(4 + 4 * q))) }
     }
     #[inline(always)]
-    unsafe fn dot_raw((dm, _, v): Raw, q: usize, x: *const f32) -> f32 {
-        // SAFETY: as for Q4_0.
-        let (s, sx) = unsafe { nibbles4(v, 0, 0, 0, x.add(4 * q)) };
+    fn dot_vals((dm, _, v): Raw, _q: usize, xs: [[f32; 4]; 2]) -> f32 {
+        let (s, sx) = nibbles4(v, 0, 0, 0, xs);
         half(dm, false) * s + half(dm, true) * sx
     }
     #[inline(always)]
@@ -218,10 +227,9 @@ impl Legacy4 for BlockQ5_0 {
         unsafe { (ld16(blk), ld32(blk.add(2)), ld32(blk.add(6 + 4 * q))) }
     }
     #[inline(always)]
-    unsafe fn dot_raw((d, qh, v): Raw, q: usize, x: *const f32) -> f32 {
+    fn dot_vals((d, qh, v): Raw, q: usize, xs: [[f32; 4]; 2]) -> f32 {
         let (h_lo, h_hi) = (qh >> (4 * q), qh >> (16 + 4 * q));
-        // SAFETY: as for Q4_0.
-        half(d, false) * unsafe { nibbles4(v, h_lo, h_hi, -16, x.add(4 * q)) }.0
+        half(d, false) * nibbles4(v, h_lo, h_hi, -16, xs).0
     }
     #[inline(always)]
     fn values((d, qh, v): Raw, q: usize) -> [f32; 8] {
@@ -238,10 +246,9 @@ impl Legacy4 for BlockQ5_1 {
         unsafe { (ld32(blk), ld32(blk.add(4)), ld32(blk.add(8 + 4 * q))) }
     }
     #[inline(always)]
-    unsafe fn dot_raw((dm, qh, v): Raw, q: usize, x: *const f32) -> f32 {
+    fn dot_vals((dm, qh, v): Raw, q: usize, xs: [[f32; 4]; 2]) -> f32 {
         let (h_lo, h_hi) = (qh >> (4 * q), qh >> (16 + 4 * q));
-        // SAFETY: as for Q4_0.
-        let (s, sx) = unsafe { nibbles4(v, h_lo, h_hi, 0, x.add(4 * q)) };
+        let (s, sx) = nibbles4(v, h_lo, h_hi, 0, xs);
         half(dm, false) * s + half(dm, true) * sx
     }
     #[inline(always)]
@@ -265,11 +272,9 @@ impl Legacy4 for BlockQ8_0 {
         }
     }
     #[inline(always)]
-    unsafe fn dot_raw((d, v0, v1): Raw, q: usize, x: *const f32) -> f32 {
+    fn dot_vals((d, v0, v1): Raw, _q: usize, xs: [[f32; 4]; 2]) -> f32 {
         let mut s = 0.0f32;
-        for (h, v) in [v0, v1].into_iter().enumerate() {
-            // SAFETY: x offsets 8q..8q+8 < 32, multiples of 4.
-            let xv = unsafe { xa4(x, 8 * q + 4 * h) };
+        for (v, xv) in [v0, v1].into_iter().zip(xs) {
             for (i, &xi) in xv.iter().enumerate() {
                 let qv = ((v >> (8 * i)) & 0xff) as u8 as i8;
                 s += qv as f32 * xi;

@@ -11,7 +11,10 @@
 //! x ─ rms_norm(output_norm) ─ LM head (cuBLAS) ─► logits      (only the rows asked for)
 //! ```
 //!
-//! `linear` is the quantized matvec kernel when `T = 1` (decode), and otherwise the weight
+//! `linear` is the quantized matvec kernel when `T = 1` (decode; with
+//! [`CudaOptions::fuse_epilogues`] and legacy block types the norm before q/k/v and before
+//! gate/up is folded into one launch with them, the biases, the SwiGLU and the residual adds
+//! likewise), and otherwise the weight
 //! decoded into a scratch buffer plus a cuBLAS GEMM, per [`CudaOptions::gemm`]: split f16 (hi/lo
 //! pairs, one tensor-core GEMM of 3K, near-f32 accuracy; the default), f32, or plain f16.
 //! The LM head is a copy of the output matrix decoded once at load, multiplied through cuBLAS.
@@ -25,7 +28,7 @@ use super::error::CudaError;
 use super::gemm::{GemmKind, gemm};
 use super::ops::{
     self, DecodeAt, DecodeScratch, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut,
-    Pos, RopeTable, SampleParams, SelectScratch,
+    NormedInput, Pos, RopeTable, SampleParams, SelectScratch,
 };
 use crate::backend::{Backend, BackendError, Logits, check_forward};
 use crate::gguf::{Gguf, TensorInfo};
@@ -483,16 +486,9 @@ impl CudaBackend {
             fuse: self.opts.fuse_epilogues,
         };
         for (li, l) in self.layers.iter().enumerate() {
-            ops::rms_norm(
-                gpu,
-                &s.x.slice(..t * d),
-                &l.attn_norm.as_view(),
-                c.rms_eps,
-                &mut s.xn.slice_mut(..t * d),
-            )?;
-            let xn = s.xn.slice(..t * d);
             let biases = [l.bq.is_some(), l.bk.is_some(), l.bv.is_some()];
             if t == 1 && lin.fuse && ops::matvec_qkv_supported(&l.wq, &l.wk, &l.wv, biases) {
+                // The attention norm, q, k and v (and their biases) in one launch.
                 let bias_views = match (&l.bq, &l.bk, &l.bv) {
                     (Some(bq), Some(bk), Some(bv)) => {
                         Some((bq.as_view(), bk.as_view(), bv.as_view()))
@@ -502,13 +498,25 @@ impl CudaBackend {
                 ops::matvec_qkv(
                     gpu,
                     [&l.wq, &l.wk, &l.wv],
-                    &xn,
+                    NormedInput {
+                        x: &s.x.slice(..d),
+                        weight: &l.attn_norm.as_view(),
+                        eps: c.rms_eps,
+                    },
                     &mut s.q.slice_mut(..qd),
                     &mut s.k.slice_mut(..kvd),
                     &mut s.v.slice_mut(..kvd),
                     bias_views.as_ref().map(|(a, b, c)| [a, b, c]),
                 )?;
             } else {
+                ops::rms_norm(
+                    gpu,
+                    &s.x.slice(..t * d),
+                    &l.attn_norm.as_view(),
+                    c.rms_eps,
+                    &mut s.xn.slice_mut(..t * d),
+                )?;
+                let xn = s.xn.slice(..t * d);
                 for (w, y, bias) in [
                     (&l.wq, s.q.slice_mut(..t * qd), l.bq.as_ref()),
                     (&l.wk, s.k.slice_mut(..t * kvd), l.bk.as_ref()),
@@ -556,17 +564,23 @@ impl CudaBackend {
                 &mut s.x16,
             )?;
 
-            ops::rms_norm(
-                gpu,
-                &s.x.slice(..t * d),
-                &l.ffn_norm.as_view(),
-                c.rms_eps,
-                &mut s.xn.slice_mut(..t * d),
-            )?;
-            let xn = s.xn.slice(..t * d);
             if t == 1 && lin.fuse && ops::matvec_swiglu_supported(&l.gate, &l.up) {
-                ops::matvec_swiglu(gpu, &l.gate, &l.up, &xn, &mut s.h.slice_mut(..ff))?;
+                // The FFN norm, gate, up and SwiGLU in one launch.
+                let inp = NormedInput {
+                    x: &s.x.slice(..d),
+                    weight: &l.ffn_norm.as_view(),
+                    eps: c.rms_eps,
+                };
+                ops::matvec_swiglu(gpu, &l.gate, &l.up, inp, &mut s.h.slice_mut(..ff))?;
             } else {
+                ops::rms_norm(
+                    gpu,
+                    &s.x.slice(..t * d),
+                    &l.ffn_norm.as_view(),
+                    c.rms_eps,
+                    &mut s.xn.slice_mut(..t * d),
+                )?;
+                let xn = s.xn.slice(..t * d);
                 lin.run(
                     &l.gate,
                     &xn,

@@ -791,13 +791,45 @@ pub fn matvec_swiglu_supported(gate: &DeviceTensor, up: &DeviceTensor) -> bool {
         && matvec_swiglu_kernel(gate.ty).is_some()
 }
 
-/// `h = silu(Wg x) · (Wu x)` in one launch: the same bits as two [`matvec`]s and [`swiglu`].
-/// Legacy block types only (see [`matvec_swiglu_supported`]).
+/// The input of a fused launch that applies RMSNorm first: the residual stream row `x`, the
+/// norm's weight and epsilon (`xn = x / sqrt(mean(x²) + eps) ∘ weight`, as [`rms_norm`]).
+#[derive(Clone, Copy)]
+pub struct NormedInput<'a, 'b> {
+    /// The un-normalized row (`cols` floats).
+    pub x: &'a CudaView<'b, f32>,
+    /// The norm's weight (`cols` floats).
+    pub weight: &'a CudaView<'b, f32>,
+    pub eps: f32,
+}
+
+/// Checks a [`NormedInput`] for a matrix of `cols` columns (named `name`): lengths and the
+/// 16-byte alignment of both vectors.
+fn normed_input_ok(
+    gpu: &Gpu,
+    k: &'static str,
+    name: &str,
+    inp: &NormedInput,
+    cols: usize,
+) -> Result<()> {
+    ensure(k, inp.x.len() == cols && inp.weight.len() == cols, || {
+        format!(
+            "{name}: x {} / norm weight {} for {cols} columns",
+            inp.x.len(),
+            inp.weight.len()
+        )
+    })?;
+    x_aligned(gpu, k, name, inp.x)?;
+    x_aligned(gpu, k, name, inp.weight)
+}
+
+/// `h = silu(Wg xn) · (Wu xn)` with `xn` the RMSNorm of `inp` (see [`NormedInput`]), in one
+/// launch: the FFN norm, gate, up and SwiGLU. Legacy block types only (see
+/// [`matvec_swiglu_supported`]).
 pub fn matvec_swiglu(
     gpu: &Gpu,
     gate: &DeviceTensor,
     up: &DeviceTensor,
-    x: &CudaView<f32>,
+    inp: NormedInput,
     h: &mut CudaViewMut<f32>,
 ) -> Result<()> {
     const K: &str = "matvec_swiglu";
@@ -813,17 +845,10 @@ pub fn matvec_swiglu(
             gate.name, gate.ty, gate.rows, gate.cols, up.name, up.ty, up.rows, up.cols
         )
     })?;
-    ensure(k, x.len() == gate.cols && h.len() == gate.rows, || {
-        format!(
-            "{}: x {} / h {} for a {} x {} matrix",
-            gate.name,
-            x.len(),
-            h.len(),
-            gate.rows,
-            gate.cols
-        )
+    normed_input_ok(gpu, k, &gate.name, &inp, gate.cols)?;
+    ensure(k, h.len() == gate.rows, || {
+        format!("{}: h {} for {} rows", gate.name, h.len(), gate.rows)
     })?;
-    x_aligned(gpu, k, &gate.name, x)?;
     let (rows, cols) = (to_u32(k, "rows", gate.rows)?, to_u32(k, "cols", gate.cols)?);
     let cfg = LaunchConfig {
         grid_dim: (gate.rows.div_ceil(MATVEC_ROWS) as u32, 1, 1),
@@ -831,7 +856,8 @@ pub fn matvec_swiglu(
         shared_mem_bytes: 0,
     };
     let (gv, uv) = (gate.data.as_view(), up.data.as_view());
-    launch!(gpu, k, cfg, &gv, &uv, x, h, &rows, &cols);
+    let (x, g, eps) = (inp.x, inp.weight, inp.eps);
+    launch!(gpu, k, cfg, &gv, &uv, x, g, &eps, h, &rows, &cols);
     Ok(())
 }
 
@@ -850,14 +876,14 @@ pub fn matvec_qkv_supported(
         && matvec_qkv_kernel(wq.ty, wv.ty).is_some()
 }
 
-/// The q, k and v projections of one token (`x`, `cols` floats) in one launch, each plus its bias
-/// when `biases` is given: the same bits as three [`matvec_with`] launches (see
-/// [`matvec_qkv_supported`] for the types it takes).
+/// The RMSNorm of one token (`inp`, see [`NormedInput`]) and its q, k and v projections in one
+/// launch, each plus its bias when `biases` is given (see [`matvec_qkv_supported`] for the
+/// types it takes).
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_qkv(
     gpu: &Gpu,
     w: [&DeviceTensor; 3],
-    x: &CudaView<f32>,
+    inp: NormedInput,
     yq: &mut CudaViewMut<f32>,
     yk: &mut CudaViewMut<f32>,
     yv: &mut CudaViewMut<f32>,
@@ -895,16 +921,10 @@ pub fn matvec_qkv(
             )
         },
     )?;
+    normed_input_ok(gpu, k, &wq.name, &inp, wq.cols)?;
     for (wt, y) in [(wq, &*yq), (wk, &*yk), (wv, &*yv)] {
-        ensure(k, x.len() == wt.cols && y.len() == wt.rows, || {
-            format!(
-                "{}: x {} / y {} for a {} x {} matrix",
-                wt.name,
-                x.len(),
-                y.len(),
-                wt.rows,
-                wt.cols
-            )
+        ensure(k, y.len() == wt.rows, || {
+            format!("{}: y {} for {} rows", wt.name, y.len(), wt.rows)
         })?;
     }
     if let Some(b) = &biases {
@@ -914,7 +934,6 @@ pub fn matvec_qkv(
             })?;
         }
     }
-    x_aligned(gpu, k, &wq.name, x)?;
     let r = MATVEC_ROWS;
     let blocks = wq.rows.div_ceil(r) + wk.rows.div_ceil(r) + wv.rows.div_ceil(r);
     let cfg = LaunchConfig {
@@ -931,10 +950,11 @@ pub fn matvec_qkv(
     let (dq, dk, dv) = (wq.data.as_view(), wk.data.as_view(), wv.data.as_view());
     // The kernel's modes (kernels-gpu/src/matvec.rs): 1 adds the bias, 0 stores.
     let mode: u32 = if biases.is_some() { 1 } else { 0 };
+    let (x, g, eps) = (inp.x, inp.weight, inp.eps);
     // Without biases the kernel never reads them: any valid pointer does (x).
     let [bq, bk, bv] = biases.unwrap_or([x, x, x]);
     launch!(
-        gpu, k, cfg, &dq, &dk, &dv, x, yq, yk, yv, bq, bk, bv, &nq, &nk, &nv, &cols, &mode
+        gpu, k, cfg, &dq, &dk, &dv, x, g, &eps, yq, yk, yv, bq, bk, bv, &nq, &nk, &nv, &cols, &mode
     );
     Ok(())
 }
