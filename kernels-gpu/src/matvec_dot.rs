@@ -86,6 +86,51 @@ unsafe fn xa2(x: *const f32, n: usize) -> [f32; 2] {
     }
 }
 
+/// `2^23` as f32: `f32::from_bits(0x4B00_0000 | b)` is exactly `2^23 + b` for `b < 2^23`.
+pub const MAGIC: f32 = 8_388_608.0;
+
+/// Byte `i` (0..4) of `w` as the f32 `2^23 + byte`: the byte moved into the mantissa of 2^23
+/// (one byte permute or shift-and-or), so a quant becomes a float without an integer-to-float
+/// conversion (a quarter-rate instruction, and the matvecs were bound by their instruction
+/// count). Subtracting `MAGIC + offset` afterwards gives `byte - offset` exactly.
+#[inline(always)]
+pub fn byte_magic(w: u32, i: u32) -> f32 {
+    #[cfg(target_arch = "nvptx64")]
+    let bits = {
+        let r: u32;
+        // Result bytes: byte i of w, then bytes 0, 1 and 3 of 0x4B00_0000 (selector nibbles
+        // i, 4, 5, 7). SAFETY: a pure register permute.
+        unsafe {
+            core::arch::asm!("prmt.b32 {r}, {a}, {b}, {c};", r = out(reg32) r, a = in(reg32) w,
+                             b = in(reg32) 0x4B00_0000u32, c = in(reg32) 0x7540 | i,
+                             options(pure, nomem, nostack, preserves_flags));
+        }
+        r
+    };
+    #[cfg(not(target_arch = "nvptx64"))]
+    let bits = ((w >> (8 * i)) & 0xff) | 0x4B00_0000;
+    f32::from_bits(bits)
+}
+
+/// Bits 0..4 of `h`, bit `i` moved to bit 4 of byte `i` (the 5th bits of 4 nibble quants, to
+/// OR onto 4 bytes of nibbles): one multiply, as the products of the 4 bits with
+/// `2^4 + 2^11 + 2^18 + 2^25` land on distinct bits (`i + 7j + 4` is distinct for `i, j < 4`).
+#[inline(always)]
+pub fn spread4(h: u32) -> u32 {
+    ((h & 15).wrapping_mul(0x0204_0810)) & 0x1010_1010
+}
+
+/// `a · b + c`, fused (one rounding) on the device.
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(target_arch = "nvptx64")]
+    // SAFETY: a pure arithmetic intrinsic (fma.rn.f32).
+    let r = unsafe { core::intrinsics::fmaf32(a, b, c) };
+    #[cfg(not(target_arch = "nvptx64"))]
+    let r = a * b + c;
+    r
+}
+
 /// The weight bits one lane needs for its piece of a block: loaded first (for every block a lane
 /// will use, so the loads are in flight together), decoded afterwards.
 pub type Raw = (u32, u32, u32);
@@ -159,19 +204,22 @@ fn nibble_quants(v: u32, h_lo: u32, h_hi: u32, off: i32) -> [i32; 8] {
     })
 }
 
-/// Σ over 4 nibble pairs: `(lo_i + off) xl[i]` and `(hi_i + off) xh[i]`, with 5th bits `h_lo`,
-/// `h_hi` (bit i of each) added as bit 4; returns (Σ q x, Σ x).
+/// Σ over 4 nibble pairs: `(lo_i + off) xl[i]` and `(hi_i + off) xh[i]` (`lo_i`, `hi_i` the
+/// low and high nibbles of byte `i` of `v`), with 5th bits `h_lo`, `h_hi` (bit i of each) added
+/// as bit 4; returns (Σ q x, Σ x). The 4 quants of each half are built in the bytes of one word
+/// and turned into floats by [`byte_magic`].
 #[inline(always)]
 fn nibbles4(v: u32, h_lo: u32, h_hi: u32, off: i32, [xl, xh]: [[f32; 4]; 2]) -> (f32, f32) {
+    let lo = (v & 0x0F0F_0F0F) | spread4(h_lo);
+    let hi = ((v >> 4) & 0x0F0F_0F0F) | spread4(h_hi);
+    // 2^23 - off: exact (|off| ≤ 16), and `byte_magic(..) - bias` is `q + off` exactly.
+    let bias = MAGIC - off as f32;
     let mut s = 0.0f32;
     let mut sx = 0.0f32;
     for i in 0..4 {
-        let b = v >> (8 * i);
-        let lo = ((b & 15) | (((h_lo >> i) & 1) << 4)) as i32 + off;
-        let hi = (((b >> 4) & 15) | (((h_hi >> i) & 1) << 4)) as i32 + off;
-        let (x0, x1) = (xl[i], xh[i]);
-        s += lo as f32 * x0 + hi as f32 * x1;
-        sx += x0 + x1;
+        s = fma(byte_magic(lo, i) - bias, xl[i as usize], s);
+        s = fma(byte_magic(hi, i) - bias, xh[i as usize], s);
+        sx += xl[i as usize] + xh[i as usize];
     }
     (s, sx)
 }
@@ -275,9 +323,10 @@ impl Legacy4 for BlockQ8_0 {
     fn dot_vals((d, v0, v1): Raw, _q: usize, xs: [[f32; 4]; 2]) -> f32 {
         let mut s = 0.0f32;
         for (v, xv) in [v0, v1].into_iter().zip(xs) {
+            // Signed bytes + 128 (flipping each sign bit) are 0..256: byte_magic, then - 128.
+            let u = v ^ 0x8080_8080;
             for (i, &xi) in xv.iter().enumerate() {
-                let qv = ((v >> (8 * i)) & 0xff) as u8 as i8;
-                s += qv as f32 * xi;
+                s = fma(byte_magic(u, i as u32) - (MAGIC + 128.0), xi, s);
             }
         }
         half(d, false) * s
@@ -357,11 +406,11 @@ impl KWarp for BlockQ4K {
             let (mut s0, mut s1, mut sx0, mut sx1) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
             // x0 = x + 64p + 4k and x1 = x0 + 32: multiples of 4 elements.
             let (v0, v1) = (xa4(x0, 0), xa4(x1, 0));
+            let (lo, hi) = (v & 0x0F0F_0F0F, (v >> 4) & 0x0F0F_0F0F);
             for i in 0..4 {
-                let q = v >> (8 * i);
                 let (a0, a1) = (v0[i], v1[i]);
-                s0 += (q & 15) as f32 * a0;
-                s1 += ((q >> 4) & 15) as f32 * a1;
+                s0 = fma(byte_magic(lo, i as u32) - MAGIC, a0, s0);
+                s1 = fma(byte_magic(hi, i as u32) - MAGIC, a1, s1);
                 sx0 += a0;
                 sx1 += a1;
             }
@@ -423,17 +472,22 @@ impl KWarp for BlockQ6K {
             let xb = x.add(128 * n + base);
             // base is even: 8-byte aligned pairs.
             let (x0, x1, x2, x3) = (xa2(xb, 0), xa2(xb, 32), xa2(xb, 64), xa2(xb, 96));
+            // The 8 quants (6 bits each) in the bytes of two words: ab's bytes are a0 a1 b0 b1,
+            // so q01 holds [q0(0), q0(1), q1(0), q1(1)] (low nibbles; 2-bit pairs 0 and 1 of the
+            // qh bytes h0 h1 as bits 4..6) and q23 [q2(0), q2(1), q3(0), q3(1)] (high nibbles,
+            // pairs 2 and 3).
+            let h = hd & 0xffff;
+            let t01 = h | ((h >> 2) << 16);
+            let t23 = (h >> 4) | ((h >> 6) << 16);
+            let q01 = (ab & 0x0F0F_0F0F) | ((t01 << 4) & 0x3030_3030);
+            let q23 = ((ab >> 4) & 0x0F0F_0F0F) | ((t23 << 4) & 0x3030_3030);
+            let bias = MAGIC + 32.0;
             let (mut s0, mut s1, mut s2, mut s3) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
             for kk in 0..2 {
-                let (a, b, h) = (ab >> (8 * kk), ab >> (16 + 8 * kk), hd >> (8 * kk));
-                let q0 = ((a & 15) | ((h & 3) << 4)) as i32 - 32;
-                let q1 = ((b & 15) | (((h >> 2) & 3) << 4)) as i32 - 32;
-                let q2 = (((a >> 4) & 15) | (((h >> 4) & 3) << 4)) as i32 - 32;
-                let q3 = (((b >> 4) & 15) | (((h >> 6) & 3) << 4)) as i32 - 32;
-                s0 += q0 as f32 * x0[kk];
-                s1 += q1 as f32 * x1[kk];
-                s2 += q2 as f32 * x2[kk];
-                s3 += q3 as f32 * x3[kk];
+                s0 = fma(byte_magic(q01, kk as u32) - bias, x0[kk], s0);
+                s1 = fma(byte_magic(q01, 2 + kk as u32) - bias, x1[kk], s1);
+                s2 = fma(byte_magic(q23, kk as u32) - bias, x2[kk], s2);
+                s3 = fma(byte_magic(q23, 2 + kk as u32) - bias, x3[kk], s3);
             }
             let t = sc(0) * s0 + sc(1) * s1 + sc(2) * s2 + sc(3) * s3;
             half(hd, true) * t

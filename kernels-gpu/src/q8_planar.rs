@@ -10,6 +10,7 @@
 //! Compiled for the host too: the host repacks with [`repack`], and the tests below check the
 //! lane arithmetic ([`dot16`]) against the blocks' own dequantization.
 
+use crate::matvec_dot::{MAGIC, byte_magic, fma};
 use crate::quant::f16_to_f32;
 
 /// Bytes of a GGUF Q8_0 block.
@@ -35,14 +36,15 @@ pub fn repack(blocks: &[u8], qs: &mut [u8], d: &mut [u16]) -> Option<()> {
 }
 
 /// `Σ_i q_i · x_i` over 16 signed 8-bit quants packed little-endian in `q` (byte `i` of the
-/// 16) and their 16 activations, in f32, left to right.
+/// 16) and their 16 activations, in f32 (fused multiply-adds, left to right), each quant made a
+/// float by [`byte_magic`] (sign bit flipped: `q + 128` in 0..256) rather than converted.
 #[inline(always)]
 pub fn dot16(q: [u32; 4], x: &[f32; 16]) -> f32 {
     let mut s = 0.0f32;
     for (w, word) in q.iter().enumerate() {
+        let u = word ^ 0x8080_8080;
         for k in 0..4 {
-            let v = ((word >> (8 * k)) & 0xff) as u8 as i8;
-            s += v as f32 * x[4 * w + k];
+            s = fma(byte_magic(u, k as u32) - (MAGIC + 128.0), x[4 * w + k], s);
         }
     }
     s
@@ -120,11 +122,15 @@ mod tests {
                     bytes[4 * w + 3],
                 ])
             });
-            let mut want = 0.0f32;
+            let (mut want, mut mag) = (0.0f64, 0.0f64);
             for i in 0..16 {
-                want += bytes[i] as i8 as f32 * x[i];
+                let t = bytes[i] as i8 as f64 * x[i] as f64;
+                want += t;
+                mag += t.abs();
             }
-            assert_eq!(dot16(q, &x).to_bits(), want.to_bits());
+            // 16 f32 roundings: ≤ 16 · 2^-24 of Σ|q x|.
+            let got = dot16(q, &x) as f64;
+            assert!((got - want).abs() <= 1e-6 * mag, "got {got}, want {want}");
         }
     }
 }
