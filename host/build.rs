@@ -6,6 +6,38 @@ use std::{env, path::PathBuf, process::Command};
 
 const ARCHES: [&str; 2] = ["sm_90", "sm_80"];
 
+/// Launch bounds for ptxas (rustc has no attribute for them): kernel-name prefix → (`.maxntid`
+/// threads per block, `.minnctapersm` blocks per SM). The second caps the registers so that many
+/// blocks fit on an SM: `matvec_swiglu_*` launches ⌈4864 / 4⌉ = 1,216 blocks of 128 threads for
+/// the qwen FFN, which take two waves on an H100's 132 SMs at 8 blocks per SM (64 registers) and
+/// one at 10 (≤ 48).
+const LAUNCH_BOUNDS: &[(&str, u32, u32)] = &[("matvec_swiglu_", 128, 10)];
+
+/// `ptx` with the [`LAUNCH_BOUNDS`] directives inserted after the parameter list of each matching
+/// `.entry`.
+fn with_launch_bounds(ptx: &str) -> String {
+    let mut out = String::with_capacity(ptx.len() + 1024);
+    let mut pending: Option<(u32, u32)> = None;
+    for line in ptx.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if let Some(name) = line.strip_prefix(".visible .entry ") {
+            let name = name.trim_end_matches('(');
+            pending = LAUNCH_BOUNDS
+                .iter()
+                .find(|(prefix, _, _)| name.starts_with(prefix))
+                .map(|&(_, t, b)| (t, b));
+        } else if line == ")"
+            && let Some((threads, blocks)) = pending.take()
+        {
+            out.push_str(&format!(
+                ".maxntid {threads}, 1, 1\n.minnctapersm {blocks}\n"
+            ));
+        }
+    }
+    out
+}
+
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let kernels = manifest.join("../kernels-gpu");
@@ -72,6 +104,10 @@ fn main() {
             !text.contains(".extern .func"),
             "PTX for {arch} calls external functions: fat LTO did not inline core (check profile.ptx)"
         );
-        std::fs::write(out.join(format!("kernels_{arch}.ptx")), text).unwrap();
+        std::fs::write(
+            out.join(format!("kernels_{arch}.ptx")),
+            with_launch_bounds(&text),
+        )
+        .unwrap();
     }
 }
