@@ -38,7 +38,7 @@ fn args(model: &TempFile, p: &[usize], n: &[usize], d: &[usize]) -> Args {
         reps: 2,
         ctx: 0,
         no_fuse: false,
-        lm_head_q8: false,
+        lm_head_f16: false,
         json: false,
     }
 }

@@ -68,10 +68,10 @@ pub struct Args {
     /// CUDA: separate bias and residual `add` launches in decode (to measure the fusion).
     #[arg(long)]
     pub no_fuse: bool,
-    /// CUDA: the LM head from the Q8_0 output matrix (planar, `matvec_q8p`) instead of an f16
-    /// copy and cuBLAS.
+    /// CUDA: the LM head as an f16 copy multiplied by cuBLAS (the previous default) instead of
+    /// the Q8_0 output matrix itself (`matvec_q8p`).
     #[arg(long)]
-    pub lm_head_q8: bool,
+    pub lm_head_f16: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -552,7 +552,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
     let cuda_opts = CudaOptions {
         n_ctx,
         fuse_epilogues: !args.no_fuse,
-        lm_head_q8: args.lm_head_q8,
+        lm_head_q8: !args.lm_head_f16,
         ..Default::default()
     };
     // Declared before the backend so that it is dropped after it.
@@ -736,7 +736,7 @@ mod tests {
             reps: 1,
             ctx,
             no_fuse: false,
-            lm_head_q8: false,
+            lm_head_f16: false,
             json: false,
         }
     }
