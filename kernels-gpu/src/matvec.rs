@@ -5,19 +5,22 @@
 //! `matvec_<type>(w, x, y, rows, cols, add, mode)`: `W` is row-major, `rows` rows of `cols`
 //! elements; `mode` 0 stores `y = W x`, 1 stores `y = W x + add` (a bias, `add` holds rows floats),
 //! 2 stores `y += W x` (a residual; `add` unused but a valid pointer).
-//! One warp per row; a warp shuffle sums the lanes at the end. Three lane layouts:
-//! - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: 4 lanes per 32-element block, 8 blocks per warp step; each lane
-//!   decodes its quarter in registers (`matvec_dot::Legacy4`).
-//! - Q4_K, Q6_K: a block of 4 warps per row, a warp's 32 lanes share a 256-element super-block,
+//! Three lane layouts:
+//! - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: 4 lanes per 32-element block, each decoding its quarter in
+//!   registers (`matvec_dot::Legacy4`); one row per block of W warps, warp `w` taking blocks
+//!   `8 w + l / 4, + 8 W, …`, a block reduction summing the row. The fused gate/up/SwiGLU kernel
+//!   keeps a warp per row (8 blocks per warp step), R rows per block: its 4,864 rows give enough
+//!   warps, and its block count is what its launch bounds size (host/build.rs).
+//! - Q4_K, Q6_K: a block of W warps per row, a warp's 32 lanes share a 256-element super-block,
 //!   8 elements each (`matvec_dot::KWarp`); a block reduction sums the warps.
-//! - the others (F32, F16, BF16, Q2_K, Q3_K, Q5_K): lane `l` decodes the 32-element pieces
-//!   `l, l + 32, …` of the row through the shared decode functions into a buffer.
+//! - the others (F32, F16, BF16, Q2_K, Q3_K, Q5_K): a warp per row, lane `l` decodes the
+//!   32-element pieces `l, l + 32, …` of the row through the shared decode functions into a
+//!   buffer.
 //!
-//! Launch: grid = (ceil(rows / R), 1, 1), block = (32 R, 1, 1) (a warp per row, R =
-//! `shapes::MATVEC_ROWS_PER_BLOCK` = 4); for Q4_K and Q6_K grid = (rows, 1, 1), block = (32 W, 1,
-//! 1) (one row per block of W = `shapes::MATVEC_KWARP_WARPS` = 4 warps: these rows are long,
-//! ffn_down's 4864, and a warp per row leaves too few warps in flight). 8 or 16 rows per block and
-//! 8 warps per K-quant row measured slower (PERF.md change 15).
+//! Launch: grid = (rows, 1, 1), block = (32 W, 1, 1) (W = `shapes::MATVEC_KWARP_WARPS` = 4) for
+//! the legacy and K-quant types; for the others and `matvec_swiglu_*` grid = (ceil(rows / R), 1,
+//! 1), block = (32 R, 1, 1) (a warp per row, R = `shapes::MATVEC_ROWS_PER_BLOCK` = 4). 8 or 16
+//! rows per block and 8 warps per K-quant row measured slower (PERF.md change 15).
 //! Limits: `cols` a multiple of the type's block size (and of 32); `rows < 2^32`.
 
 use crate::elementwise::silu_mul;
@@ -35,7 +38,7 @@ pub const ROWS_PER_BLOCK: usize = crate::shapes::MATVEC_ROWS_PER_BLOCK;
 /// their arithmetic: the kernels are bound by DRAM latency, so the loads of one loop step
 /// should all be in flight together.
 pub const UNROLL: usize = 4; // the loops below are written out for 4
-/// Warps per block (and per row) of the K-quant kernels (Q4_K, Q6_K): one row per block.
+/// Warps per block (and per row) of the legacy-type and K-quant kernels: one row per block.
 pub const KWARP_WARPS: usize = crate::shapes::MATVEC_KWARP_WARPS;
 
 #[inline(always)]
@@ -108,9 +111,9 @@ trait Acts {
     /// # Safety
     /// `n + 4` ≤ the row length the source was made for.
     unsafe fn get(&mut self, n: usize) -> [f32; 4];
-    /// The row's value from its dot product summed over the warp (every lane calls this: it may
-    /// shuffle).
-    fn finish(self, dot: f32) -> f32;
+    /// The row's value from its dot product `dot` summed over the lanes that share the row, with
+    /// `reduce` the same sum for this source's own per-lane values (every lane calls this).
+    fn finish(self, dot: f32, reduce: impl Fn(f32) -> f32) -> f32;
 }
 
 /// The activation vector itself.
@@ -124,7 +127,7 @@ impl Acts for Plain {
         unsafe { xa4(self.0, n) }
     }
     #[inline(always)]
-    fn finish(self, dot: f32) -> f32 {
+    fn finish(self, dot: f32, _reduce: impl Fn(f32) -> f32) -> f32 {
         dot
     }
 }
@@ -155,10 +158,11 @@ impl Normed {
         }
     }
 
-    /// The norm's scale `s` once the warp has read the whole row (every lane calls this).
+    /// The norm's scale `s` once the lanes sharing the row have read all of it, `reduce` summing
+    /// over them (every lane calls this).
     #[inline(always)]
-    fn scale(&self) -> f32 {
-        let ss = gpu::warp_sum(self.ss);
+    fn scale(&self, reduce: impl Fn(f32) -> f32) -> f32 {
+        let ss = reduce(self.ss);
         // As `rms_norm_f32`: IEEE sqrt and division.
         1.0 / core::f32::math::sqrt(ss / self.n as f32 + self.eps)
     }
@@ -173,12 +177,16 @@ impl Acts for Normed {
         [h[0] * g[0], h[1] * g[1], h[2] * g[2], h[3] * g[3]]
     }
     #[inline(always)]
-    fn finish(self, dot: f32) -> f32 {
-        dot * self.scale()
+    fn finish(self, dot: f32, reduce: impl Fn(f32) -> f32) -> f32 {
+        dot * self.scale(reduce)
     }
 }
 
-/// Legacy types: lane `l` takes quarter `l % 4` of blocks `l / 4, l / 4 + 8, …`.
+/// Legacy types: one row per block of [`KWARP_WARPS`] warps; lane `l` of warp `w` takes quarter
+/// `l % 4` of blocks `8 w + l / 4, 8 w + l / 4 + 8 W, …` (W = [`KWARP_WARPS`]), a block reduction
+/// sums the row. A row of 896 columns (28 blocks) is then one block quarter per lane instead of
+/// seven: the dependent arithmetic after the loads arrive is a seventh as long, which is what
+/// the short q/k/v and o projections of decode wait on (PERF.md change 17).
 #[inline(always)]
 unsafe fn matvec_legacy<B: Legacy4>(
     w: *const u8,
@@ -204,12 +212,11 @@ unsafe fn matvec_legacy<B: Legacy4>(
     }
 }
 
-/// [`matvec_legacy`] as block `blk` of its grid (rows `4 blk .. 4 blk + 4`), activations from
-/// `acts` (a fresh source per row).
+/// [`matvec_legacy`] for row `row` (the block's), activations from `acts` (a fresh source).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn matvec_legacy_at<B: Legacy4, A: Acts>(
-    blk: usize,
+    row: usize,
     w: *const u8,
     acts: A,
     y: *mut f32,
@@ -218,19 +225,19 @@ unsafe fn matvec_legacy_at<B: Legacy4, A: Acts>(
     add: *const f32,
     mode: u32,
 ) {
-    let row = blk * ROWS_PER_BLOCK + gpu::warp() as usize;
     if row >= rows as usize {
-        return; // warp-uniform; no barriers below
+        return; // block-uniform: the barriers of block_sum are reached by all or none
     }
     let nb = cols as usize / 32;
     // SAFETY: row < rows: inside W.
     let wr = unsafe { w.add(row * nb * B::BYTES) };
     let lane = gpu::lane() as usize;
+    let first = 8 * gpu::warp() as usize + lane / 4;
     let mut acts = acts;
     // SAFETY: forwarded: wr is a whole row of nb blocks, acts reads 32 nb floats.
-    let acc = unsafe { row_dot_legacy::<B, A>(wr, nb, lane, &mut acts) };
-    let acc = acts.finish(gpu::warp_sum(acc));
-    if lane == 0 {
+    let acc = unsafe { row_dot_legacy::<B, A>(wr, nb, lane, first, 8 * KWARP_WARPS, &mut acts) };
+    let acc = acts.finish(gpu::block_sum(acc), gpu::block_sum);
+    if gpu::thread_x() == 0 {
         // SAFETY: row < rows; y holds rows floats.
         unsafe { store(y, row, acc, add, mode) };
     }
@@ -252,8 +259,7 @@ unsafe fn block_acts<B: Legacy4, A: Acts>(acts: &mut A, bb: usize, q: usize) -> 
 }
 
 /// Lane `lane`'s part of the dot product of the row at `wr` (`nb` blocks) with the activations:
-/// quarter `lane % 4` of blocks `lane / 4, lane / 4 + 8, …` (sum the warp's lanes for the row's
-/// value).
+/// quarter `lane % 4` of blocks `first, first + stride, …` (sum the lanes for the row's value).
 ///
 /// # Safety
 /// `wr` points to a whole row of `nb ≥ 1` blocks, 2-byte aligned; `acts` reads `32 nb` floats.
@@ -262,23 +268,25 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
     wr: *const u8,
     nb: usize,
     lane: usize,
+    first: usize,
+    stride: usize,
     acts: &mut A,
 ) -> f32 {
     let q = lane % 4;
-    let mut b = lane / 4;
+    let mut b = first;
     let mut acc = 0.0f32;
     while b < nb {
         // Loads first: UNROLL blocks' bits in flight at once (indices past the row clamped to its
         // last block, loaded but not counted), then the arithmetic.
         let ld = |u: usize| {
-            let bb = (b + 8 * u).min(nb - 1);
+            let bb = (b + stride * u).min(nb - 1);
             // SAFETY: bb < cols / 32: a whole block of the row, 2-byte aligned (even block
             // sizes, device allocations).
             unsafe { B::load(wr.add(bb * B::BYTES), q) }
         };
         let raw: [Raw; UNROLL] = [ld(0), ld(1), ld(2), ld(3)];
         let mut step = |u: usize| {
-            let bb = b + 8 * u;
+            let bb = b + stride * u;
             if bb < nb {
                 // SAFETY: bb < nb: acts reads 32 nb floats.
                 acc += B::dot_vals(raw[u], q, unsafe { block_acts::<B, A>(acts, bb, q) });
@@ -288,7 +296,7 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
         step(1);
         step(2);
         step(3);
-        b += 8 * UNROLL;
+        b += stride * UNROLL;
     }
     acc
 }
@@ -365,7 +373,11 @@ unsafe fn matvec_swiglu_legacy<B: Legacy4>(
         let off = row * nb * B::BYTES;
         row_dot2_legacy::<B, Normed>(wg.add(off), wu.add(off), nb, lane, &mut acts)
     };
-    let (a, b, s) = (gpu::warp_sum(a), gpu::warp_sum(b), acts.scale());
+    let (a, b, s) = (
+        gpu::warp_sum(a),
+        gpu::warp_sum(b),
+        acts.scale(gpu::warp_sum),
+    );
     if lane == 0 {
         // SAFETY: row < rows; out holds rows floats.
         unsafe { *out.add(row) = silu_mul(a * s, b * s) };
@@ -397,11 +409,10 @@ matvec_swiglu_kernels! {
     matvec_swiglu_q8_0 => BlockQ8_0;
 }
 
-/// The attention norm and the q, k and v projections of one token in one launch (R =
-/// `shapes::MATVEC_ROWS_PER_BLOCK`): blocks `0 .. ⌈nq/R⌉` compute `yq = Wq xn`, the next
-/// `⌈nk/R⌉` `yk = Wk xn`, the rest `yv = Wv xn` (q and k of type `A`, v of type `B`), each plus
-/// its bias when `mode` is [`ADD`], with `xn = rms_norm(h) ∘ g` folded in as [`Normed`]. A warp
-/// per row as in `matvec_legacy`.
+/// The attention norm and the q, k and v projections of one token in one launch, a row per block
+/// as in `matvec_legacy`: blocks `0 .. nq` compute `yq = Wq xn`, the next `nk` `yk = Wk xn`, the
+/// rest `yv = Wv xn` (q and k of type `A`, v of type `B`), each plus its bias when `mode` is
+/// [`ADD`], with `xn = rms_norm(h) ∘ g` folded in as [`Normed`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
@@ -424,8 +435,7 @@ unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
     mode: u32,
 ) {
     let blk = gpu::block_x() as usize;
-    let bq_n = (nq as usize).div_ceil(ROWS_PER_BLOCK);
-    let bk_n = (nk as usize).div_ceil(ROWS_PER_BLOCK);
+    let (bq_n, bk_n) = (nq as usize, nk as usize);
     let acts = Normed::new(h, g, cols, eps);
     // SAFETY: forwarded contract; each sub-range addresses its own matrix and output.
     unsafe {
@@ -444,7 +454,7 @@ macro_rules! matvec_qkv_kernels {
         /// # Safety
         /// `wq`, `wk`: `nq × cols` and `nk × cols` matrices of the first type, `wv` `nv × cols`
         /// of the second; `h` and `g` hold cols floats (16-byte aligned), `yq`/`yk`/`yv` (and the
-        /// biases when `mode` is ADD) nq/nk/nv; grid = ⌈nq/R⌉ + ⌈nk/R⌉ + ⌈nv/R⌉ blocks of 32 R
+        /// biases when `mode` is ADD) nq/nk/nv; grid = nq + nk + nv blocks of 32 W
         /// (validated by the launcher).
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments)]

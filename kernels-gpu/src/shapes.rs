@@ -1,11 +1,13 @@
 //! Launch geometry that a kernel and its host launcher must agree on (compiled for both, so the
 //! numbers are written once).
 
-/// Rows (a warp each) per block of the legacy-type matvec kernels (`matvec_<type>`,
-/// `matvec_swiglu_*`, `matvec_qkv_*`): blocks of `32 · MATVEC_ROWS_PER_BLOCK` threads.
+/// Rows (a warp each) per block of the warp-per-row matvec kernels (`matvec_swiglu_*`, and
+/// `matvec_<type>` for F32, F16, BF16, Q2_K, Q3_K, Q5_K): blocks of `32 · MATVEC_ROWS_PER_BLOCK`
+/// threads.
 pub const MATVEC_ROWS_PER_BLOCK: usize = 4;
 
-/// Warps per row (and per block) of the K-quant matvec kernels (`matvec_q4_k`, `matvec_q6_k`).
+/// Warps per row (and per block) of the block-per-row matvec kernels: `matvec_<type>` for the
+/// legacy types, Q4_K and Q6_K, and `matvec_qkv_*`.
 pub const MATVEC_KWARP_WARPS: usize = 4;
 
 /// Rows per warp of `matvec_q8p` (the planar Q8_0 LM head): their loads are in flight together.

@@ -755,9 +755,19 @@ pub fn matvec_with(
     })?;
     x_aligned(gpu, k, &w.name, x)?;
     let (rows, cols) = (to_u32(k, "rows", w.rows)?, to_u32(k, "cols", w.cols)?);
-    // kernels-gpu/src/matvec.rs: Q4_K and Q6_K run one row per block of MATVEC_KWARP_WARPS
-    // warps, the others a warp per row, MATVEC_ROWS_PER_BLOCK rows per block.
-    let (rows_per_block, threads) = if matches!(w.ty, GgmlType::Q4K | GgmlType::Q6K) {
+    // kernels-gpu/src/matvec.rs: the legacy types, Q4_K and Q6_K run one row per block of
+    // MATVEC_KWARP_WARPS warps, the others a warp per row, MATVEC_ROWS_PER_BLOCK rows per block.
+    let block_per_row = matches!(
+        w.ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q6K
+    );
+    let (rows_per_block, threads) = if block_per_row {
         (1, 32 * kernels_gpu::shapes::MATVEC_KWARP_WARPS as u32)
     } else {
         (MATVEC_ROWS, 32 * MATVEC_ROWS as u32)
@@ -934,11 +944,11 @@ pub fn matvec_qkv(
             })?;
         }
     }
-    let r = MATVEC_ROWS;
-    let blocks = wq.rows.div_ceil(r) + wk.rows.div_ceil(r) + wv.rows.div_ceil(r);
+    // One row per block of MATVEC_KWARP_WARPS warps (kernels-gpu/src/matvec.rs).
+    let blocks = wq.rows + wk.rows + wv.rows;
     let cfg = LaunchConfig {
         grid_dim: (to_u32(k, "blocks", blocks)?, 1, 1),
-        block_dim: (32 * r as u32, 1, 1),
+        block_dim: (32 * kernels_gpu::shapes::MATVEC_KWARP_WARPS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let (nq, nk, nv, cols) = (
