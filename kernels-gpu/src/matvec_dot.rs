@@ -17,7 +17,6 @@
 
 use crate::quant::{
     BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, f16_to_f32,
-    k_scale_min,
 };
 
 /// Reads a little-endian u16 at `p`.
@@ -38,6 +37,41 @@ unsafe fn ld16(p: *const u8) -> u32 {
 unsafe fn ld32(p: *const u8) -> u32 {
     // SAFETY: caller contract (p and p + 2 are 2-byte aligned and readable).
     unsafe { ld16(p) | (ld16(p.add(2)) << 16) }
+}
+
+/// Reads the 16 bytes at `p` as 4 little-endian u32 in one load (`ld.v4.u32`) on the device.
+///
+/// # Safety
+/// `p` is 16-byte aligned on the device and 16 bytes are readable there.
+#[inline(always)]
+unsafe fn ld128(p: *const u8) -> [u32; 4] {
+    #[repr(C, align(16))]
+    #[derive(Clone, Copy)]
+    struct U4([u32; 4]);
+    // SAFETY: caller contract (host tests' buffers are only 2-byte aligned: read unaligned).
+    unsafe {
+        #[cfg(target_arch = "nvptx64")]
+        let v = *(p as *const U4);
+        #[cfg(not(target_arch = "nvptx64"))]
+        let v = core::ptr::read_unaligned(p as *const U4);
+        v.0.map(u32::from_le)
+    }
+}
+
+/// Reads the little-endian u32 at `p` in one load on the device.
+///
+/// # Safety
+/// `p` is 4-byte aligned on the device and 4 bytes are readable there.
+#[inline(always)]
+unsafe fn ld32a(p: *const u8) -> u32 {
+    // SAFETY: caller contract.
+    unsafe {
+        #[cfg(target_arch = "nvptx64")]
+        let v = *(p as *const u32);
+        #[cfg(not(target_arch = "nvptx64"))]
+        let v = core::ptr::read_unaligned(p as *const u32);
+        u32::from_le(v)
+    }
 }
 
 /// 4 f32 as one 16-byte vector load (`ld.v4.f32`) on the device.
@@ -382,18 +416,33 @@ impl KWarp for BlockQ4K {
     const BYTES: usize = 144;
     /// Lane `l`: pair `p = l / 8` of groups (2p low nibbles, 2p + 1 high nibbles of
     /// `qs[32p .. 32p + 32]`), bytes `4 (l % 8) .. + 4` of it. Raw: d | dmin << 16, the scales and
-    /// mins of both groups (sc0 | m0 << 8 | sc1 << 16 | m1 << 24), the 4 quant bytes.
+    /// mins of both groups (sc0 | m0 << 8 | sc1 << 16 | m1 << 24), the 4 quant bytes. Two loads:
+    /// the 16-byte header (d, dmin and the 12 packed scale bytes, the same for the whole warp)
+    /// and the quant word; the scales are unpacked in registers as [`crate::quant::k_scales_mins`] does.
+    ///
+    /// Needs `blk` 16-byte aligned on the device (super-blocks are 144 bytes and device
+    /// allocations 256-byte aligned; the launchers check the matrix).
     #[inline(always)]
     unsafe fn load(blk: *const u8, l: usize) -> Raw {
         let (p, k) = (l / 8, l % 8);
-        // SAFETY: d at 0, dmin at 2, scales at 4..16, qs at 16 + 32p + 4k + 4 ≤ 144.
-        unsafe {
-            let scales = &*(blk.add(4) as *const [u8; 12]);
-            let (sc0, m0) = k_scale_min(scales, 2 * p);
-            let (sc1, m1) = k_scale_min(scales, 2 * p + 1);
-            let sm = sc0 as u32 | (m0 as u32) << 8 | (sc1 as u32) << 16 | (m1 as u32) << 24;
-            (ld32(blk), sm, ld32(blk.add(16 + 32 * p + 4 * k)))
-        }
+        // SAFETY: header at 0..16; qs at 16 + 32p + 4k + 4 ≤ 144, 4-byte aligned.
+        let ([dd, a, b, c], v) = unsafe { (ld128(blk), ld32a(blk.add(16 + 32 * p + 4 * k))) };
+        const LOW6: u32 = 0x3f3f_3f3f;
+        const LOW4: u32 = 0x0f0f_0f0f;
+        const LOW2: u32 = 0x0303_0303;
+        // Byte j of each: scale / min j (groups 0..4), then scale / min 4 + j (groups 4..8).
+        let (sc, mn) = if p < 2 {
+            (a & LOW6, b & LOW6)
+        } else {
+            (
+                (c & LOW4) | (((a >> 6) & LOW2) << 4),
+                ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4),
+            )
+        };
+        let sh = 16 * (p % 2) as u32;
+        let (sc, mn) = (sc >> sh, mn >> sh);
+        let sm = (sc & 0xff) | (mn & 0xff) << 8 | (sc & 0xff00) << 8 | (mn & 0xff00) << 16;
+        (dd, sm, v)
     }
     #[inline(always)]
     unsafe fn dot_raw((dd, sm, v): Raw, l: usize, x: *const f32) -> f32 {

@@ -651,7 +651,9 @@ pub fn attention_prefill<T: KvElem>(
 /// Rows per block of the legacy-type matvec kernels (a warp each).
 const MATVEC_ROWS: usize = kernels_gpu::shapes::MATVEC_ROWS_PER_BLOCK;
 
-/// A weight matrix on the device in its GGUF blocks: `rows` rows of `cols` elements.
+/// A weight matrix on the device in its GGUF blocks: `rows` rows of `cols` elements, in an
+/// allocation of its own ([`DeviceTensor::upload`] checks it is 16-byte aligned: the Q4_K
+/// kernels load super-block headers 16 bytes at a time, `matvec_dot::BlockQ4K`).
 pub struct DeviceTensor {
     pub name: String,
     pub ty: GgmlType,
@@ -690,12 +692,17 @@ impl DeviceTensor {
                 ),
             ));
         }
+        let data = gpu.upload(bytes, &format!("tensor {name}"))?;
+        let at = addr(gpu, &data);
+        ensure("upload", at.is_multiple_of(16), || {
+            format!("tensor {name:?}: device allocation at {at:#x} is not 16-byte aligned")
+        })?;
         Ok(DeviceTensor {
             name: name.into(),
             ty,
             rows,
             cols,
-            data: gpu.upload(bytes, &format!("tensor {name}"))?,
+            data,
         })
     }
 
