@@ -34,10 +34,14 @@ use crate::quant::{
 
 /// Rows (warps) per block, except for the K-quant kernels (Q4_K, Q6_K).
 pub const ROWS_PER_BLOCK: usize = crate::shapes::MATVEC_ROWS_PER_BLOCK;
-/// Blocks (legacy) or super-blocks (K-quants) whose weight loads a lane issues before any of
-/// their arithmetic: the kernels are bound by DRAM latency, so the loads of one loop step
-/// should all be in flight together.
+/// Blocks (legacy types) whose weight loads a lane issues before any of their arithmetic: the
+/// kernels are bound by DRAM latency, so the loads of one loop step should all be in flight
+/// together.
 pub const UNROLL: usize = 4; // the loops below are written out for 4
+/// Super-blocks whose loads a lane of the K-quant kernels issues before their arithmetic: 5, so
+/// that a row of 4,864 columns (19 super-blocks, the qwen FFN down projection) is one round of
+/// loads for the 4 warps, not two.
+pub const KWARP_UNROLL: usize = 5; // the loop below is written out for 5
 /// Warps per block (and per row) of the legacy-type and K-quant kernels: one row per block.
 pub const KWARP_WARPS: usize = crate::shapes::MATVEC_KWARP_WARPS;
 
@@ -515,7 +519,7 @@ unsafe fn matvec_kwarp<B: KWarp>(
             // SAFETY: bb < cols / 256: a whole super-block, 2-byte aligned.
             unsafe { B::load(wr.add(bb * B::BYTES), lane) }
         };
-        let raw: [Raw; UNROLL] = [ld(0), ld(1), ld(2), ld(3)];
+        let raw: [Raw; KWARP_UNROLL] = [ld(0), ld(1), ld(2), ld(3), ld(4)];
         let mut step = |u: usize| {
             let bb = b + KWARP_WARPS * u;
             if bb < nb {
@@ -527,7 +531,8 @@ unsafe fn matvec_kwarp<B: KWarp>(
         step(1);
         step(2);
         step(3);
-        b += KWARP_WARPS * UNROLL;
+        step(4);
+        b += KWARP_WARPS * KWARP_UNROLL;
     }
     let acc = gpu::block_sum(acc);
     if gpu::thread_x() == 0 {
