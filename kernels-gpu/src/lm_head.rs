@@ -1,5 +1,8 @@
-//! `matvec_q8p`: `y = W x` for a Q8_0 matrix in planar form (`q8_planar`), the decode LM head
-//! (reference: the row dequantized by `host::quant::dequantize_row`, dotted with `x` in f64).
+//! The kernels over a Q8_0 matrix in planar form (`q8_planar`): the LM head and, when the model
+//! ties it to the token embedding, the embedding lookup (one device copy serves both).
+//!
+//! `matvec_q8p`: `y = W x`, the decode LM head (reference: the row dequantized by
+//! `host::quant::dequantize_row`, dotted with `x` in f64).
 //!
 //! Launch: grid = (ceil(rows / (Q8P_WARPS · Q8P_ROWS)), 1, 1), block = (32 · Q8P_WARPS, 1, 1)
 //! (`shapes`). Warp `w` of block `b` takes rows `(b · Q8P_WARPS + w) · Q8P_ROWS ..` (Q8P_ROWS of
@@ -10,7 +13,7 @@
 //! Limits: `rows ≥ 1`; `cols` a multiple of 32; `qs` and `x` 16-byte aligned.
 
 use crate::gpu;
-use crate::q8_planar::dot16;
+use crate::q8_planar::{dot16, value};
 use crate::quant::f16_to_f32;
 use crate::shapes::{Q8P_ROWS, Q8P_WARPS};
 
@@ -103,4 +106,52 @@ pub unsafe extern "ptx-kernel" fn matvec_q8p(
     store(1, acc[1]);
     store(2, acc[2]);
     store(3, acc[3]);
+}
+
+/// 4 f32 as one 16-byte store.
+///
+/// # Safety
+/// `p` is 16-byte aligned with 4 floats writable.
+#[inline(always)]
+unsafe fn st4(p: *mut f32, v: [f32; 4]) {
+    // SAFETY: caller contract.
+    unsafe { *(p as *mut F4) = F4(v) };
+}
+
+/// `embedding_q8p`: `out[t][c] = f16(d[id][c / 32]) · qs[id][c]` with `id = ids[t]` — rows of the
+/// planar matrix decoded to f32 (reference: the rows dequantized by
+/// `host::quant::dequantize_row`, bit for bit: [`value`] is the block's own arithmetic).
+///
+/// Launch: grid = (n_ids, 1, 1), block = (T, 1, 1); thread `i` decodes elements `4i .. 4i + 4`,
+/// then `4 (i + T) ..`, one 4-byte load of quants and one 16-byte store each.
+/// Limits: `ids[t] < rows` (the backend checks token ids on the host; the decode graph's ids are
+/// sampled on the device from `n_vocab` logits); `cols` a multiple of 32; `out` 16-byte aligned.
+///
+/// # Safety
+/// As the limits, validated by the launcher (`ops::embedding_q8p`).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn embedding_q8p(
+    qs: *const u8,
+    d: *const u16,
+    ids: *const u32,
+    out: *mut f32,
+    cols: u32,
+) {
+    let cols = cols as usize;
+    let t = gpu::block_x() as usize;
+    // SAFETY: t < n_ids (the grid).
+    let id = unsafe { *ids.add(t) } as usize;
+    let (nb, step) = (cols / 32, 4 * gpu::block_dim_x() as usize);
+    let mut c = 4 * gpu::thread_x() as usize;
+    while c < cols {
+        // SAFETY: id < rows, c + 4 ≤ cols: inside the row's quants (4-byte aligned: cols % 32 ==
+        // 0) and scales; out holds n_ids rows of cols floats, 16-byte aligned.
+        unsafe {
+            let q = *(qs.add(id * cols + c) as *const u32);
+            let dd = *d.add(id * nb + c / 32);
+            let v = core::array::from_fn(|i| value((q >> (8 * i)) as u8, dd));
+            st4(out.add(t * cols + c), v);
+        }
+        c += step;
+    }
 }

@@ -555,6 +555,12 @@ proptest! {
             prop_assert!((got[r] as f64 - want).abs() <= bound,
                 "q8p {}x{} row {}: got {} want {} (bound {:e})", rows, cols, r, got[r], want, bound);
         }
+        // The embedding lookup from the same planar matrix: the dequantized rows, bit for bit.
+        let ids: Vec<u32> = (0..1 + (seed % 9) as usize).map(|_| (rng.next_u64() % rows as u64) as u32).collect();
+        let mut e = poisoned(&g, ids.len() * cols, f32::NAN);
+        ops::embedding_q8p(&g, &w, &upload(&g, &ids).as_view(), &mut e.as_view_mut()).unwrap();
+        let want: Vec<f32> = ids.iter().flat_map(|&i| deq[i as usize * cols..(i as usize + 1) * cols].iter().copied()).collect();
+        assert_bits_eq(&format!("embedding_q8p {rows}x{cols} ids {ids:?}"), &download(&g, &e), &want);
     }
 }
 

@@ -23,6 +23,8 @@
 //! The KV cache is f16, `[layer][n_head_kv][n_ctx][head_dim]`.
 //! Weights stay in their GGUF blocks on the device, uploaded once.
 
+use std::sync::Arc;
+
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
 use super::device::Gpu;
@@ -131,7 +133,39 @@ enum KvCache {
 enum LmHead {
     F16(CudaSlice<u16>),
     F32(CudaSlice<f32>),
-    Q8(ops::Q8Planar),
+    Q8(Arc<ops::Q8Planar>),
+}
+
+/// The token embedding on the device.
+enum Embedding {
+    /// Its own copy in GGUF blocks (`ops::embedding`).
+    Blocks(DeviceTensor),
+    /// The LM head's planar Q8_0 matrix, when the model ties the two (`ops::embedding_q8p`): one
+    /// device copy of the 145 MB matrix instead of two.
+    Planar(Arc<ops::Q8Planar>),
+}
+
+impl Embedding {
+    /// Rows `ids` into `out` (`ids.len()` rows of `n_embd`).
+    fn lookup(
+        &self,
+        gpu: &Gpu,
+        ids: &CudaView<u32>,
+        out: &mut CudaViewMut<f32>,
+    ) -> Result<(), CudaError> {
+        match self {
+            Embedding::Blocks(t) => ops::embedding(gpu, t, ids, out),
+            Embedding::Planar(w) => ops::embedding_q8p(gpu, w, ids, out),
+        }
+    }
+
+    /// Device bytes held apart from the LM head.
+    fn own_bytes(&self) -> usize {
+        match self {
+            Embedding::Blocks(t) => t.data.num_bytes(),
+            Embedding::Planar(_) => 0,
+        }
+    }
 }
 
 struct Scratch {
@@ -169,7 +203,7 @@ pub struct CudaBackend {
     gpu: Gpu,
     cfg: Config,
     opts: CudaOptions,
-    tok_embd: DeviceTensor,
+    tok_embd: Embedding,
     output_norm: CudaSlice<f32>,
     lm_head: LmHead,
     layers: Vec<LayerW>,
@@ -272,10 +306,12 @@ impl CudaBackend {
                 weight_bytes += 4 * t.n_elements as usize;
             }
         }
-        if !w.output_tied {
-            weight_bytes += w.output.n_bytes as usize; // the quantized copy, while decoding
-        }
         let lm_q8 = opts.lm_head_q8 && w.output.ggml_type == crate::gguf::GgmlType::Q8_0;
+        match (w.output_tied, lm_q8) {
+            (false, false) => weight_bytes += w.output.n_bytes as usize, // quantized, while decoding
+            (true, true) => weight_bytes -= w.token_embd.n_bytes as usize, // one copy for both
+            _ => {}
+        }
         let lm_bytes = if lm_q8 {
             w.output.n_bytes as usize
         } else {
@@ -323,17 +359,23 @@ impl CudaBackend {
                 down: upload_matrix(&gpu, g, &l.ffn_down)?,
             });
         }
-        let tok_embd = upload_matrix(&gpu, g, &w.token_embd)?;
         let output_norm = upload_vector(&gpu, g, &w.output_norm)?;
-        let lm_head = if lm_q8 {
-            LmHead::Q8(ops::Q8Planar::upload(
+        let (tok_embd, lm_head) = if lm_q8 {
+            let planar = Arc::new(ops::Q8Planar::upload(
                 &gpu,
                 &w.output.name,
                 cfg.n_vocab,
                 cfg.n_embd,
                 g.tensor_data(&w.output),
-            )?)
+            )?);
+            let emb = if w.output_tied {
+                Embedding::Planar(planar.clone())
+            } else {
+                Embedding::Blocks(upload_matrix(&gpu, g, &w.token_embd)?)
+            };
+            (emb, LmHead::Q8(planar))
         } else {
+            let tok_embd = upload_matrix(&gpu, g, &w.token_embd)?;
             let out_q;
             let src = if w.output_tied {
                 &tok_embd
@@ -355,7 +397,7 @@ impl CudaBackend {
                 }
             };
             gpu.synchronize()?;
-            head
+            (Embedding::Blocks(tok_embd), head)
         };
         let kv = if opts.kv_f32 {
             KvCache::F32(
@@ -472,16 +514,13 @@ impl CudaBackend {
                 gpu.stream()
                     .memcpy_htod(chunk, &mut s.ids.slice_mut(..t))
                     .map_err(CudaError::driver("copying token ids"))?;
-                ops::embedding(
-                    gpu,
-                    &self.tok_embd,
-                    &s.ids.slice(..t),
-                    &mut s.x.slice_mut(..t * d),
-                )?;
+                self.tok_embd
+                    .lookup(gpu, &s.ids.slice(..t), &mut s.x.slice_mut(..t * d))?;
                 Pos::Host(pos)
             }
             Input::DeviceStep => {
-                ops::embedding(gpu, &self.tok_embd, &ids.as_view(), &mut s.x.slice_mut(..d))?;
+                self.tok_embd
+                    .lookup(gpu, &ids.as_view(), &mut s.x.slice_mut(..d))?;
                 Pos::Device(&step_pos)
             }
         };
@@ -1046,7 +1085,7 @@ impl CudaBackend {
     /// The device memory this backend's buffers occupy (allocated once at load).
     pub fn memory_use(&self) -> MemoryUse {
         let opt = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |b| b.num_bytes());
-        let weights = self.tok_embd.data.num_bytes()
+        let weights = self.tok_embd.own_bytes()
             + self.output_norm.num_bytes()
             + self
                 .layers

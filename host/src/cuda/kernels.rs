@@ -48,6 +48,7 @@ pub const KERNELS: &[&str] = &[
     "matvec_q5_k",
     "matvec_q6_k",
     "matvec_q8p",
+    "embedding_q8p",
     "dequant_f32_f32",
     "dequant_f32_f16",
     "dequant_f32_f16x3",

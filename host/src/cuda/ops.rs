@@ -1137,6 +1137,49 @@ pub fn matvec_q8p(
     Ok(())
 }
 
+/// Embedding lookup from a planar Q8_0 matrix (`kernels-gpu/src/lm_head.rs`, the LM head's copy
+/// when the model ties the two): row `t` of `out` = row `ids[t]` of `w`, as f32, bit for bit the
+/// blocks' dequantization. Token ids must be `< w.rows` (checked on the host before a forward,
+/// sampled from `n_vocab` logits in the decode graph).
+pub fn embedding_q8p(
+    gpu: &Gpu,
+    w: &Q8Planar,
+    ids: &CudaView<u32>,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    const K: &str = "embedding_q8p";
+    ensure(
+        K,
+        !ids.is_empty() && out.len() == ids.len() * w.cols,
+        || {
+            format!(
+                "{}: {} ids and {} outputs for rows of {}",
+                w.name,
+                ids.len(),
+                out.len(),
+                w.cols
+            )
+        },
+    )?;
+    let at = addr(gpu, &*out);
+    ensure(K, at.is_multiple_of(16), || {
+        format!("{}: output at {at:#x} is not 16-byte aligned", w.name)
+    })?;
+    let cfg = LaunchConfig {
+        grid_dim: (to_u32(K, "ids", ids.len())?, 1, 1),
+        block_dim: (
+            (w.cols / 4).clamp(32, 256).next_multiple_of(32) as u32,
+            1,
+            1,
+        ),
+        shared_mem_bytes: 0,
+    };
+    let cols = to_u32(K, "cols", w.cols)?;
+    let (qs, d) = (w.qs.as_view(), w.d.as_view());
+    launch!(gpu, K, cfg, &qs, &d, ids, out, &cols);
+    Ok(())
+}
+
 /// Embedding lookup: row `t` of `out` = row `ids[t]` of `w`, as f32.
 pub fn embedding(
     gpu: &Gpu,
