@@ -19,19 +19,30 @@
 //! value as the cache stores them and uses those for position `pos`; the block whose split holds
 //! `pos` writes them to the cache (what `kv_append` would have written). Split `s` covers
 //! positions `s * chunk .. min((s + 1) * chunk, n_kv)`, `chunk = max(ceil(n_kv / n_split),
-//! DECODE_MIN_CHUNK)` ≤ 128 (splits past the last are idle): `head_dim / 8` adjacent threads
-//! score a position against all the group's queries (the key row in 4-element vector loads, the
-//! loads of 4 passes issued before their arithmetic), per-head max and sum go through one warp
-//! reduction and one barrier each, and warp `w` accumulates the values of positions
-//! `start + w, + 4, …` (the loads of 4 positions issued together, accumulated in order) with lane
-//! `l` owning dims `l + 32k` (coalesced rows). With one split the block writes
-//! `out[h * head_dim + j] = Σ acc / Σ sum` directly; otherwise it writes its partial
-//! `[acc(head_dim), max, sum]` per query head to `part[(h * n_split + s) * (head_dim + 2) ..]`
-//! and the last split of each KV head to finish (counted in `done[kvh]`, which it resets to 0)
-//! rescales the partials to the global max and writes `out`.
+//! DECODE_MIN_CHUNK)` ≤ 128 (splits past the last are idle). The body is instantiated per
+//! `head_dim` and built as a short chain for short contexts (4 barriers, one memory latency after
+//! the position is known):
+//! 1. every global load first, all in flight together: the token's query pairs, key pair, value
+//!    and table entry, the key rows of the split's first 4 score passes and the value rows of
+//!    the warp's first 4 positions; then RoPE into shared memory and the new row to the cache.
+//! 2. scores: `head_dim / 8` adjacent threads score a position against all the group's queries
+//!    (the key row in 4-element vector loads, the group's FMA chains interleaved), the dots
+//!    summed over those threads by a reduce-scatter (7 shuffles for 8 heads), passes over the
+//!    split's positions only, loads of 4 passes issued before their arithmetic.
+//! 3. softmax: warp `w` takes heads `w` and `w + 4`: max, `e^(s − max)` in place, sum, with no
+//!    barrier in between.
+//! 4. values: warp `w` accumulates positions `start + w, + 4, …` (4 rows loaded together,
+//!    accumulated in order), lane `l` owning dims `dl·l .. dl·l + dl`, `dl = head_dim / 32`
+//!    (one coalesced access per row).
+//! 5. the warps' sums: with one split the block writes `out[h * head_dim + j] = Σ acc / Σ sum`
+//!    directly; otherwise it writes its partial `[acc(head_dim), max, sum]` per query head to
+//!    `part[(h * n_split + s) * (head_dim + 2) ..]` and the last split of each KV head to finish
+//!    (counted in `done[kvh]`, which it resets to 0) rescales the partials to the global max and
+//!    writes `out`.
 //!
 //! Limits: `head_dim` 32, 64 or 128 (a power of two: `head_dim / 8` threads share a position);
-//! `group ≤ 8`; `n_ctx ≤ 128 · DECODE_CHUNK`; `done` zeroed before the first launch.
+//! `group ≤ 8`; `n_ctx ≤ 128 · DECODE_CHUNK`; `cos_sin` 16-byte aligned (the slots of a split
+//! past its positions load from it, a readable dummy); `done` zeroed before the first launch.
 //!
 //! Prefill (`attention_prefill_{f16,f32}`, causal, flash-attention style: key tiles streamed
 //! through shared memory with an online softmax, no `n × n` matrix anywhere), register-tiled like
@@ -55,90 +66,130 @@ use crate::shapes::{PREFILL_BM, prefill_bn};
 pub const THREADS: usize = 128;
 const _: () = assert!(THREADS == crate::shapes::DECODE_THREADS);
 
-/// Element `i` of the head at `x` (`d` floats) after RoPE at position `pos`: the same pairs and
-/// the same f32 operations as `rope_f32` (`crate::rope`). Positions past the table (`≥ n_pos`,
-/// only possible for a device position past the cache) are left unrotated.
-///
-/// # Safety
-/// `x` holds `d` floats, `i < d`, `cos_sin` holds `n_pos * d` floats.
-#[inline(always)]
-unsafe fn rope_pair(
-    x: *const f32,
-    i: usize,
-    d: usize,
-    pos: usize,
-    n_pos: u32,
-    cos_sin: *const f32,
-    neox: u32,
-) -> f32 {
-    let half = d / 2;
-    let (j, ia, ib, second) = if neox != 0 {
-        let j = i % half;
-        (j, j, j + half, i >= half)
-    } else {
-        (i / 2, i & !1, i | 1, i & 1 == 1)
-    };
-    // SAFETY: ia, ib < d (caller contract).
-    let (a, b) = unsafe { (*x.add(ia), *x.add(ib)) };
-    if pos >= n_pos as usize {
-        return if second { b } else { a };
-    }
-    // SAFETY: pos < n_pos and j < half: inside the table.
-    let (cos, sin) = unsafe {
-        (
-            *cos_sin.add(2 * (pos * half + j)),
-            *cos_sin.add(2 * (pos * half + j) + 1),
-        )
-    };
-    if second {
-        a * sin + b * cos
-    } else {
-        a * cos - b * sin
-    }
-}
-
 use crate::shapes::{
     DECODE_CHUNK, DECODE_MAX_GROUP, DECODE_MIN_CHUNK, DECODE_WARPS, decode_smem_layout,
 };
 /// Most dims per lane in the value phase of decode (head_dim ≤ 128).
 const MAX_DL: usize = 4;
+/// Most query RoPE pairs per thread in decode (`DECODE_MAX_GROUP · 64 / THREADS`).
+const MAX_QI: usize = DECODE_MAX_GROUP * 64 / THREADS;
+/// Score slots per lane in the decode softmax (a split holds at most `DECODE_CHUNK` positions).
+const SLOTS: usize = DECODE_CHUNK / 32;
+/// Query heads per warp in the decode softmax.
+const HEADS_PER_WARP: usize = DECODE_MAX_GROUP / DECODE_WARPS;
+const _: () =
+    assert!(DECODE_CHUNK.is_multiple_of(32) && HEADS_PER_WARP * DECODE_WARPS == DECODE_MAX_GROUP);
 
-/// `out[hh] = ⊕ sc[hh][0 .. n]` for each query head `hh < grp` of a decode block: warp `w` takes
-/// heads `w, w + DECODE_WARPS, …`, its lanes fold positions `lane, lane + 32, …` with `op` from
-/// `init`, and `warp_op` combines the lanes (the per-head max and the per-head sum of a split).
-///
-/// # Safety
-/// `sc` holds `grp` rows of `DECODE_CHUNK ≥ n` floats, `out` `grp` floats (shared memory of the
-/// block); called by every thread of the block.
+/// The elements of RoPE pair `jj` of a head of `d` dims: `(jj, jj + d/2)` (NEOX) or
+/// `(2 jj, 2 jj + 1)`; the pair's table entry is `jj` either way (as in `crate::rope`).
 #[inline(always)]
-unsafe fn per_head(
-    sc: *const f32,
-    out: *mut f32,
-    grp: usize,
-    n: usize,
-    init: f32,
-    op: impl Fn(f32, f32) -> f32,
-    warp_op: impl Fn(f32) -> f32,
-) {
-    let (lane, warp) = (gpu::lane() as usize, gpu::warp() as usize);
-    let mut hh = warp;
-    while hh < grp {
-        let mut v = init;
-        let mut k = lane;
-        while k < n {
-            // SAFETY: hh < grp, k < n ≤ DECODE_CHUNK (caller contract).
-            v = op(v, unsafe { *sc.add(hh * DECODE_CHUNK + k) });
-            k += 32;
-        }
-        let v = warp_op(v);
-        if lane == 0 {
-            // SAFETY: hh < grp.
-            unsafe { *out.add(hh) = v };
-        }
-        hh += DECODE_WARPS;
+fn rope_idx(jj: usize, d: usize, neox: bool) -> (usize, usize) {
+    if neox {
+        (jj, jj + d / 2)
+    } else {
+        (2 * jj, 2 * jj + 1)
     }
 }
 
+/// The pair `(a, b)` turned by the table entry `cs = (cos, sin)`, or left as it is when `cs` is
+/// `None` (a position past the table): the same f32 operations as `rope_f32`.
+#[inline(always)]
+fn rotate(a: f32, b: f32, cs: Option<(f32, f32)>) -> (f32, f32) {
+    match cs {
+        Some((cos, sin)) => (a * cos - b * sin, a * sin + b * cos),
+        None => (a, b),
+    }
+}
+
+/// Sums each `v[i]` over the `tpp` adjacent lanes that share a position (`tpp` a power of two,
+/// at most 32) and leaves the sums spread over those lanes (a reduce-scatter: 7 shuffles for
+/// `tpp ≥ 8` instead of `8 · log2 tpp`). Returns `(n, base, owner)`: this lane holds the sums of
+/// `base .. base + n` in `v[.. n]`, and `owner` is true on exactly one of the lanes holding them.
+/// Each sum is formed with the same additions as a butterfly reduction, bit for bit.
+/// Warp-uniform (every lane shuffles).
+#[inline(always)]
+fn reduce_scatter(v: &mut [f32; DECODE_MAX_GROUP], sub: usize, tpp: usize) -> (usize, usize, bool) {
+    const _: () = assert!(DECODE_MAX_GROUP == 8);
+    let (mut n, mut base, mut owner) = (DECODE_MAX_GROUP, 0, true);
+    let mut m = tpp / 2;
+    // Halving levels written out (constant indices: the array stays in registers).
+    if m > 0 {
+        base += split_half::<4>(v, sub, m);
+        n = 4;
+        m /= 2;
+    }
+    if m > 0 {
+        base += split_half::<2>(v, sub, m);
+        n = 2;
+        m /= 2;
+    }
+    if m > 0 {
+        base += split_half::<1>(v, sub, m);
+        n = 1;
+        m /= 2;
+    }
+    while m > 0 {
+        v[0] += gpu::shfl_xor(v[0], m as u32);
+        owner &= sub & m == 0;
+        m /= 2;
+    }
+    (n, base, owner)
+}
+
+/// One level of [`reduce_scatter`] over `2 H` values and lanes `sub`, `sub ^ m`: the lane with
+/// bit `m` clear keeps `v[.. H]`, the other `v[H .. 2 H]` (moved down), each adding the partner's
+/// copy of the half it keeps. Returns the offset of the kept half (0 or `H`).
+#[inline(always)]
+fn split_half<const H: usize>(v: &mut [f32; DECODE_MAX_GROUP], sub: usize, m: usize) -> usize {
+    let up = sub & m != 0;
+    for i in 0..H {
+        let (keep, send) = if up {
+            (v[i + H], v[i])
+        } else {
+            (v[i], v[i + H])
+        };
+        v[i] = keep + gpu::shfl_xor(send, m as u32);
+    }
+    if up { H } else { 0 }
+}
+
+/// The partial dots of query heads `0 .. N` of a decode group (head `hh` read as head
+/// `min(hh, grp − 1)`: every load and FMA unconditional) with this thread's 8 key elements `kv`
+/// (dims `8 sub .. 8 sub + 8`); the other entries 0.
+///
+/// # Safety
+/// `q_s` holds `grp ≥ 1` heads of `D` floats, 16-byte aligned; `8 sub + 8 ≤ D`, D a multiple of 4.
+#[inline(always)]
+unsafe fn group_dots<const D: usize, const N: usize>(
+    q_s: *const f32,
+    grp: usize,
+    sub: usize,
+    kv: &[f32; 8],
+) -> [f32; DECODE_MAX_GROUP] {
+    let mut dots = [0.0f32; DECODE_MAX_GROUP];
+    #[allow(clippy::needless_range_loop)] // a constant range: unrolled, `dots` in registers
+    for hh in 0..N {
+        let dt = &mut dots[hh];
+        // SAFETY: min(hh, grp − 1) * D + 8 sub + 8 ≤ grp * D; 16-byte aligned (caller contract,
+        // 8 sub a multiple of 4).
+        let (qa, qb) = unsafe {
+            let qp = q_s.add(core::cmp::min(hh, grp - 1) * D + 8 * sub);
+            (ld4(qp), ld4(qp.add(4)))
+        };
+        for i in 0..4 {
+            *dt = fma(qa[i], kv[i], *dt);
+        }
+        for i in 0..4 {
+            *dt = fma(qb[i], kv[4 + i], *dt);
+        }
+    }
+    dots
+}
+
+/// Dispatches decode attention on `head_dim` (32, 64 or 128: the launcher's limits).
+///
+/// # Safety
+/// As [`decode_d`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attention_decode<C: Chunk4>(
@@ -160,41 +211,88 @@ unsafe fn attention_decode<C: Chunk4>(
     neox: u32,
     scale: f32,
 ) {
+    // SAFETY: forwarded contract; head_dim is 32, 64 or 128 (launcher).
+    unsafe {
+        match head_dim {
+            32 => decode_d::<C, 32>(
+                q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
+                n_pos, group, neox, scale,
+            ),
+            64 => decode_d::<C, 64>(
+                q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
+                n_pos, group, neox, scale,
+            ),
+            _ => decode_d::<C, 128>(
+                q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
+                n_pos, group, neox, scale,
+            ),
+        }
+    }
+}
+
+/// The decode body for head dimension `D` (see the module header).
+///
+/// # Safety
+/// Shapes as in the module header, validated by the launcher; dynamic shared memory of
+/// `4 · decode_smem_layout(group, D)[7]` bytes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode_d<C: Chunk4, const D: usize>(
+    q: *const f32,
+    k_new: *const f32,
+    v_new: *const f32,
+    k_cache: *mut C,
+    v_cache: *mut C,
+    cos_sin: *const f32,
+    part: *mut f32,
+    done: *mut u32,
+    out: *mut f32,
+    n_kv: u32,
+    pos_dev: *const u32,
+    n_ctx: u32,
+    n_pos: u32,
+    group: u32,
+    neox: u32,
+    scale: f32,
+) {
     const G: usize = DECODE_MAX_GROUP;
-    let d = head_dim as usize;
+    let half = D / 2;
     let grp = group as usize;
+    let neox = neox != 0;
     let kvh = gpu::block_x() as usize;
     // SAFETY: reading special registers has no side effects.
     let (split, n_split) = unsafe {
         (
-            core::arch::nvptx::_block_idx_y() as usize,
-            core::arch::nvptx::_grid_dim_y() as usize,
+            core::arch::nvptx::_block_idx_y(),
+            core::arch::nvptx::_grid_dim_y(),
         )
     };
+    // Positions are u32 (n_ctx ≤ DECODE_CHUNK²), offsets usize.
     // In device mode the new token sits at *pos_dev; clamped to the cache either way.
     let n_kv = if pos_dev.is_null() {
-        n_kv as usize
+        core::cmp::min(n_kv, n_ctx)
     } else {
         // SAFETY: pos_dev is one readable u32 (launcher contract).
-        unsafe { *pos_dev as usize + 1 }
+        core::cmp::min(unsafe { *pos_dev }, n_ctx - 1) + 1
     };
-    let n_kv = core::cmp::min(n_kv, n_ctx as usize);
     let pos = n_kv - 1;
     // Splits of at least DECODE_MIN_CHUNK positions (at most DECODE_CHUNK: n_split ≥
     // n_ctx / DECODE_CHUNK); the splits past the last used one have nothing to do.
-    let chunk = core::cmp::max(n_kv.div_ceil(n_split), DECODE_MIN_CHUNK);
-    let n_used = n_kv.div_ceil(chunk);
-    if split >= n_used {
+    let chunk = core::cmp::max(n_kv.div_ceil(n_split), DECODE_MIN_CHUNK as u32);
+    let start = split * chunk;
+    if start >= n_kv {
         return; // block-uniform, before any barrier
     }
-    let start = split * chunk;
     let end = core::cmp::min(start + chunk, n_kv);
+    let n_here = end - start;
+    // One split holds every position: the block writes `out` itself.
+    let single = chunk >= n_kv;
     let t = gpu::thread_x() as usize;
     let (lane, warp) = (gpu::lane() as usize, gpu::warp() as usize);
-    let [o_q, o_kn, o_vn, o_sc, o_red, o_tot, o_acc, _] = decode_smem_layout(grp, d);
+    let [o_q, o_kn, o_vn, o_sc, o_red, o_tot, o_acc, _] = decode_smem_layout(grp, D);
     let smem = gpu::dyn_smem::<f32>();
     // SAFETY (every shared-memory access below): offsets inside the regions of
-    // `decode_smem_layout(group, d)`, which the launcher sized the dynamic shared memory for.
+    // `decode_smem_layout(group, D)`, which the launcher sized the dynamic shared memory for.
     let (q_s, kn_s, vn_s, sc, red, tot, acc_s) = unsafe {
         (
             smem.add(o_q),
@@ -206,260 +304,367 @@ unsafe fn attention_decode<C: Chunk4>(
             smem.add(o_acc),
         )
     };
-    let cache_base = kvh * n_ctx as usize * d;
+    let cache_base = kvh * n_ctx as usize * D;
 
-    // 1. The group's queries and the new key after RoPE; the new key and value rounded as the
-    //    cache stores them (every split then sees what a later step reads back).
-    let mut i = t;
-    while i < grp * d {
-        let (hh, j) = (i / d, i % d);
-        // SAFETY: query head kvh * grp + hh < n_head; j < d; the table holds n_pos positions.
-        unsafe {
-            *q_s.add(i) = rope_pair(q.add((kvh * grp + hh) * d), j, d, pos, n_pos, cos_sin, neox)
-        };
-        i += THREADS;
-    }
-    let mut i = t;
-    while i < d {
-        // SAFETY: k_new / v_new hold n_head_kv * d floats; i < d.
-        unsafe {
-            let kr = rope_pair(k_new.add(kvh * d), i, d, pos, n_pos, cos_sin, neox);
-            *kn_s.add(i) = C::store(kr).load();
-            *vn_s.add(i) = C::store(*v_new.add(kvh * d + i)).load();
-        }
-        i += THREADS;
-    }
-    gpu::sync_threads();
-    // The split holding `pos` writes the new row (one block per KV head; no block reads the
-    // cache at `pos`: they use kn_s / vn_s).
-    if start <= pos && pos < end {
-        let mut i = t;
-        while i < d {
-            // SAFETY: pos < n_ctx, i < d: inside this head's cache.
+    // 1. Every global load the split needs first, so that they are all in flight together (one
+    //    memory latency, not one per phase): the new token's query pairs, key pair, value and
+    //    RoPE table entry; the key rows of the first 4 score passes and the value rows of the
+    //    first 4 positions of this warp (cache positions other than `pos`, which comes from
+    //    kn_s / vn_s).
+    //    RoPE: thread t turns the query pairs t, t + THREADS, … of the group (pair jj = t % (D/2)
+    //    of head (t + THREADS m) / (D/2): D/2 divides THREADS, so every pair of the thread uses
+    //    table entry jj), threads t < D/2 the new key's pair t, threads t < D the new value's t.
+    let jj = t % half;
+    let (ia, ib) = rope_idx(jj, D, neox);
+    let n_qi = (G * half).div_ceil(THREADS);
+    let mut qa = [0.0f32; MAX_QI];
+    let mut qb = [0.0f32; MAX_QI];
+    for m in 0..MAX_QI {
+        let pi = t + THREADS * m;
+        if m < n_qi && pi < grp * half {
+            let hq = kvh * grp + pi / half;
+            // SAFETY: query head hq < n_head; ia, ib < D.
             unsafe {
-                *k_cache.add(cache_base + pos * d + i) = C::store(*kn_s.add(i));
-                *v_cache.add(cache_base + pos * d + i) = C::store(*vn_s.add(i));
+                qa[m] = *q.add(hq * D + ia);
+                qb[m] = *q.add(hq * D + ib);
             }
-            i += THREADS;
         }
     }
+    let (mut ka, mut kb, mut vn) = (0.0f32, 0.0f32, 0.0f32);
+    if t < half {
+        // SAFETY: k_new holds n_head_kv * D floats; ia, ib < D (jj = t).
+        unsafe {
+            ka = *k_new.add(kvh * D + ia);
+            kb = *k_new.add(kvh * D + ib);
+        }
+    }
+    if t < D {
+        // SAFETY: v_new holds n_head_kv * D floats.
+        vn = unsafe { *v_new.add(kvh * D + t) };
+    }
+    let cs = if pos < n_pos {
+        let e = 2 * (pos as usize * half + jj);
+        // SAFETY: pos < n_pos and jj < D/2: inside the table.
+        Some(unsafe { (*cos_sin.add(e), *cos_sin.add(e + 1)) })
+    } else {
+        None // a device position past the table: left unrotated
+    };
 
-    // 2. Scores: `tpp = d / 8` adjacent threads share a position, thread `sub` owning dims
-    //    8 sub .. 8 sub + 8 of every query of the group (in registers), the key read as two
-    //    4-element vectors; a shuffle reduction over the tpp threads gives the dots.
-    let tpp = d / 8;
+    //    Scores: `tpp = D / 8` adjacent threads share a position, thread `sub` owning dims
+    //    8 sub .. 8 sub + 8 of every query of the group, the key read as two 4-element vectors.
+    //    Every thread runs the same number of passes (n_here / per_pass rounded up), so all
+    //    lanes take part in every shuffle (positions past `end` contribute zeros).
+    let tpp = D / 8;
     let (sub, row) = (t % tpp, t / tpp);
     let per_pass = THREADS / tpp;
-    // The same number of passes for every thread: all lanes take part in every shuffle
-    // (positions past `end` contribute zeros). Passes go in groups of 4 whose key loads are all
-    // issued before any arithmetic (the loop is bound by memory latency, not work).
-    let n_pass = chunk.div_ceil(per_pass);
-    let mut pass0 = 0;
-    while pass0 < n_pass {
-        let ld = |u: usize| {
-            let p = start + row + (pass0 + u) * per_pass;
-            if p < end && p != pos {
-                // SAFETY: p < n_kv ≤ n_ctx; 8 sub + 8 ≤ d; rows are 4-element aligned.
-                unsafe {
-                    let kp = k_cache.add(cache_base + p * d + 8 * sub) as *const C;
-                    (C::load4(kp), C::load4(kp.add(4)))
-                }
+    // At most DECODE_CHUNK / per_pass (chunk ≤ DECODE_CHUNK; lets the compiler drop the pass
+    // loop when one group covers a split).
+    let n_pass = core::cmp::min(
+        (n_here as usize).div_ceil(per_pass),
+        DECODE_CHUNK / per_pass,
+    );
+    //    A slot outside the split (or at `pos`, which comes from kn_s / vn_s) loads from the
+    //    start of the RoPE table instead of a cache row (at least D floats, 16-byte aligned,
+    //    never written here) and its value is never used: unconditional loads, so that the
+    //    compiler has no zero to merge a loaded register into (such a copy makes the warp wait
+    //    for that load before it issues the ones after it).
+    let dummy = cos_sin as *const C;
+    let kld = |pass: usize| {
+        let p = start + (row + pass * per_pass) as u32;
+        let at = if p < end && p != pos {
+            // SAFETY: p < n_kv ≤ n_ctx: inside this head's cache.
+            unsafe { k_cache.add(cache_base + p as usize * D) as *const C }
+        } else {
+            dummy
+        };
+        // SAFETY: 8 sub + 8 ≤ D elements of a cache row or of the table (D floats); aligned to
+        // 4 elements.
+        unsafe { (C::load4(at.add(8 * sub)), C::load4(at.add(8 * sub + 4))) }
+    };
+    //    Values: warp w takes positions start + w, + DECODE_WARPS, …; lane owns dims
+    //    dl lane .. dl lane + dl, dl = D / 32 (a row is one coalesced access of the warp). Kept
+    //    raw until used (a conversion here would make the warp wait for the load before it
+    //    issues the loads after it).
+    let dl = D / 32;
+    const W: u32 = DECODE_WARPS as u32;
+    let vld = |p: u32| {
+        let at = if p < end && p != pos {
+            // SAFETY: p < n_kv ≤ n_ctx: inside this head's cache.
+            unsafe { v_cache.add(cache_base + p as usize * D) as *const C }
+        } else {
+            dummy
+        };
+        // SAFETY: dl lane + dl ≤ D elements of a cache row or of the table; aligned to dl.
+        unsafe { C::load_n(at.add(dl * lane), dl) }
+    };
+    let mut kraw = [kld(0), kld(1), kld(2), kld(3)];
+    let p0 = start + warp as u32;
+    let vs = [vld(p0), vld(p0 + W), vld(p0 + 2 * W), vld(p0 + 3 * W)];
+
+    // Keeps the loads above before the arithmetic below in the instruction stream (the compiler
+    // would otherwise move the cache loads down to the RoPE stores, a second memory latency).
+    // SAFETY: an empty asm statement (taken as reading and writing memory: a compiler barrier).
+    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+
+    //    The group's queries and the new key after RoPE; the new key and value rounded as the
+    //    cache stores them (every split then sees what a later step reads back). The split
+    //    holding `pos` writes the new row (one block per KV head; no block reads the cache at
+    //    `pos`).
+    for m in 0..MAX_QI {
+        let pi = t + THREADS * m;
+        if m < n_qi && pi < grp * half {
+            let (a, b) = rotate(qa[m], qb[m], cs);
+            let base = (pi / half) * D;
+            // SAFETY: base + D ≤ grp * D: inside q_s.
+            unsafe {
+                *q_s.add(base + ia) = a;
+                *q_s.add(base + ib) = b;
+            }
+        }
+    }
+    let holder = start <= pos && pos < end;
+    if t < half {
+        let (a, b) = rotate(ka, kb, cs);
+        let (a, b) = (C::store(a), C::store(b));
+        // SAFETY: ia, ib < D; pos < n_ctx: inside this head's cache.
+        unsafe {
+            *kn_s.add(ia) = a.load();
+            *kn_s.add(ib) = b.load();
+            if holder {
+                *k_cache.add(cache_base + pos as usize * D + ia) = a;
+                *k_cache.add(cache_base + pos as usize * D + ib) = b;
+            }
+        }
+    }
+    if t < D {
+        let v = C::store(vn);
+        // SAFETY: t < D; pos < n_ctx.
+        unsafe {
+            *vn_s.add(t) = v.load();
+            if holder {
+                *v_cache.add(cache_base + pos as usize * D + t) = v;
+            }
+        }
+    }
+    gpu::sync_threads();
+
+    // 2. Scores, passes in groups of 4 whose key loads are issued before any arithmetic (the
+    //    first group's in step 1).
+    let step = |pass: usize, raw: (C::Raw, C::Raw)| {
+        let p = start + (row + pass * per_pass) as u32;
+        let mut kv = [0.0f32; 8];
+        if p < end && p == pos {
+            for (i, v) in kv.iter_mut().enumerate() {
+                // SAFETY: 8 sub + i < D.
+                *v = unsafe { *kn_s.add(8 * sub + i) };
+            }
+        } else {
+            // Past `end` (anything: those dots are not stored).
+            let (a, b) = (C::widen(raw.0), C::widen(raw.1));
+            kv = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
+        }
+        // The queries are read from shared memory at each pass (two 16-byte loads per head),
+        // not held in registers (register pressure). Branch-free over 1, 2, 4 or 8 heads (the
+        // group rounded up to a power of two; one uniform branch), so that the heads' loads
+        // and FMA chains interleave.
+        // SAFETY: q_s holds grp ≥ 1 heads of D floats, 16-byte aligned (below).
+        let mut dots = unsafe {
+            if grp > 4 {
+                group_dots::<D, 8>(q_s, grp, sub, &kv)
+            } else if grp > 2 {
+                group_dots::<D, 4>(q_s, grp, sub, &kv)
+            } else if grp > 1 {
+                group_dots::<D, 2>(q_s, grp, sub, &kv)
             } else {
-                (C::ZERO, C::ZERO)
+                group_dots::<D, 1>(q_s, grp, sub, &kv)
             }
         };
-        let raw = [ld(0), ld(1), ld(2), ld(3)];
-        let step = |u: usize| {
-            let p = start + row + (pass0 + u) * per_pass;
-            let mut kv = [0.0f32; 8];
-            if p < end && p == pos {
-                for (i, v) in kv.iter_mut().enumerate() {
-                    // SAFETY: 8 sub + i < d.
-                    *v = unsafe { *kn_s.add(8 * sub + i) };
-                }
-            } else if p < end {
-                let (a, b) = (C::widen(raw[u].0), C::widen(raw[u].1));
-                kv = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
-            }
-            // The queries are read from shared memory at each pass (two 16-byte loads per
-            // head), not held in registers: the kernel needs ~100 registers instead of 144.
-            let mut dots = [0.0f32; G];
-            for (hh, dt) in dots.iter_mut().enumerate() {
-                if hh < grp {
-                    // SAFETY: hh * d + 8 sub + 8 ≤ grp * d, 16-byte aligned (q_s is at offset 0
-                    // of the 16-byte aligned dynamic shared memory, d and 8 sub multiples of 4).
-                    let (qa, qb) = unsafe {
-                        let qp = q_s.add(hh * d + 8 * sub);
-                        (ld4(qp), ld4(qp.add(4)))
-                    };
-                    for i in 0..4 {
-                        *dt += qa[i] * kv[i];
-                    }
-                    for i in 0..4 {
-                        *dt += qb[i] * kv[4 + i];
-                    }
+        let (n, base, owner) = reduce_scatter(&mut dots, sub, tpp);
+        if owner && p < end {
+            for (i, &dt) in dots.iter().enumerate() {
+                if i < n && base + i < grp {
+                    // SAFETY: base + i < grp; p − start < chunk ≤ DECODE_CHUNK.
+                    let at = (base + i) * DECODE_CHUNK + (p - start) as usize;
+                    unsafe { *sc.add(at) = dt * scale };
                 }
             }
-            let mut m = tpp / 2;
-            while m > 0 {
-                for dt in dots.iter_mut() {
-                    *dt += gpu::shfl_xor(*dt, m as u32);
-                }
-                m /= 2;
-            }
-            if sub == 0 && p < end {
-                for (hh, &dt) in dots.iter().enumerate() {
-                    if hh < grp {
-                        // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
-                        unsafe { *sc.add(hh * DECODE_CHUNK + p - start) = dt * scale };
-                    }
-                }
-            }
-        };
+        }
+    };
+    let mut pass0 = 0;
+    loop {
         // Passes past n_pass are skipped (the condition is the same for every thread, so every
-        // lane still takes part in each shuffle).
-        // Written out (a loop would index `raw` at run time, in local memory).
-        step(0);
+        // lane still takes part in each shuffle). Written out (a loop would index `kraw` at run
+        // time, in local memory).
+        step(pass0, kraw[0]);
         if pass0 + 1 < n_pass {
-            step(1);
+            step(pass0 + 1, kraw[1]);
         }
         if pass0 + 2 < n_pass {
-            step(2);
+            step(pass0 + 2, kraw[2]);
         }
         if pass0 + 3 < n_pass {
-            step(3);
+            step(pass0 + 3, kraw[3]);
         }
         pass0 += 4;
-    }
-    gpu::sync_threads();
-    // 3. Per-head max over the split, warp `w` reducing heads w, w + 4.
-    let n_here = end - start;
-    // SAFETY: tot = [max × grp, sum × grp]; sc holds grp rows of DECODE_CHUNK ≥ n_here.
-    unsafe {
-        per_head(
-            sc,
-            tot,
-            grp,
-            n_here,
-            f32::NEG_INFINITY,
-            f32::max,
-            gpu::warp_max,
-        )
-    };
-    gpu::sync_threads();
-    // 4. Weights e^(s − m) in place, then their per-head sums.
-    let mut i = t;
-    while i < grp * DECODE_CHUNK {
-        let (hh, k) = (i / DECODE_CHUNK, i % DECODE_CHUNK);
-        if k < n_here {
-            // SAFETY: as above.
-            unsafe { *sc.add(i) = gpu::exp(*sc.add(i) - *tot.add(hh)) };
+        if pass0 >= n_pass {
+            break;
         }
-        i += THREADS;
+        kraw = [kld(pass0), kld(pass0 + 1), kld(pass0 + 2), kld(pass0 + 3)];
     }
     gpu::sync_threads();
-    // SAFETY: as above (the sums go to tot[grp ..]).
-    unsafe {
-        per_head(
-            sc,
-            tot.add(grp),
-            grp,
-            n_here,
-            0.0,
-            |a, b| a + b,
-            gpu::warp_sum,
-        )
-    };
-    // 5. Values: warp w takes positions start + w, + DECODE_WARPS, …; lane owns dims
-    //    lane + 32 k (coalesced rows), for every query head of the group.
-    let dl = d / 32;
-    let mut acc = [[0.0f32; MAX_DL]; G];
-    // Positions in groups of 4 per warp (p, p + 4, p + 8, p + 12 of the warp's sequence), the
-    // value loads of a group issued first; accumulated in the same order as one at a time.
-    let mut p0 = start + warp;
-    while p0 < end {
-        let ld = |u: usize| {
-            let p = p0 + u * DECODE_WARPS;
-            let mut vv = [0.0f32; MAX_DL];
-            if p < end {
-                for (k, v) in vv.iter_mut().enumerate() {
-                    if k < dl {
-                        let j = lane + 32 * k;
-                        // SAFETY: j < d; p < n_kv ≤ n_ctx.
-                        *v = unsafe {
-                            if p == pos {
-                                *vn_s.add(j)
-                            } else {
-                                (*v_cache.add(cache_base + p * d + j)).load()
-                            }
-                        };
-                    }
+
+    // 3. Softmax of each head over the split within one warp (warp w: heads w and
+    //    w + DECODE_WARPS; no barrier between the steps): the max, the weights e^(s − max) in
+    //    place of the scores, their sum (each lane folds slots lane, lane + 32, … in order, then
+    //    one warp reduction). Every lane runs every reduction (absent heads give −inf and 0).
+    let n_here = n_here as usize;
+    let mut s = [[f32::NEG_INFINITY; SLOTS]; HEADS_PER_WARP];
+    for (r, sr) in s.iter_mut().enumerate() {
+        let hh = warp + DECODE_WARPS * r;
+        for (k, x) in sr.iter_mut().enumerate() {
+            let kk = lane + 32 * k;
+            if hh < grp && kk < n_here {
+                // SAFETY: hh < grp, kk < n_here ≤ DECODE_CHUNK.
+                *x = unsafe { *sc.add(hh * DECODE_CHUNK + kk) };
+            }
+        }
+    }
+    let mut mx = s.map(|sr| sr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
+    // The heads' warp reductions interleaved (as gpu::warp_max and gpu::warp_sum).
+    let mut m = 16;
+    while m > 0 {
+        for x in mx.iter_mut() {
+            *x = x.max(gpu::shfl_xor(*x, m));
+        }
+        m >>= 1;
+    }
+    let mut sum = [0.0f32; HEADS_PER_WARP];
+    for (r, sr) in s.iter().enumerate() {
+        let hh = warp + DECODE_WARPS * r;
+        for (k, &x) in sr.iter().enumerate() {
+            let kk = lane + 32 * k;
+            if hh < grp && kk < n_here {
+                let e = gpu::exp(x - mx[r]);
+                // SAFETY: as above.
+                unsafe { *sc.add(hh * DECODE_CHUNK + kk) = e };
+                sum[r] += e;
+            }
+        }
+    }
+    let mut m = 16;
+    while m > 0 {
+        for x in sum.iter_mut() {
+            *x += gpu::shfl_xor(*x, m);
+        }
+        m >>= 1;
+    }
+    if lane == 0 {
+        for r in 0..HEADS_PER_WARP {
+            let hh = warp + DECODE_WARPS * r;
+            if hh < grp {
+                // SAFETY: tot = [max × grp, sum × grp].
+                unsafe {
+                    *tot.add(hh) = mx[r];
+                    *tot.add(grp + hh) = sum[r];
                 }
             }
-            vv
-        };
-        let vs = [ld(0), ld(1), ld(2), ld(3)];
-        let mut step = |u: usize| {
-            let p = p0 + u * DECODE_WARPS;
+        }
+    }
+    gpu::sync_threads();
+
+    // 4. Values, for every query head of the group: the rows of 4 positions of the warp loaded
+    //    together (the first 4 in step 1), accumulated in position order.
+    let mut acc = [[0.0f32; MAX_DL]; G];
+    // Position p from its raw row (a macro: expanded for the first group and in the loop, call
+    // sites the compiler would not all inline as a closure).
+    macro_rules! value_step {
+        ($p:expr, $raw:expr) => {{
+            let p: u32 = $p;
             if p < end {
+                let mut vv = C::widen_n($raw);
+                if p == pos {
+                    for (k, v) in vv.iter_mut().enumerate() {
+                        if k < dl {
+                            // SAFETY: dl lane + k < D.
+                            *v = unsafe { *vn_s.add(dl * lane + k) };
+                        }
+                    }
+                }
                 for (hh, a) in acc.iter_mut().enumerate() {
                     if hh < grp {
                         // SAFETY: p − start < chunk ≤ DECODE_CHUNK.
-                        let e = unsafe { *sc.add(hh * DECODE_CHUNK + p - start) };
-                        for (av, &v) in a.iter_mut().zip(&vs[u]) {
-                            *av += e * v;
+                        let e = unsafe { *sc.add(hh * DECODE_CHUNK + (p - start) as usize) };
+                        for (av, &v) in a.iter_mut().zip(&vv) {
+                            *av = fma(e, v, *av);
                         }
                     }
                 }
             }
-        };
-        step(0);
-        step(1);
-        step(2);
-        step(3);
-        p0 += 4 * DECODE_WARPS;
+        }};
+    }
+    // The first group, from the loads of step 1, peeled off the loop: its raw rows are not
+    // copied into loop-carried registers (a copy would make the warp wait for those loads before
+    // it issues the ones after them).
+    value_step!(p0, vs[0]);
+    value_step!(p0 + W, vs[1]);
+    value_step!(p0 + 2 * W, vs[2]);
+    value_step!(p0 + 3 * W, vs[3]);
+    let mut p0 = p0 + 4 * W;
+    while p0 < end {
+        // The rows of 4 positions loaded together, accumulated in position order.
+        let vs = [vld(p0), vld(p0 + W), vld(p0 + 2 * W), vld(p0 + 3 * W)];
+        value_step!(p0, vs[0]);
+        value_step!(p0 + W, vs[1]);
+        value_step!(p0 + 2 * W, vs[2]);
+        value_step!(p0 + 3 * W, vs[3]);
+        p0 += 4 * W;
     }
     for (hh, a) in acc.iter().enumerate() {
         if hh < grp {
             for (k, &v) in a.iter().enumerate() {
                 if k < dl {
-                    // SAFETY: (warp * grp + hh) * d + lane + 32 k < DECODE_WARPS * grp * d.
-                    unsafe { *acc_s.add((warp * grp + hh) * d + lane + 32 * k) = v };
+                    // SAFETY: (warp * grp + hh) * D + dl lane + k < DECODE_WARPS * grp * D.
+                    unsafe { *acc_s.add((warp * grp + hh) * D + dl * lane + k) = v };
                 }
             }
         }
     }
     gpu::sync_threads(); // publishes acc_s and tot
-    // 6. Sum the warps' pieces: the result (one split used) or this split's partial.
-    let mut i = t;
-    while i < grp * d {
-        let (hh, j) = (i / d, i % d);
-        let mut o = 0.0f32;
-        for w in 0..DECODE_WARPS {
-            // SAFETY: as above.
-            o += unsafe { *acc_s.add((w * grp + hh) * d + j) };
-        }
-        let hq = kvh * grp + hh;
-        // SAFETY: out holds n_head * d floats, part n_head * n_split * (d + 2); tot as above.
-        unsafe {
-            if n_used == 1 {
-                *out.add(hq * d + j) = o / *tot.add(grp + hh);
-            } else {
-                let ps = (hq * n_split + split) * (d + 2);
-                *part.add(ps + j) = o;
-                if j == 0 {
-                    *part.add(ps + d) = *tot.add(hh);
-                    *part.add(ps + d + 1) = *tot.add(grp + hh);
+
+    // 5. Sum the warps' pieces: the result (one split used) or this split's partial.
+    for m in 0..G * D / THREADS {
+        let i = t + THREADS * m;
+        if i < grp * D {
+            let (hh, j) = (i / D, i % D);
+            let mut o = 0.0f32;
+            for w in 0..DECODE_WARPS {
+                // SAFETY: as above.
+                o += unsafe { *acc_s.add((w * grp + hh) * D + j) };
+            }
+            let hq = kvh * grp + hh;
+            // SAFETY: out holds n_head * D floats, part n_head * n_split * (D + 2); tot as
+            // above.
+            unsafe {
+                if single {
+                    *out.add(hq * D + j) = o / *tot.add(grp + hh);
+                } else {
+                    let ps = (hq * n_split as usize + split as usize) * (D + 2);
+                    *part.add(ps + j) = o;
+                    if j == 0 {
+                        *part.add(ps + D) = *tot.add(hh);
+                        *part.add(ps + D + 1) = *tot.add(grp + hh);
+                    }
                 }
             }
         }
-        i += THREADS;
     }
-    if n_used == 1 {
+    if single {
         return;
     }
+    let n_split = n_split as usize;
+    let n_used = n_kv.div_ceil(chunk) as usize;
 
-    // 7. The last used split of this KV head to finish combines them: each block publishes its
+    // 6. The last used split of this KV head to finish combines them: each block publishes its
     //    partials (fence), counts itself in done[kvh], and the block that brings the count to
     //    n_used rescales the partials to the global max.
     gpu::fence_gpu();
@@ -485,12 +690,12 @@ unsafe fn attention_decode<C: Chunk4>(
     // keeps n_split ≤ DECODE_CHUNK), the denominators into tot.
     let mut hh = warp;
     while hh < grp {
-        let base = (kvh * grp + hh) * n_split * (d + 2);
+        let base = (kvh * grp + hh) * n_split * (D + 2);
         let mut gm = f32::NEG_INFINITY;
         let mut s = lane;
         while s < n_used {
             // SAFETY: s < n_used ≤ n_split; fenced by its writer before the count.
-            gm = gm.max(unsafe { gpu::load_cg(part.add(base + s * (d + 2) + d)) });
+            gm = gm.max(unsafe { gpu::load_cg(part.add(base + s * (D + 2) + D)) });
             s += 32;
         }
         let gm = gpu::warp_max(gm);
@@ -499,10 +704,10 @@ unsafe fn attention_decode<C: Chunk4>(
         while s < n_used {
             // SAFETY: as above; hh * DECODE_CHUNK + s < grp * DECODE_CHUNK.
             unsafe {
-                let ps = base + s * (d + 2);
-                let w = gpu::exp(gpu::load_cg(part.add(ps + d)) - gm);
+                let ps = base + s * (D + 2);
+                let w = gpu::exp(gpu::load_cg(part.add(ps + D)) - gm);
                 *sc.add(hh * DECODE_CHUNK + s) = w;
-                den += w * gpu::load_cg(part.add(ps + d + 1));
+                den += w * gpu::load_cg(part.add(ps + D + 1));
             }
             s += 32;
         }
@@ -515,18 +720,18 @@ unsafe fn attention_decode<C: Chunk4>(
     }
     gpu::sync_threads();
     let mut i = t;
-    while i < grp * d {
-        let (hh, j) = (i / d, i % d);
-        let base = (kvh * grp + hh) * n_split * (d + 2) + j;
+    while i < grp * D {
+        let (hh, j) = (i / D, i % D);
+        let base = (kvh * grp + hh) * n_split * (D + 2) + j;
         let mut num = 0.0f32;
         for s in 0..n_used {
             // SAFETY: as above.
             unsafe {
-                num += *sc.add(hh * DECODE_CHUNK + s) * gpu::load_cg(part.add(base + s * (d + 2)))
+                num += *sc.add(hh * DECODE_CHUNK + s) * gpu::load_cg(part.add(base + s * (D + 2)))
             };
         }
-        // SAFETY: out holds n_head * d floats.
-        unsafe { *out.add((kvh * grp + hh) * d + j) = num / *tot.add(hh) };
+        // SAFETY: out holds n_head * D floats.
+        unsafe { *out.add((kvh * grp + hh) * D + j) = num / *tot.add(hh) };
         i += THREADS;
     }
     if t == 0 {
@@ -571,6 +776,14 @@ trait Chunk4: CacheElem {
     /// `p` points to 4 readable elements, aligned to 4 elements.
     unsafe fn load4(p: *const Self) -> Self::Raw;
     fn widen(r: Self::Raw) -> [f32; 4];
+    /// Up to 4 consecutive elements loaded in one access, in the low lanes (`load_n`).
+    type Wide: Copy;
+    /// `n` (1, 2 or 4) consecutive elements in one access (the other lanes zero).
+    ///
+    /// # Safety
+    /// `p` points to `n` readable elements, aligned to `n` elements.
+    unsafe fn load_n(p: *const Self, n: usize) -> Self::Wide;
+    fn widen_n(w: Self::Wide) -> [f32; 4];
 }
 
 #[derive(Clone, Copy)]
@@ -589,6 +802,22 @@ impl Chunk4 for u16 {
     fn widen(r: H4) -> [f32; 4] {
         r.0.map(gpu::f16_to_f32)
     }
+    type Wide = u64;
+    #[inline(always)]
+    unsafe fn load_n(p: *const u16, n: usize) -> u64 {
+        // SAFETY: caller contract (aligned to n elements).
+        unsafe {
+            match n {
+                4 => *(p as *const u64),
+                2 => *(p as *const u32) as u64,
+                _ => *p as u64,
+            }
+        }
+    }
+    #[inline(always)]
+    fn widen_n(w: u64) -> [f32; 4] {
+        core::array::from_fn(|i| gpu::f16_to_f32((w >> (16 * i)) as u16))
+    }
 }
 
 /// f32 chunks travel as one 128-bit integer (an aggregate of four floats would be copied
@@ -604,6 +833,22 @@ impl Chunk4 for f32 {
     #[inline(always)]
     fn widen(r: u128) -> [f32; 4] {
         core::array::from_fn(|i| f32::from_bits((r >> (32 * i)) as u32))
+    }
+    type Wide = u128;
+    #[inline(always)]
+    unsafe fn load_n(p: *const f32, n: usize) -> u128 {
+        // SAFETY: caller contract (aligned to n elements).
+        unsafe {
+            match n {
+                4 => *(p as *const u128),
+                2 => *(p as *const u64) as u128,
+                _ => (*p).to_bits() as u128,
+            }
+        }
+    }
+    #[inline(always)]
+    fn widen_n(w: u128) -> [f32; 4] {
+        Self::widen(w)
     }
 }
 

@@ -574,6 +574,10 @@ pub fn attention_decode<T: KvElem>(
     };
     let (mut kc, mut vc) = (cache.k.as_view_mut(), cache.v.as_view_mut());
     let table = tok.rope.data.as_view();
+    // The kernel's idle load slots read the table as a dummy row (16-byte vector loads).
+    ensure(kname, addr(gpu, &table).is_multiple_of(16), || {
+        "the RoPE table must be 16-byte aligned".into()
+    })?;
     let mut part = scratch.part.as_view_mut();
     let mut done = scratch.done.as_view_mut();
     launch!(
