@@ -29,13 +29,13 @@
 //!    (the key row in 4-element vector loads, the group's FMA chains interleaved), the dots
 //!    summed over those threads by a reduce-scatter (7 shuffles for 8 heads), passes over the
 //!    split's positions only, loads of 4 passes issued before their arithmetic.
-//! 3. softmax: warp `w` takes heads `w` and `w + 4`: max, `e^(s − max)` in place, sum, with no
-//!    barrier in between.
+//! 3. softmax: the two halves of warp `w` take heads `w` and `w + 4`: max, `e^(s − max)` in
+//!    place, sum, with no barrier in between (4 shuffles per reduction, both heads at once).
 //! 4. values: warp `w` accumulates positions `start + w, + 4, …` (4 rows loaded together,
 //!    accumulated in order), lane `l` owning dims `dl·l .. dl·l + dl`, `dl = head_dim / 32`
 //!    (one coalesced access per row).
-//! 5. the warps' sums: with one split the block writes `out[h * head_dim + j] = Σ acc / Σ sum`
-//!    directly; otherwise it writes its partial `[acc(head_dim), max, sum]` per query head to
+//! 5. the warps' sums: with one split the block writes
+//!    `out[h * head_dim + j] = Σ acc · rcp(Σ sum)` directly (`rcp.approx`, ≤ 1 ulp); otherwise it writes its partial `[acc(head_dim), max, sum]` per query head to
 //!    `part[(h * n_split + s) * (head_dim + 2) ..]` and the last split of each KV head to finish
 //!    (counted in `done[kvh]`, which it resets to 0) rescales the partials to the global max and
 //!    writes `out`.
@@ -73,12 +73,14 @@ use crate::shapes::{
 const MAX_DL: usize = 4;
 /// Most query RoPE pairs per thread in decode (`DECODE_MAX_GROUP · 64 / THREADS`).
 const MAX_QI: usize = DECODE_MAX_GROUP * 64 / THREADS;
+/// Lanes per query head in the decode softmax: a half warp, each warp serving 2 heads.
+const SOFTMAX_LANES: usize = 16;
 /// Score slots per lane in the decode softmax (a split holds at most `DECODE_CHUNK` positions).
-const SLOTS: usize = DECODE_CHUNK / 32;
-/// Query heads per warp in the decode softmax.
-const HEADS_PER_WARP: usize = DECODE_MAX_GROUP / DECODE_WARPS;
-const _: () =
-    assert!(DECODE_CHUNK.is_multiple_of(32) && HEADS_PER_WARP * DECODE_WARPS == DECODE_MAX_GROUP);
+const SLOTS: usize = DECODE_CHUNK / SOFTMAX_LANES;
+const _: () = assert!(
+    DECODE_CHUNK.is_multiple_of(SOFTMAX_LANES)
+        && DECODE_MAX_GROUP == DECODE_WARPS * (32 / SOFTMAX_LANES)
+);
 
 /// The elements of RoPE pair `jj` of a head of `d` dims: `(jj, jj + d/2)` (NEOX) or
 /// `(2 jj, 2 jj + 1)`; the pair's table entry is `jj` either way (as in `crate::rope`).
@@ -513,61 +515,47 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     }
     gpu::sync_threads();
 
-    // 3. Softmax of each head over the split within one warp (warp w: heads w and
-    //    w + DECODE_WARPS; no barrier between the steps): the max, the weights e^(s − max) in
-    //    place of the scores, their sum (each lane folds slots lane, lane + 32, … in order, then
-    //    one warp reduction). Every lane runs every reduction (absent heads give −inf and 0).
+    // 3. Softmax of each head over the split within half a warp (lanes 0–15 of warp w: head w,
+    //    lanes 16–31: head w + DECODE_WARPS; no barrier between the steps, both heads reduced by
+    //    the same 4 shuffles): the max, the weights e^(s − max) in place of the scores, their
+    //    sum (each lane folds slots l, l + 16, … in order, then one half-warp reduction).
     let n_here = n_here as usize;
-    let mut s = [[f32::NEG_INFINITY; SLOTS]; HEADS_PER_WARP];
-    for (r, sr) in s.iter_mut().enumerate() {
-        let hh = warp + DECODE_WARPS * r;
-        for (k, x) in sr.iter_mut().enumerate() {
-            let kk = lane + 32 * k;
-            if hh < grp && kk < n_here {
-                // SAFETY: hh < grp, kk < n_here ≤ DECODE_CHUNK.
-                *x = unsafe { *sc.add(hh * DECODE_CHUNK + kk) };
-            }
+    let hh = warp + DECODE_WARPS * (lane / SOFTMAX_LANES);
+    let l = lane % SOFTMAX_LANES;
+    let mut s = [f32::NEG_INFINITY; SLOTS];
+    for (k, x) in s.iter_mut().enumerate() {
+        let kk = l + SOFTMAX_LANES * k;
+        if hh < grp && kk < n_here {
+            // SAFETY: hh < grp, kk < n_here ≤ DECODE_CHUNK.
+            *x = unsafe { *sc.add(hh * DECODE_CHUNK + kk) };
         }
     }
-    let mut mx = s.map(|sr| sr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
-    // The heads' warp reductions interleaved (as gpu::warp_max and gpu::warp_sum).
-    let mut m = 16;
+    let mut mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut m = SOFTMAX_LANES as u32 / 2;
     while m > 0 {
-        for x in mx.iter_mut() {
-            *x = x.max(gpu::shfl_xor(*x, m));
-        }
+        mx = mx.max(gpu::shfl_xor(mx, m));
         m >>= 1;
     }
-    let mut sum = [0.0f32; HEADS_PER_WARP];
-    for (r, sr) in s.iter().enumerate() {
-        let hh = warp + DECODE_WARPS * r;
-        for (k, &x) in sr.iter().enumerate() {
-            let kk = lane + 32 * k;
-            if hh < grp && kk < n_here {
-                let e = gpu::exp(x - mx[r]);
-                // SAFETY: as above.
-                unsafe { *sc.add(hh * DECODE_CHUNK + kk) = e };
-                sum[r] += e;
-            }
+    let mut sum = 0.0f32;
+    for (k, &x) in s.iter().enumerate() {
+        let kk = l + SOFTMAX_LANES * k;
+        if hh < grp && kk < n_here {
+            let e = gpu::exp(x - mx);
+            // SAFETY: as above.
+            unsafe { *sc.add(hh * DECODE_CHUNK + kk) = e };
+            sum += e;
         }
     }
-    let mut m = 16;
+    let mut m = SOFTMAX_LANES as u32 / 2;
     while m > 0 {
-        for x in sum.iter_mut() {
-            *x += gpu::shfl_xor(*x, m);
-        }
+        sum += gpu::shfl_xor(sum, m);
         m >>= 1;
     }
-    if lane == 0 {
-        for r in 0..HEADS_PER_WARP {
-            let hh = warp + DECODE_WARPS * r;
-            if hh < grp {
-                // SAFETY: tot = [max × grp, sum × grp].
-                unsafe {
-                    *tot.add(hh) = mx[r];
-                    *tot.add(grp + hh) = sum[r];
-                }
-            }
+    if l == 0 && hh < grp {
+        // SAFETY: tot = [max × grp, sum × grp].
+        unsafe {
+            *tot.add(hh) = mx;
+            *tot.add(grp + hh) = sum;
         }
     }
     gpu::sync_threads();
@@ -631,8 +619,39 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     }
     gpu::sync_threads(); // publishes acc_s and tot
 
-    // 5. Sum the warps' pieces: the result (one split used) or this split's partial.
-    for m in 0..G * D / THREADS {
+    // 5. Sum the warps' pieces: the result (one split used) or this split's partial. Thread t
+    //    takes elements i = t, t + THREADS, … of the group's grp × D outputs.
+    let n_out = G * D / THREADS;
+    if single {
+        // Every shared-memory read first (clamped to the last element: the reads of all the
+        // thread's elements in flight together), then out = Σ acc · (1 / Σ e).
+        let mut o = [0.0f32; G];
+        let mut den = [1.0f32; G];
+        for m in 0..G {
+            if m < n_out {
+                let i = core::cmp::min(t + THREADS * m, grp * D - 1);
+                let (hh, j) = (i / D, i % D);
+                for w in 0..DECODE_WARPS {
+                    // SAFETY: as above.
+                    o[m] += unsafe { *acc_s.add((w * grp + hh) * D + j) };
+                }
+                // SAFETY: tot = [max × grp, sum × grp].
+                den[m] = unsafe { *tot.add(grp + hh) };
+            }
+        }
+        // Keeps those reads here (the compiler would sink them into each store's branch).
+        // SAFETY: an empty asm statement (a compiler barrier).
+        unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+        for m in 0..G {
+            let i = t + THREADS * m;
+            if m < n_out && i < grp * D {
+                // SAFETY: out holds n_head * D floats; query head kvh * grp + i / D.
+                unsafe { *out.add(kvh * grp * D + i) = o[m] * gpu::rcp(den[m]) };
+            }
+        }
+        return;
+    }
+    for m in 0..n_out {
         let i = t + THREADS * m;
         if i < grp * D {
             let (hh, j) = (i / D, i % D);
@@ -641,25 +660,16 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
                 // SAFETY: as above.
                 o += unsafe { *acc_s.add((w * grp + hh) * D + j) };
             }
-            let hq = kvh * grp + hh;
-            // SAFETY: out holds n_head * D floats, part n_head * n_split * (D + 2); tot as
-            // above.
+            let ps = ((kvh * grp + hh) * n_split as usize + split as usize) * (D + 2);
+            // SAFETY: part holds n_head * n_split * (D + 2) floats; tot as above.
             unsafe {
-                if single {
-                    *out.add(hq * D + j) = o / *tot.add(grp + hh);
-                } else {
-                    let ps = (hq * n_split as usize + split as usize) * (D + 2);
-                    *part.add(ps + j) = o;
-                    if j == 0 {
-                        *part.add(ps + D) = *tot.add(hh);
-                        *part.add(ps + D + 1) = *tot.add(grp + hh);
-                    }
+                *part.add(ps + j) = o;
+                if j == 0 {
+                    *part.add(ps + D) = *tot.add(hh);
+                    *part.add(ps + D + 1) = *tot.add(grp + hh);
                 }
             }
         }
-    }
-    if single {
-        return;
     }
     let n_split = n_split as usize;
     let n_used = n_kv.div_ceil(chunk) as usize;

@@ -224,6 +224,19 @@ pub fn ex2(x: f32) -> f32 {
     f32::from_bits(r)
 }
 
+/// 1/x with the MUFU unit (`rcp.approx.ftz`): at most 1 ulp from the rounded reciprocal,
+/// subnormal inputs and results flushed to zero.
+#[inline(always)]
+pub fn rcp(x: f32) -> f32 {
+    let r: u32;
+    // SAFETY: a pure arithmetic instruction.
+    unsafe {
+        asm!("rcp.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x.to_bits(),
+             options(pure, nomem, nostack));
+    }
+    f32::from_bits(r)
+}
+
 /// e^x through [`ex2`]: relative error about 2^-21 plus |x|·2^-24 from scaling the argument.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
