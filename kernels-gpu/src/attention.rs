@@ -24,21 +24,22 @@
 //! the position is known):
 //! 1. every global load first, all in flight together: the token's query pairs, key pair, value
 //!    and table entry, the key rows of the split's first 4 score passes and the value rows of
-//!    the warp's first 4 positions; then RoPE into shared memory and the new row to the cache.
+//!    the warp's first 8 positions (all of a 32-position split); then RoPE into shared memory
+//!    and the new row to the cache.
 //! 2. scores: `head_dim / 8` adjacent threads score a position against all the group's queries
 //!    (the key row in 4-element vector loads, the group's FMA chains interleaved), the dots
 //!    summed over those threads by a reduce-scatter (7 shuffles for 8 heads), passes over the
 //!    split's positions only, loads of 4 passes issued before their arithmetic.
 //! 3. softmax: the two halves of warp `w` take heads `w` and `w + 4`: max, `e^(s − max)` in
 //!    place, sum, with no barrier in between (4 shuffles per reduction, both heads at once).
-//! 4. values: warp `w` accumulates positions `start + w, + 4, …` (4 rows loaded together,
-//!    accumulated in order), lane `l` owning dims `dl·l .. dl·l + dl`, `dl = head_dim / 32`
-//!    (one coalesced access per row).
-//! 5. the warps' sums: with one split the block writes
-//!    `out[h * head_dim + j] = Σ acc · rcp(Σ sum)` directly (`rcp.approx`, ≤ 1 ulp); otherwise it writes its partial `[acc(head_dim), max, sum]` per query head to
-//!    `part[(h * n_split + s) * (head_dim + 2) ..]` and the last split of each KV head to finish
-//!    (counted in `done[kvh]`, which it resets to 0) rescales the partials to the global max and
-//!    writes `out`.
+//! 4. values: warp `w` accumulates positions `start + w, + 4, …` (the first 8 rows from step 1,
+//!    then 4 rows loaded together; accumulated in order), lane `l` owning dims
+//!    `dl·l .. dl·l + dl`, `dl = head_dim / 32` (one coalesced access per row).
+//! 5. the warps' sums: with one split the block writes `out[h * head_dim + j] = Σ acc ·
+//!    rcp(Σ sum)` directly (`rcp.approx`, ≤ 1 ulp); otherwise it writes its partial
+//!    `[acc(head_dim), max, sum]` per query head to `part[(h * n_split + s) * (head_dim + 2) ..]`
+//!    and the last split of each KV head to finish (counted in `done[kvh]`, which it resets to 0)
+//!    rescales the partials to the global max and writes `out`.
 //!
 //! Limits: `head_dim` 32, 64 or 128 (a power of two: `head_dim / 8` threads share a position);
 //! `group ≤ 8`; `n_ctx ≤ 128 · DECODE_CHUNK`; `cos_sin` 16-byte aligned (the slots of a split
@@ -311,7 +312,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     // 1. Every global load the split needs first, so that they are all in flight together (one
     //    memory latency, not one per phase): the new token's query pairs, key pair, value and
     //    RoPE table entry; the key rows of the first 4 score passes and the value rows of the
-    //    first 4 positions of this warp (cache positions other than `pos`, which comes from
+    //    first 8 positions of this warp (cache positions other than `pos`, which comes from
     //    kn_s / vn_s).
     //    RoPE: thread t turns the query pairs t, t + THREADS, … of the group (pair jj = t % (D/2)
     //    of head (t + THREADS m) / (D/2): D/2 divides THREADS, so every pair of the thread uses
@@ -401,7 +402,8 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     };
     let mut kraw = [kld(0), kld(1), kld(2), kld(3)];
     let p0 = start + warp as u32;
-    let vs = [vld(p0), vld(p0 + W), vld(p0 + 2 * W), vld(p0 + 3 * W)];
+    // The warp's first 8 positions: a whole DECODE_MIN_CHUNK split's value rows.
+    let vs: [C::Wide; 8] = core::array::from_fn(|u| vld(p0 + u as u32 * W));
 
     // Keeps the loads above before the arithmetic below in the instruction stream (the compiler
     // would otherwise move the cache loads down to the RoPE stores, a second memory latency).
@@ -561,7 +563,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     gpu::sync_threads();
 
     // 4. Values, for every query head of the group: the rows of 4 positions of the warp loaded
-    //    together (the first 4 in step 1), accumulated in position order.
+    //    together (the first 8 in step 1), accumulated in position order.
     let mut acc = [[0.0f32; MAX_DL]; G];
     // Position p from its raw row (a macro: expanded for the first group and in the loop, call
     // sites the compiler would not all inline as a closure).
@@ -597,7 +599,11 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     value_step!(p0 + W, vs[1]);
     value_step!(p0 + 2 * W, vs[2]);
     value_step!(p0 + 3 * W, vs[3]);
-    let mut p0 = p0 + 4 * W;
+    value_step!(p0 + 4 * W, vs[4]);
+    value_step!(p0 + 5 * W, vs[5]);
+    value_step!(p0 + 6 * W, vs[6]);
+    value_step!(p0 + 7 * W, vs[7]);
+    let mut p0 = p0 + 8 * W;
     while p0 < end {
         // The rows of 4 positions loaded together, accumulated in position order.
         let vs = [vld(p0), vld(p0 + W), vld(p0 + 2 * W), vld(p0 + 3 * W)];
