@@ -190,7 +190,7 @@ impl Acts for Normed {
 /// `l % 4` of blocks `8 w + l / 4, 8 w + l / 4 + 8 W, …` (W = [`KWARP_WARPS`]), a block reduction
 /// sums the row. A row of 896 columns (28 blocks) is then one block quarter per lane instead of
 /// seven: the dependent arithmetic after the loads arrive is a seventh as long, which is what
-/// the short q/k/v and o projections of decode wait on (PERF.md change 17).
+/// the short q/k/v and o projections of decode wait on (PERF.md change 20).
 #[inline(always)]
 unsafe fn matvec_legacy<B: Legacy4>(
     w: *const u8,

@@ -72,7 +72,7 @@ pub struct CudaOptions {
     /// The LM head from the Q8_0 output matrix itself, re-laid out in planar form (the same
     /// bytes) and multiplied by `matvec_q8p`, instead of the [`CudaOptions::lm_head`] copy and
     /// cuBLAS; applies when that matrix is Q8_0 (otherwise the copy is used). On by default:
-    /// faster (PERF.md change 16), 122 MiB instead of a 260 MiB f16 copy for qwen, and exact
+    /// faster (PERF.md change 16), 138 MiB instead of a 260 MiB f16 copy for qwen, and exact
     /// weights (the f16 copy rounds them).
     pub lm_head_q8: bool,
 }
