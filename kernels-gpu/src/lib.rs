@@ -25,6 +25,30 @@ pub mod quant;
 pub mod shapes;
 pub mod split;
 
+/// A small deterministic generator for the host tests of the lane arithmetic (no_std: no crates).
+#[cfg(test)]
+mod test_rng {
+    pub struct Lcg(pub u64);
+
+    impl Lcg {
+        pub fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+        /// `N` random bytes.
+        pub fn bytes<const N: usize>(&mut self) -> [u8; N] {
+            core::array::from_fn(|_| self.next() as u8)
+        }
+        /// A value in [-1, 1] in steps of 1e-3.
+        pub fn f(&mut self) -> f32 {
+            (self.next() % 2001) as f32 / 1000.0 - 1.0
+        }
+    }
+}
+
 #[cfg(target_arch = "nvptx64")]
 pub mod attention;
 #[cfg(target_arch = "nvptx64")]

@@ -13,6 +13,7 @@
 //! Limits: `rows ≥ 1`; `cols` a multiple of 32; `qs` and `x` 16-byte aligned.
 
 use crate::gpu;
+use crate::matvec_dot::{ld128, xa4};
 use crate::q8_planar::{dot16, value};
 use crate::quant::f16_to_f32;
 use crate::shapes::{Q8P_ROWS, Q8P_WARPS};
@@ -22,25 +23,20 @@ const _: () = assert!(
     "the row steps below are written out for 4 rows"
 );
 
-/// 16 quant bytes as one 16-byte load.
-#[repr(C, align(16))]
-#[derive(Clone, Copy)]
-struct U4([u32; 4]);
-
-/// 4 activations as one 16-byte load.
+/// 4 f32 as one 16-byte store.
 #[repr(C, align(16))]
 #[derive(Clone, Copy)]
 struct F4([f32; 4]);
 
-/// The 16 activations of chunk `c`.
+/// The 16 activations of chunk `c`, in 4 vector loads.
 ///
 /// # Safety
 /// `x + 16 c` is 16-byte aligned with 16 floats readable.
 #[inline(always)]
 unsafe fn x16(x: *const f32, c: usize) -> [f32; 16] {
     // SAFETY: caller contract.
-    let v: [F4; 4] = unsafe { core::array::from_fn(|i| *(x.add(16 * c + 4 * i) as *const F4)) };
-    core::array::from_fn(|i| v[i / 4].0[i % 4])
+    let v: [[f32; 4]; 4] = unsafe { core::array::from_fn(|i| xa4(x, 16 * c + 4 * i)) };
+    core::array::from_fn(|i| v[i / 4][i % 4])
 }
 
 /// # Safety
@@ -67,12 +63,7 @@ pub unsafe extern "ptx-kernel" fn matvec_q8p(
         let rr = core::cmp::min(row0 + r, rows - 1);
         let cc = core::cmp::min(c, chunks - 1);
         // SAFETY: rr < rows, cc < chunks: inside qs (16-byte aligned rows: cols % 16 == 0) and d.
-        unsafe {
-            (
-                *(qs.add(rr * cols + 16 * cc) as *const U4),
-                *d.add(rr * nb + cc / 2),
-            )
-        }
+        unsafe { (ld128(qs.add(rr * cols + 16 * cc)), *d.add(rr * nb + cc / 2)) }
     };
     let mut acc = [0.0f32; Q8P_ROWS];
     let mut c = lane;
@@ -84,9 +75,9 @@ pub unsafe extern "ptx-kernel" fn matvec_q8p(
         // SAFETY: c < chunks and the clamped c2 < chunks: inside x (cols floats, aligned).
         let (xa, xb) = unsafe { (x16(x, c), x16(x, core::cmp::min(c2, chunks - 1))) };
         let mut step = |r: usize| {
-            acc[r] += f16_to_f32(a[r].1) * dot16(a[r].0.0, &xa);
+            acc[r] += f16_to_f32(a[r].1) * dot16(a[r].0, &xa);
             if c2 < chunks {
-                acc[r] += f16_to_f32(b[r].1) * dot16(b[r].0.0, &xb);
+                acc[r] += f16_to_f32(b[r].1) * dot16(b[r].0, &xb);
             }
         };
         step(0);

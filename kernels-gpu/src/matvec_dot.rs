@@ -44,7 +44,7 @@ unsafe fn ld32(p: *const u8) -> u32 {
 /// # Safety
 /// `p` is 16-byte aligned on the device and 16 bytes are readable there.
 #[inline(always)]
-unsafe fn ld128(p: *const u8) -> [u32; 4] {
+pub(crate) unsafe fn ld128(p: *const u8) -> [u32; 4] {
     #[repr(C, align(16))]
     #[derive(Clone, Copy)]
     struct U4([u32; 4]);
@@ -590,23 +590,7 @@ mod tests {
         assert!(offset_of!(BlockQ6K, d) == 208);
     };
 
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) as u32
-        }
-        /// Random bytes, except f16 fields set to small normal values by `fix`.
-        fn bytes<const N: usize>(&mut self) -> [u8; N] {
-            core::array::from_fn(|_| self.next() as u8)
-        }
-        fn f(&mut self) -> f32 {
-            (self.next() % 2001) as f32 / 1000.0 - 1.0
-        }
-    }
+    use crate::test_rng::Lcg;
 
     /// An f16 in ±[2^-8, 2^-6): normal, so the comparison below is meaningful.
     fn small_f16(r: &mut Lcg) -> [u8; 2] {

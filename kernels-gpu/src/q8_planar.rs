@@ -61,16 +61,7 @@ mod tests {
     use super::*;
     use crate::quant::{Block, BlockQ8_0, read_block};
 
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u32 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 33) as u32
-        }
-    }
+    use crate::test_rng::Lcg;
 
     const N: usize = 56;
 
