@@ -75,9 +75,7 @@ impl Sub32 for F16x32 {
     const BYTES: usize = 64;
     #[inline(always)]
     fn decode32(&self, _j: usize, out: &mut [f32; 32]) {
-        for (o, &h) in out.iter_mut().zip(&self.0) {
-            *o = f16_to_f32(h);
-        }
+        *out = core::array::from_fn(|i| f16_to_f32(self.0[i]));
     }
 }
 
