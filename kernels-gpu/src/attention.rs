@@ -36,10 +36,14 @@
 //!    then 4 rows loaded together; accumulated in order), lane `l` owning dims
 //!    `dl·l .. dl·l + dl`, `dl = head_dim / 32` (one coalesced access per row).
 //! 5. the warps' sums: with one split the block writes `out[h * head_dim + j] = Σ acc ·
-//!    rcp(Σ sum)` directly (`rcp.approx`, ≤ 1 ulp); otherwise it writes its partial
-//!    `[acc(head_dim), max, sum]` per query head to `part[(h * n_split + s) * (head_dim + 2) ..]`
-//!    and the last split of each KV head to finish (counted in `done[kvh]`, which it resets to 0)
-//!    rescales the partials to the global max and writes `out`.
+//!    rcp(Σ sum)` directly (`rcp.approx`, ≤ 1 ulp); otherwise it writes its partial per query
+//!    head, `acc` (head_dim floats) to `part[(h * n_split + s) * head_dim ..]` and `[max, sum]`
+//!    to `part[n_head * n_split * head_dim + 2 (h * n_split + s) ..]`, and the last split of each
+//!    KV head to finish (counted in `done[kvh]`, which it resets to 0) combines them:
+//! 6. thread `s` reads split `s`'s max and sum of every head (one load round trip), the block
+//!    forms the global max and each split's weight `e^(m_s − m)` (shared memory) and the
+//!    denominators; then each thread sums 4 outputs over the splits in order from 16-byte
+//!    loads issued 16 splits at a time (`n_used / 16` round trips per 4 outputs).
 //!
 //! Limits: `head_dim` 32, 64 or 128 (a power of two: `head_dim / 8` threads share a position);
 //! `group ≤ 8`; `n_ctx ≤ 128 · DECODE_CHUNK`; `cos_sin` 16-byte aligned (the slots of a split
@@ -657,6 +661,12 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
         }
         return;
     }
+    // The partial of query head h = kvh · grp + hh over split s: its grp × D sums at
+    // `part[(h · n_split + s) · D ..]` (rows 16-byte aligned, read as vectors by the combine), its
+    // max and sum at `part[n_head · n_split · D + (h · n_split + s) · 2 ..]`.
+    let n_split = n_split as usize;
+    let split = split as usize;
+    let ms_base = gpu::grid_dim_x() as usize * grp * n_split * D;
     for m in 0..n_out {
         let i = t + THREADS * m;
         if i < grp * D {
@@ -666,18 +676,18 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
                 // SAFETY: as above.
                 o += unsafe { *acc_s.add((w * grp + hh) * D + j) };
             }
-            let ps = ((kvh * grp + hh) * n_split as usize + split as usize) * (D + 2);
-            // SAFETY: part holds n_head * n_split * (D + 2) floats; tot as above.
+            let row = (kvh * grp + hh) * n_split + split;
+            // SAFETY: part holds n_head * n_split * (D + 2) floats: row < n_head * n_split; tot
+            // as above.
             unsafe {
-                *part.add(ps + j) = o;
+                *part.add(row * D + j) = o;
                 if j == 0 {
-                    *part.add(ps + D) = *tot.add(hh);
-                    *part.add(ps + D + 1) = *tot.add(grp + hh);
+                    *part.add(ms_base + 2 * row) = *tot.add(hh);
+                    *part.add(ms_base + 2 * row + 1) = *tot.add(grp + hh);
                 }
             }
         }
     }
-    let n_split = n_split as usize;
     let n_used = n_kv.div_ceil(chunk) as usize;
 
     // 6. The last used split of this KV head to finish combines them: each block publishes its
@@ -702,53 +712,115 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
         return;
     }
     gpu::fence_gpu();
-    // Each split's weight e^(m_s − m) per head into sc (n_used ≤ DECODE_CHUNK: the launcher
-    // keeps n_split ≤ DECODE_CHUNK), the denominators into tot.
-    let mut hh = warp;
-    while hh < grp {
-        let base = (kvh * grp + hh) * n_split * (D + 2);
-        let mut gm = f32::NEG_INFINITY;
-        let mut s = lane;
-        while s < n_used {
+    // 6a. The weights, every split at once: thread t reads split t's max and sum of every head
+    //     (n_used ≤ DECODE_CHUNK = THREADS: one load round trip), the block's max per head (warp
+    //     maxima through acc_s, free since step 5), the weight e^(m_s − m) of each split into
+    //     sc, and the denominators Σ weight · sum (warp sums through acc_s, added in warp order).
+    const _: () = assert!(DECODE_CHUNK == THREADS && 8 * DECODE_MAX_GROUP <= 32 * DECODE_WARPS);
+    let wred = acc_s; // [DECODE_WARPS][G] maxima, then [DECODE_WARPS][G] sums (≤ 4 · 1 · 32)
+    let s = t;
+    let mut mx = [f32::NEG_INFINITY; G];
+    let mut sm = [0.0f32; G];
+    for hh in 0..G {
+        if hh < grp && s < n_used {
+            let at = ms_base + 2 * ((kvh * grp + hh) * n_split + s);
             // SAFETY: s < n_used ≤ n_split; fenced by its writer before the count.
-            gm = gm.max(unsafe { gpu::load_cg(part.add(base + s * (D + 2) + D)) });
-            s += 32;
-        }
-        let gm = gpu::warp_max(gm);
-        let mut den = 0.0f32;
-        let mut s = lane;
-        while s < n_used {
-            // SAFETY: as above; hh * DECODE_CHUNK + s < grp * DECODE_CHUNK.
             unsafe {
-                let ps = base + s * (D + 2);
-                let w = gpu::exp(gpu::load_cg(part.add(ps + D)) - gm);
-                *sc.add(hh * DECODE_CHUNK + s) = w;
-                den += w * gpu::load_cg(part.add(ps + D + 1));
+                mx[hh] = gpu::load_cg(part.add(at));
+                sm[hh] = gpu::load_cg(part.add(at + 1));
             }
-            s += 32;
         }
-        let den = gpu::warp_sum(den);
-        if lane == 0 {
-            // SAFETY: as above.
-            unsafe { *tot.add(hh) = den };
+    }
+    let mut wm = mx;
+    let mut m = 16;
+    while m > 0 {
+        for v in wm.iter_mut() {
+            *v = v.max(gpu::shfl_xor(*v, m));
         }
-        hh += DECODE_WARPS;
+        m >>= 1;
+    }
+    if lane == 0 {
+        for (hh, &v) in wm.iter().enumerate() {
+            // SAFETY: warp · G + hh < DECODE_WARPS · G ≤ the size of acc_s.
+            unsafe { *wred.add(warp * G + hh) = v };
+        }
     }
     gpu::sync_threads();
-    let mut i = t;
-    while i < grp * D {
-        let (hh, j) = (i / D, i % D);
-        let base = (kvh * grp + hh) * n_split * (D + 2) + j;
-        let mut num = 0.0f32;
-        for s in 0..n_used {
-            // SAFETY: as above.
-            unsafe {
-                num += *sc.add(hh * DECODE_CHUNK + s) * gpu::load_cg(part.add(base + s * (D + 2)))
+    let mut dp = [0.0f32; G];
+    for hh in 0..G {
+        if hh < grp {
+            let mut gm = f32::NEG_INFINITY;
+            for w in 0..DECODE_WARPS {
+                // SAFETY: as above.
+                gm = gm.max(unsafe { *wred.add(w * G + hh) });
+            }
+            let e = if s < n_used {
+                gpu::exp(mx[hh] - gm)
+            } else {
+                0.0
             };
+            // SAFETY: hh < grp, s < DECODE_CHUNK.
+            unsafe { *sc.add(hh * DECODE_CHUNK + s) = e };
+            dp[hh] = e * sm[hh];
         }
-        // SAFETY: out holds n_head * D floats.
-        unsafe { *out.add((kvh * grp + hh) * D + j) = num / *tot.add(hh) };
-        i += THREADS;
+    }
+    let mut m = 16;
+    while m > 0 {
+        for v in dp.iter_mut() {
+            *v += gpu::shfl_xor(*v, m);
+        }
+        m >>= 1;
+    }
+    if lane == 0 {
+        for (hh, &v) in dp.iter().enumerate() {
+            // SAFETY: (DECODE_WARPS + warp) · G + hh < 2 · DECODE_WARPS · G ≤ the size of acc_s.
+            unsafe { *wred.add((DECODE_WARPS + warp) * G + hh) = v };
+        }
+    }
+    gpu::sync_threads();
+    // 6b. out = Σ_s weight_s · partial_s / den: thread t takes the 4 outputs 4 o .. 4 o + 4 of
+    //     o = t, t + THREADS (grp · D / 4 ≤ 2 · THREADS), summing the splits in order from vector
+    //     loads issued CB at a time (the last split's row repeated past n_used: unconditional
+    //     loads).
+    const CB: usize = 16;
+    const _: () = assert!(DECODE_CHUNK.is_multiple_of(CB));
+    let q4 = D / 4;
+    let mut o = t;
+    while o < grp * q4 {
+        let (hh, j4) = (o / q4, 4 * (o % q4));
+        let mut den = 0.0f32;
+        for w in 0..DECODE_WARPS {
+            // SAFETY: as above.
+            den += unsafe { *wred.add((DECODE_WARPS + w) * G + hh) };
+        }
+        let row0 = (kvh * grp + hh) * n_split;
+        let mut num = [0.0f32; 4];
+        let mut s0 = 0;
+        while s0 < n_used {
+            let mut v = [[0.0f32; 4]; CB];
+            for (u, x) in v.iter_mut().enumerate() {
+                let s = core::cmp::min(s0 + u, n_used - 1);
+                // SAFETY: row0 + s < n_head · n_split: a row of D floats, j4 + 4 ≤ D, 16-byte
+                // aligned (D a multiple of 4, the allocation 256-byte aligned).
+                *x = unsafe { gpu::load_cg4(part.add((row0 + s) * D + j4)) };
+            }
+            // Past n_used the weight is 0 (6a wrote all DECODE_CHUNK slots), the row finite: the
+            // sums are unchanged, with no branch.
+            for (u, x) in v.iter().enumerate() {
+                // SAFETY: hh < grp; s0 + u < DECODE_CHUNK (s0 < n_used ≤ DECODE_CHUNK, and s0
+                // and DECODE_CHUNK are multiples of CB).
+                let e = unsafe { *sc.add(hh * DECODE_CHUNK + s0 + u) };
+                for (a, &xv) in num.iter_mut().zip(x) {
+                    *a = fma(e, xv, *a);
+                }
+            }
+            s0 += CB;
+        }
+        for (k, &a) in num.iter().enumerate() {
+            // SAFETY: out holds n_head * D floats.
+            unsafe { *out.add((kvh * grp + hh) * D + j4 + k) = a / den };
+        }
+        o += THREADS;
     }
     if t == 0 {
         // SAFETY: every used block of this KV head has counted itself; none touches done again.

@@ -337,3 +337,24 @@ pub unsafe fn load_cg(p: *const f32) -> f32 {
     }
     f32::from_bits(r)
 }
+
+/// Four consecutive floats in one `ld.global.cg.v4.f32` (see [`load_cg`]).
+///
+/// # Safety
+/// `p` is a valid, 16-byte aligned global address of 4 floats.
+#[inline(always)]
+pub unsafe fn load_cg4(p: *const f32) -> [f32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: caller contract.
+    unsafe {
+        asm!("ld.global.cg.v4.b32 {{{a}, {b}, {c}, {d}}}, [{p}];", a = out(reg32) a,
+             b = out(reg32) b, c = out(reg32) c, d = out(reg32) d, p = in(reg64) p as u64,
+             options(readonly, nostack, preserves_flags));
+    }
+    [
+        f32::from_bits(a),
+        f32::from_bits(b),
+        f32::from_bits(c),
+        f32::from_bits(d),
+    ]
+}
