@@ -190,25 +190,6 @@ pub trait Legacy4 {
             Self::run_start(q, j)
         }
     }
-    /// [`Legacy4::dot_vals`] with the activations read from `x`.
-    ///
-    /// # Safety
-    /// `x` points to the block's 32 activations (16-byte aligned on the device); `q < 4`.
-    #[inline(always)]
-    unsafe fn dot_raw(r: Raw, q: usize, x: *const f32) -> f32 {
-        // SAFETY: caller contract; x_at(q, j) + 4 ≤ 32 and a multiple of 4.
-        let xs = unsafe { [xa4(x, Self::x_at(q, 0)), xa4(x, Self::x_at(q, 1))] };
-        Self::dot_vals(r, q, xs)
-    }
-    /// Both steps.
-    ///
-    /// # Safety
-    /// As [`Legacy4::load`] and [`Legacy4::dot_raw`].
-    #[inline(always)]
-    unsafe fn dot(blk: *const u8, q: usize, x: *const f32) -> f32 {
-        // SAFETY: forwarded contract.
-        unsafe { Self::dot_raw(Self::load(blk, q), q, x) }
-    }
     /// Length of the runs of consecutive elements in [`Legacy4::values`]: 4 for the nibble types
     /// (elements `4q .. 4q + 4`, then `16 + 4q .. 16 + 4q + 4`), 8 for Q8_0 (`8q .. 8q + 8`).
     const RUN: usize = 4;
@@ -629,8 +610,13 @@ mod tests {
             let mut vals = [0.0f32; QK32];
             blk.dequantize(&mut vals);
             let x: [f32; 32] = core::array::from_fn(|_| r.f());
-            // SAFETY: p holds a whole 2-byte aligned block; x holds 32 floats.
-            let got: f32 = (0..4).map(|q| unsafe { B::dot(p, q, x.as_ptr()) }).sum();
+            // Each thread's load and dot over its activations at `x_at`, as the kernels do.
+            let xs =
+                |q: usize, j: usize| -> [f32; 4] { core::array::from_fn(|i| x[B::x_at(q, j) + i]) };
+            // SAFETY: p holds a whole 2-byte aligned block.
+            let got: f32 = (0..4)
+                .map(|q| B::dot_vals(unsafe { B::load(p, q) }, q, [xs(q, 0), xs(q, 1)]))
+                .sum();
             check(&vals, &x, got);
             // SAFETY: as above.
             let raw: [Raw; 4] = core::array::from_fn(|q| unsafe { B::load(p, q) });
