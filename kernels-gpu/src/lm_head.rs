@@ -13,7 +13,7 @@
 //! Limits: `rows ≥ 1`; `cols` a multiple of 32; `qs` and `x` 16-byte aligned.
 
 use crate::gpu;
-use crate::matvec_dot::{ld128, xa4};
+use crate::matvec_dot::{ld128, pin, xa4};
 use crate::q8_planar::{dot16, value};
 use crate::quant::f16_to_f32;
 use crate::shapes::{Q8P_ROWS, Q8P_WARPS};
@@ -71,7 +71,16 @@ pub unsafe extern "ptx-kernel" fn matvec_q8p(
         let c2 = c + 32;
         // Written out for the 4 rows (a loop over these arrays put them in local memory).
         let a = [ld(0, c), ld(1, c), ld(2, c), ld(3, c)];
-        let b = [ld(0, c2), ld(1, c2), ld(2, c2), ld(3, c2)];
+        // The second chunk's words pinned (`matvec_dot::pin`): its arithmetic is conditional,
+        // and LLVM otherwise sank these loads into it, a second round trip to DRAM.
+        let ldp = |r: usize| {
+            let (q, dd) = ld(r, c2);
+            (
+                [pin(q[0]), pin(q[1]), pin(q[2]), pin(q[3])],
+                pin(dd as u32) as u16,
+            )
+        };
+        let b = [ldp(0), ldp(1), ldp(2), ldp(3)];
         // SAFETY: c < chunks and the clamped c2 < chunks: inside x (cols floats, aligned).
         let (xa, xb) = unsafe { (x16(x, c), x16(x, core::cmp::min(c2, chunks - 1))) };
         let mut step = |r: usize| {

@@ -26,7 +26,7 @@
 use crate::elementwise::silu_mul;
 use crate::formats::{Bf16x32, F16x32, F32x32, Sub32, decode_sub};
 use crate::gpu;
-use crate::matvec_dot::{KWarp, Legacy4, Raw, xa4};
+use crate::matvec_dot::{KWarp, Legacy4, Raw, pin_raw, xa4};
 use crate::quant::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
     BlockQ8_0,
@@ -90,7 +90,7 @@ unsafe fn matvec<B: Sub32>(
 /// # Safety
 /// `row` < rows; `y` holds rows floats, and so does `add` when `mode` is [`ADD`].
 #[inline(always)]
-unsafe fn store(y: *mut f32, row: usize, acc: f32, add: *const f32, mode: u32) {
+pub(crate) unsafe fn store(y: *mut f32, row: usize, acc: f32, add: *const f32, mode: u32) {
     // SAFETY: caller contract.
     unsafe {
         match mode {
@@ -517,7 +517,7 @@ unsafe fn matvec_kwarp<B: KWarp>(
         let ld = |u: usize| {
             let bb = (b + KWARP_WARPS * u).min(nb - 1);
             // SAFETY: bb < cols / 256: a whole super-block, 2-byte aligned.
-            unsafe { B::load(wr.add(bb * B::BYTES), lane) }
+            pin_raw(unsafe { B::load(wr.add(bb * B::BYTES), lane) })
         };
         let raw: [Raw; KWARP_UNROLL] = [ld(0), ld(1), ld(2), ld(3), ld(4)];
         let mut step = |u: usize| {

@@ -24,7 +24,7 @@ use crate::quant::{
 /// # Safety
 /// `p` is 2-byte aligned and 2 bytes are readable there.
 #[inline(always)]
-unsafe fn ld16(p: *const u8) -> u32 {
+pub(crate) unsafe fn ld16(p: *const u8) -> u32 {
     // SAFETY: caller contract.
     u16::from_le(unsafe { *(p as *const u16) }) as u32
 }
@@ -34,7 +34,7 @@ unsafe fn ld16(p: *const u8) -> u32 {
 /// # Safety
 /// `p` is 2-byte aligned and 4 bytes are readable there.
 #[inline(always)]
-unsafe fn ld32(p: *const u8) -> u32 {
+pub(crate) unsafe fn ld32(p: *const u8) -> u32 {
     // SAFETY: caller contract (p and p + 2 are 2-byte aligned and readable).
     unsafe { ld16(p) | (ld16(p.add(2)) << 16) }
 }
@@ -152,6 +152,33 @@ pub fn byte_magic(w: u32, i: u32) -> f32 {
 #[inline(always)]
 pub fn spread4(h: u32) -> u32 {
     ((h & 15).wrapping_mul(0x0204_0810)) & 0x1010_1010
+}
+
+/// `v` unchanged, but the value must exist here: an empty volatile `asm` that reads and
+/// "writes" it, so the compiler can neither drop the loads that produce `v` nor move them past
+/// this point into the conditional code that uses them. The matvec loops load several blocks
+/// first and guard each block's arithmetic with `if block < n`; without this LLVM sank every
+/// block's loads into its guarded branch, and a lane then waited for DRAM once per block instead
+/// of once per loop step (PERF.md change 26).
+#[inline(always)]
+pub fn pin(v: u32) -> u32 {
+    #[cfg(target_arch = "nvptx64")]
+    {
+        let mut v = v;
+        // SAFETY: no instructions (a PTX comment); it only constrains code motion.
+        unsafe {
+            core::arch::asm!("// pin {0}", inout(reg32) v, options(nomem, nostack, preserves_flags))
+        };
+        v
+    }
+    #[cfg(not(target_arch = "nvptx64"))]
+    v
+}
+
+/// [`pin`] for each word of a [`Raw`].
+#[inline(always)]
+pub fn pin_raw((a, b, c): Raw) -> Raw {
+    (pin(a), pin(b), pin(c))
 }
 
 /// `a · b + c`, fused (one rounding) on the device.
