@@ -358,3 +358,73 @@ pub unsafe fn load_cg4(p: *const f32) -> [f32; 4] {
         f32::from_bits(d),
     ]
 }
+
+/// Bytes of dynamic shared memory this launch was given (`%dynamic_smem_size`).
+#[inline(always)]
+pub fn dyn_smem_size() -> u32 {
+    let r: u32;
+    // SAFETY: reads a special register.
+    unsafe {
+        asm!("mov.u32 {r}, %dynamic_smem_size;", r = out(reg32) r,
+             options(pure, nomem, nostack, preserves_flags));
+    }
+    r
+}
+
+/// The shared-space address of `p`, a generic pointer into shared memory.
+#[inline(always)]
+pub fn smem_addr(p: *const u8) -> u32 {
+    let a: u64;
+    // SAFETY: an address conversion; no memory access.
+    unsafe {
+        asm!("cvta.to.shared.u64 {a}, {p};", a = out(reg64) a, p = in(reg64) p as u64,
+             options(pure, nomem, nostack, preserves_flags));
+    }
+    a as u32
+}
+
+/// Copies the 16 bytes at `src` to `dst` in shared memory asynchronously (`cp.async.cg`, no
+/// registers, through L2 only); [`cp_async_wait_all`] waits for this thread's copies.
+///
+/// # Safety
+/// `src` (global) and `dst` (shared, as a generic pointer) are 16-byte aligned with 16 bytes
+/// readable / writable; nothing reads `dst` before the wait and a barrier.
+#[inline(always)]
+pub unsafe fn cp_async16(dst: *mut u8, src: *const u8) {
+    // SAFETY: caller contract.
+    unsafe {
+        asm!("cp.async.cg.shared.global [{d}], [{s}], 16;", d = in(reg32) smem_addr(dst),
+             s = in(reg64) src as u64, options(nostack, preserves_flags));
+    }
+}
+
+/// Waits until this thread's [`cp_async16`] copies have landed.
+#[inline(always)]
+pub fn cp_async_wait_all() {
+    // SAFETY: waits for the thread's own async copies; no other effect.
+    unsafe { asm!("cp.async.wait_all;", options(nostack, preserves_flags)) }
+}
+
+/// Starts copying `len` bytes at `src` (global memory, any alignment) into the block's shared
+/// memory at `dst` (16-byte aligned): the block's threads each issue 16-byte asynchronous copies
+/// of the 16-byte words that cover the range, so the bytes arrive in whole coalesced lines, none
+/// through registers. Returns where `src`'s first byte lands (`dst` plus `src`'s offset in its
+/// word, so the copy keeps `src`'s alignment modulo 16). Every thread of the block calls it;
+/// [`cp_async_wait_all`] then [`sync_threads`] before anyone reads the copy.
+///
+/// # Safety
+/// The 16-byte words covering `src .. src + len` are readable (device tensors are padded to 16
+/// bytes); `dst` has `len + 30` bytes of shared memory (at most 15 before and after).
+#[inline(always)]
+pub unsafe fn stage(src: *const u8, len: usize, dst: *mut u8) -> *const u8 {
+    let lo = src as usize & !15;
+    let n = (src as usize + len - lo).div_ceil(16);
+    let mut i = thread_x() as usize;
+    while i < n {
+        // SAFETY: caller contract: word i of the covering range, inside the copy's space.
+        unsafe { cp_async16(dst.add(16 * i), (lo + 16 * i) as *const u8) };
+        i += block_dim_x() as usize;
+    }
+    // SAFETY: src - lo < 16 < the space's size.
+    unsafe { dst.add(src as usize - lo) }
+}

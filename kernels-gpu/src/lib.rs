@@ -20,6 +20,7 @@
 #![cfg_attr(target_arch = "nvptx64", allow(internal_features))]
 
 pub mod matvec_dot;
+pub mod q8_act;
 pub mod q8_planar;
 pub mod quant;
 pub mod shapes;
@@ -66,6 +67,8 @@ pub mod lm_head;
 #[cfg(target_arch = "nvptx64")]
 pub mod matvec;
 #[cfg(target_arch = "nvptx64")]
+pub mod matvec_a8;
+#[cfg(target_arch = "nvptx64")]
 pub mod norm;
 #[cfg(target_arch = "nvptx64")]
 pub mod rope;
@@ -73,6 +76,8 @@ pub mod rope;
 pub mod sample;
 #[cfg(target_arch = "nvptx64")]
 pub mod smoke;
+#[cfg(target_arch = "nvptx64")]
+pub mod swiglu_a8;
 
 #[cfg(target_arch = "nvptx64")]
 #[panic_handler]

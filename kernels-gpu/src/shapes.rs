@@ -62,3 +62,45 @@ pub const fn decode_smem_layout(group: usize, d: usize) -> [usize; 8] {
 }
 
 const _: () = assert!(4 * decode_smem_layout(DECODE_MAX_GROUP, 128)[7] <= 48 * 1024);
+
+/// Warps per block of `swiglu_a8_*` (the FFN's gate/up on 8-bit activations).
+pub const SWIGLU_A8_WARPS: usize = 16;
+/// Rows per warp of `swiglu_a8_*`: a block computes `SWIGLU_A8_WARPS · SWIGLU_A8_ROWS_PER_WARP`
+/// = 32 rows, one activation block of the down projection.
+pub const SWIGLU_A8_ROWS_PER_WARP: usize = 2;
+/// Rows per block of `swiglu_a8_*`.
+pub const SWIGLU_A8_ROWS: usize = SWIGLU_A8_WARPS * SWIGLU_A8_ROWS_PER_WARP;
+const _: () = assert!(SWIGLU_A8_ROWS == 32);
+
+/// Shared memory that `gpu::stage` needs for `len` bytes at any alignment: the 16-byte words
+/// covering them.
+pub const fn stage_bytes(len: usize) -> usize {
+    (len + 15).div_ceil(16) * 16
+}
+
+/// Dynamic shared memory of the row-per-block matvec kernels that stage their row
+/// (`matvec_a8_*`) for rows of `row_bytes`.
+pub const fn row_stage_smem_bytes(row_bytes: usize) -> usize {
+    stage_bytes(row_bytes)
+}
+
+/// Dynamic shared memory of `swiglu_a8_*` for rows of `cols` elements, `row_bytes` bytes each,
+/// bytes: when `staged`, the block's 32 gate rows and 32 up rows (each a contiguous, 64-byte
+/// aligned run), then the quantized row (`cols` bytes), its `[d, s]` pairs (`cols / 32` of 8
+/// bytes) and the block's 32 results (f32).
+pub const fn swiglu_a8_smem_bytes(cols: usize, row_bytes: usize, staged: bool) -> usize {
+    let slabs = if staged {
+        2 * stage_bytes(SWIGLU_A8_ROWS * row_bytes)
+    } else {
+        0
+    };
+    slabs + cols + 8 * (cols / 32) + 4 * SWIGLU_A8_ROWS
+}
+
+/// Most dynamic shared memory a launch gets without opting in (48 KB); `swiglu_a8_*` stages its
+/// weights when they fit under it.
+pub const SMEM_DEFAULT_MAX: usize = 48 * 1024;
+
+/// Most columns `swiglu_a8_*` takes (unstaged, its shared memory then stays under 48 KB).
+pub const SWIGLU_A8_MAX_COLS: usize = 32768;
+const _: () = assert!(swiglu_a8_smem_bytes(SWIGLU_A8_MAX_COLS, 0, false) <= SMEM_DEFAULT_MAX);

@@ -39,6 +39,7 @@ fn args(model: &TempFile, p: &[usize], n: &[usize], d: &[usize]) -> Args {
         ctx: 0,
         no_fuse: false,
         lm_head_f16: false,
+        ffn_f32: false,
         json: false,
     }
 }

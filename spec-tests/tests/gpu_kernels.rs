@@ -1172,3 +1172,153 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
     let e = ops::f32_to_f16x3(&g, &x.as_view(), 10, &mut buf.slice_mut(..20)).unwrap_err();
     assert!(e.to_string().contains("f32_to_f16x3"), "{e}");
 }
+
+/// The CPU's 8-bit quantization of `x` (`quant::Q8Blocks`, what the GPU's `q8_act` reproduces):
+/// the quants as bytes, the `[d, s]` pairs interleaved as the device layout, and the values
+/// the integer dot products see (`d · q`).
+fn q8_cpu(x: &[f32]) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+    let host::quant::QuantizedVec::Q8(b) =
+        host::quant::QuantizedVec::new(host::quant::ActKind::Q8, x).unwrap()
+    else {
+        unreachable!("ActKind::Q8 gives Q8 blocks")
+    };
+    let qs: Vec<u8> = b.qs().iter().flatten().map(|&q| q as u8).collect();
+    let ds: Vec<f32> = b
+        .d()
+        .iter()
+        .zip(b.s())
+        .flat_map(|(&d, &s)| [d, s])
+        .collect();
+    let deq: Vec<f32> = b
+        .qs()
+        .iter()
+        .zip(b.d())
+        .flat_map(|(q, &d)| q.map(|v| d * v as f32))
+        .collect();
+    (qs, ds, deq)
+}
+
+/// f64 dot of each row of `deq` (`cols` wide) with `x`, and `Σ |w · x|`.
+fn dots(deq: &[f32], cols: usize, x: &[f32]) -> Vec<(f64, f64)> {
+    deq.chunks(cols)
+        .map(|row| {
+            row.iter().zip(x).fold((0.0, 0.0), |(s, m), (&w, &v)| {
+                let p = w as f64 * v as f64;
+                (s + p, m + p.abs())
+            })
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(cfg(24))]
+
+    /// `matvec_a8`: the row against the CPU-quantized activations, dequantized, in f64:
+    /// |err| ≤ 1e-5·Σ|w·x̂| (integer block sums are exact; f32 scaling and accumulation as in
+    /// `matvec`). The epilogues bit-exact against the plain result plus the addition. Types
+    /// without a kernel are refused with an error.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn matvec_a8_matches_cpu_quantized(
+        t in prop::sample::select(TYPES),
+        ci in 0usize..3,
+        rows in prop::sample::select(&[896usize, 128, 4864, 192, 1001, 1][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let cols = cols_for(t)[ci % cols_for(t).len()];
+        let (bytes, deq) = random_tensor(t, rows, cols, &mut rng);
+        let w = DeviceTensor::upload(&g, "w", t, rows, cols, &bytes).unwrap();
+        let x = random(&mut rng, cols, 3.0);
+        let (qs, ds, xq) = q8_cpu(&x);
+        let (qd, dd) = (upload(&g, &qs), upload(&g, &ds));
+        let a8 = ops::A8 { qs: &qd.as_view(), ds: &dd.as_view() };
+        let mut y = poisoned(&g, rows, f32::NAN);
+        let r = ops::matvec_a8(&g, &w, a8, &mut y.as_view_mut(), MatvecOut::Store);
+        let has_kernel = matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1
+            | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q6K);
+        prop_assert_eq!(ops::matvec_a8_supported(&w), has_kernel, "{:?}", t);
+        if !has_kernel {
+            prop_assert!(r.is_err(), "{:?}: no kernel, yet no error", t);
+            return Ok(());
+        }
+        r.unwrap();
+        let got = download(&g, &y);
+        for (r, &(want, mag)) in dots(&deq, cols, &xq).iter().enumerate() {
+            prop_assert!((got[r] as f64 - want).abs() <= 1e-5 * mag + 1e-30,
+                "matvec_a8 {:?} {}x{} row {}: got {} want {} (Σ|wx| {:e})", t, rows, cols, r, got[r], want, mag);
+        }
+        let bias = random(&mut rng, rows, 2.0);
+        let mut yb = poisoned(&g, rows, f32::NAN);
+        ops::matvec_a8(&g, &w, a8, &mut yb.as_view_mut(), MatvecOut::Bias(&upload(&g, &bias).as_view())).unwrap();
+        let want_b: Vec<f32> = got.iter().zip(&bias).map(|(&a, &b)| a + b).collect();
+        assert_bits_eq(&format!("matvec_a8 {t:?} {rows}x{cols} + bias"), &download(&g, &yb), &want_b);
+        let resid = random(&mut rng, rows, 2.0);
+        let mut ya = upload(&g, &resid);
+        ops::matvec_a8(&g, &w, a8, &mut ya.as_view_mut(), MatvecOut::Accumulate).unwrap();
+        let want_a: Vec<f32> = resid.iter().zip(&got).map(|(&r, &a)| r + a).collect();
+        assert_bits_eq(&format!("matvec_a8 {t:?} {rows}x{cols} into residual"), &download(&g, &ya), &want_a);
+    }
+
+    /// `swiglu_a8`: against the CPU's norm (`cpu::rms_norm`), its 8-bit quantization and f64
+    /// dots of the dequantized rows. The GPU norms with a differently ordered sum of squares, so
+    /// an element whose scaled value lies within 1e-3 of a rounding tie may round the other way:
+    /// each such element widens the bound by `|w|·d` of its block. Otherwise 1e-5·Σ|w·x̂| per dot,
+    /// SwiGLU's error propagated. The quantized output is exactly the CPU's quantization of the
+    /// GPU's own f32 output.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn swiglu_a8_matches_cpu_quantized(
+        t in prop::sample::select(&[GgmlType::Q5_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_1][..]),
+        ci in 0usize..6,
+        rows in prop::sample::select(&[4864usize, 1536, 128, 32][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let cols = cols_for(t)[ci % cols_for(t).len()];
+        let (gb, gdeq) = random_tensor(t, rows, cols, &mut rng);
+        let (ub, udeq) = random_tensor(t, rows, cols, &mut rng);
+        let wg = DeviceTensor::upload(&g, "gate", t, rows, cols, &gb).unwrap();
+        let wu = DeviceTensor::upload(&g, "up", t, rows, cols, &ub).unwrap();
+        prop_assert!(ops::swiglu_a8_supported(&wg, &wu));
+        let (hr, gw, eps) = (random(&mut rng, cols, 3.0), random(&mut rng, cols, 1.5), 1e-6f32);
+        let (hd, gd) = (upload(&g, &hr), upload(&g, &gw));
+        let inp = NormedInput { x: &hd.as_view(), weight: &gd.as_view(), eps };
+        let mut hf = poisoned(&g, rows, f32::NAN);
+        let mut hq = poisoned(&g, rows, 0x55u8);
+        let mut hqd = poisoned(&g, rows / 16, f32::NAN);
+        ops::swiglu_a8(&g, &wg, &wu, inp, &mut hf.as_view_mut(),
+            ops::A8Mut { qs: &mut hq.as_view_mut(), ds: &mut hqd.as_view_mut() }).unwrap();
+        let got = download(&g, &hf);
+
+        let mut xn = vec![0.0f32; cols];
+        cpu::rms_norm(&hr, &gw, eps, &mut xn);
+        let (_, xds, xq) = q8_cpu(&xn);
+        // Elements near a rounding tie, and what a flip there could change.
+        let ties: Vec<f64> = xn.iter().enumerate().map(|(i, &v)| {
+            let d = xds[2 * (i / 32)] as f64;
+            let t = if d > 0.0 { v as f64 / d } else { 0.0 };
+            if ((t - t.floor()) - 0.5).abs() < 1e-3 { d } else { 0.0 }
+        }).collect();
+        let slack = |deq: &[f32], r: usize| -> f64 {
+            deq[r * cols..(r + 1) * cols].iter().zip(&ties).map(|(&w, &d)| w.abs() as f64 * d).sum()
+        };
+        let (wa, wb) = (dots(&gdeq, cols, &xq), dots(&udeq, cols, &xq));
+        for r in 0..rows {
+            let ((a, ma), (b, mb)) = (wa[r], wb[r]);
+            let (ea, eb) = (1e-5 * ma + slack(&gdeq, r), 1e-5 * mb + slack(&udeq, r));
+            let silu = a / (1.0 + (-a).exp());
+            let want = silu * b;
+            let bound = 1.1 * ea * b.abs() + silu.abs() * eb + 1.1 * ea * eb + 1e-5 * want.abs() + 1e-30;
+            prop_assert!((got[r] as f64 - want).abs() <= bound,
+                "swiglu_a8 {:?} {}x{} row {}: got {} want {} (bound {:e})", t, rows, cols, r, got[r], want, bound);
+        }
+        let (want_q, want_d, _) = q8_cpu(&got);
+        prop_assert_eq!(download(&g, &hq), want_q, "swiglu_a8 {:?} quants of the output", t);
+        let got_d = download(&g, &hqd);
+        prop_assert!(got_d.iter().zip(&want_d).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "swiglu_a8 {:?} output scales: got {:?}, want {:?}", t, &got_d[..4], &want_d[..4]);
+    }
+}

@@ -72,6 +72,10 @@ pub struct Args {
     /// the Q8_0 output matrix itself (`matvec_q8p`).
     #[arg(long)]
     pub lm_head_f16: bool,
+    /// CUDA: the decode FFN on f32 activations (the previous default) instead of 8-bit ones
+    /// (`swiglu_a8`, `matvec_a8`).
+    #[arg(long)]
+    pub ffn_f32: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -553,6 +557,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
         n_ctx,
         fuse_epilogues: !args.no_fuse,
         lm_head_q8: !args.lm_head_f16,
+        ffn_a8: !args.ffn_f32,
         ..Default::default()
     };
     // Declared before the backend so that it is dropped after it.
@@ -737,6 +742,7 @@ mod tests {
             ctx,
             no_fuse: false,
             lm_head_f16: false,
+            ffn_f32: false,
             json: false,
         }
     }

@@ -18,6 +18,7 @@
 //! | `attention_decode` | n_kv,n_head,n_head_kv,head_dim (4096,14,2,64) | bandwidth (the cache) |
 //! | `attention_prefill` | n_tok,n_head,n_head_kv,head_dim (512,14,2,64) | f32 arithmetic |
 //! | `matvec` | rows,cols (4864,896), `--type` (q5_0) | bandwidth (the weights) |
+//! | `matvec_a8` | rows,cols (896,4864), `--type` (q6_k) | bandwidth (the weights) |
 //! | `embedding` | n_tok,rows,cols (512,151936,896), `--type` (q5_0) | bandwidth |
 //! | `dequant` | rows,cols (4864,896), `--type` (q5_0); f32, f16 and f16x3 out | bandwidth |
 //! | `argmax` | n (151936) | bandwidth |
@@ -40,10 +41,13 @@ use cudarc::driver::{CudaSlice, sys};
 use super::CliResult;
 use crate::cpu;
 use crate::cuda::gemm::{GemmKind, SplitOperand, gemm, gemm_layout, split_f16x3};
-use crate::cuda::ops::{self, DequantOut, DeviceTensor, KvLayer, KvShape, RopeTable, SampleParams};
+use crate::cuda::ops::{
+    self, DequantOut, DeviceTensor, KvLayer, KvShape, MatvecOut, RopeTable, SampleParams,
+};
 use crate::cuda::{CudaError, Gpu};
 use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
+use crate::quant::{ActKind, QuantizedVec};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -87,6 +91,7 @@ const ALL: &[&str] = &[
     "attention_decode",
     "attention_prefill",
     "matvec",
+    "matvec_a8",
     "embedding",
     "dequant",
     "argmax",
@@ -699,6 +704,60 @@ impl Bench<'_> {
                     bytes,
                     flops,
                     format!("{} (cpu ref {:.0} ms)", verdict(e, 1e-4), cpu_s * 1e3),
+                ));
+            }
+            "matvec_a8" => {
+                // The matvec on 8-bit activations: x quantized by the CPU (`Q8Blocks`), checked
+                // against the dequantized row and activations in f64.
+                let t_ty = parse_type(ty.unwrap_or("q6_k"))?;
+                let (rows, cols) = (sh(0, 896), sh(1, 4864));
+                let (bytes, deq) = self.random_matrix(t_ty, rows, cols)?;
+                let nc = self.copies(bytes.len());
+                let ws: Vec<DeviceTensor> = (0..nc)
+                    .map(|_| DeviceTensor::upload(g, "bench", t_ty, rows, cols, &bytes))
+                    .collect::<Result<_, _>>()?;
+                let x = self.rand(cols, 3.0);
+                let QuantizedVec::Q8(xb) =
+                    QuantizedVec::new(ActKind::Q8, &x).map_err(|e| format!("matvec_a8: {e}"))?
+                else {
+                    return Err("matvec_a8: ActKind::Q8 gave another format".into());
+                };
+                let qs: Vec<u8> = xb.qs().iter().flatten().map(|&q| q as u8).collect();
+                let ds: Vec<f32> = xb
+                    .d()
+                    .iter()
+                    .zip(xb.s())
+                    .flat_map(|(&d, &s)| [d, s])
+                    .collect();
+                let xq: Vec<f32> = xb
+                    .qs()
+                    .iter()
+                    .zip(xb.d())
+                    .flat_map(|(q, &d)| q.map(|v| d * v as f32))
+                    .collect();
+                let (dq, dd) = (self.up(&qs)?, self.up(&ds)?);
+                let (dqv, ddv) = (dq.as_view(), dd.as_view());
+                let a8 = ops::A8 { qs: &dqv, ds: &ddv };
+                let mut dy = g.alloc::<f32>(rows, "bench")?;
+                ops::matvec_a8(g, &ws[0], a8, &mut dy.as_view_mut(), MatvecOut::Store)?;
+                let got = self.down(&dy)?;
+                let want: Vec<f64> = deq
+                    .chunks_exact(cols)
+                    .map(|r| r.iter().zip(&xq).map(|(&a, &b)| a as f64 * b as f64).sum())
+                    .collect();
+                let e = rel_err(&got, &want);
+                let mut i = 0;
+                let t = time(g, reps, || {
+                    i += 1;
+                    ops::matvec_a8(g, &ws[i % nc], a8, &mut dy.as_view_mut(), MatvecOut::Store)
+                })?;
+                out.push(self.row(
+                    name,
+                    &format!("{t_ty} {rows}x{cols} ({nc} copies)"),
+                    t,
+                    (bytes.len() + cols + 8 * (cols / 32) + 4 * rows) as f64,
+                    2.0 * (rows * cols) as f64,
+                    verdict(e, 1e-5),
                 ));
             }
             "matvec" | "dequant" => {

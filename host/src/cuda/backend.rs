@@ -75,6 +75,13 @@ pub struct CudaOptions {
     /// faster (PERF.md change 16), 138 MiB instead of a 260 MiB f16 copy for qwen, and exact
     /// weights (the f16 copy rounds them).
     pub lm_head_q8: bool,
+    /// Decode (T = 1): the FFN on 8-bit activations where the types allow (gate/up of a legacy
+    /// type, down of a legacy type, Q4_K or Q6_K): the normed row and the SwiGLU output
+    /// quantized per block of 32 as the CPU's `Q8Blocks`, integer dot products (`swiglu_a8`,
+    /// `matvec_a8`). On by default (PERF.md change 26): the activation rounding moves the
+    /// decode logits by up to ≈ 1e-2 relative on the real models (p99 7.5e-3 qwen, 9.5e-3
+    /// SmolLM2; docs/GPU_ENGINE.md), as llama.cpp's own integer matvecs do.
+    pub ffn_a8: bool,
 }
 
 impl CudaOptions {
@@ -85,6 +92,7 @@ impl CudaOptions {
             gemm: GemmKind::F32,
             lm_head: GemmKind::F32,
             lm_head_q8: false,
+            ffn_a8: false,
             kv_f32: true,
             ..self
         }
@@ -103,6 +111,7 @@ impl Default for CudaOptions {
             fuse_epilogues: true,
             decode_graph: true,
             lm_head_q8: true,
+            ffn_a8: true,
         }
     }
 }
@@ -180,6 +189,10 @@ struct Scratch {
     gate: CudaSlice<f32>,
     up: CudaSlice<f32>,
     h: CudaSlice<f32>,
+    /// `h` quantized to 8 bits for the down projection (`CudaOptions::ffn_a8`): quants and
+    /// `[d, s]` pairs of one token.
+    hq: CudaSlice<u8>,
+    hqd: CudaSlice<f32>,
     /// A decoded weight matrix for the GEMM path (f32 elements; the f16 path uses it as u16).
     wdeq32: CudaSlice<f32>,
     wdeq16: CudaSlice<u16>,
@@ -426,6 +439,8 @@ impl CudaBackend {
             gate: a32(b * cfg.n_ff, "activations")?,
             up: a32(b * cfg.n_ff, "activations")?,
             h: a32(b * cfg.n_ff, "activations")?,
+            hq: gpu.alloc::<u8>(cfg.n_ff, "8-bit activations")?,
+            hqd: a32(cfg.n_ff.div_ceil(16), "8-bit activation scales")?,
             wdeq32: a32(
                 if matches!(opts.gemm, GemmKind::F16F32 | GemmKind::F16x3) {
                     1
@@ -608,6 +623,37 @@ impl CudaBackend {
                 &mut s.x16,
             )?;
 
+            let a8 = t == 1
+                && lin.fuse
+                && self.opts.ffn_a8
+                && ops::swiglu_a8_supported(&l.gate, &l.up)
+                && ops::matvec_a8_supported(&l.down);
+            if a8 {
+                // The FFN norm, gate, up and SwiGLU in one launch on 8-bit activations; the
+                // down projection from its quantized output, into the residual.
+                let inp = NormedInput {
+                    x: &s.x.slice(..d),
+                    weight: &l.ffn_norm.as_view(),
+                    eps: c.rms_eps,
+                };
+                let hq = ops::A8Mut {
+                    qs: &mut s.hq.slice_mut(..),
+                    ds: &mut s.hqd.slice_mut(..),
+                };
+                ops::swiglu_a8(gpu, &l.gate, &l.up, inp, &mut s.h.slice_mut(..ff), hq)?;
+                let x8 = ops::A8 {
+                    qs: &s.hq.slice(..),
+                    ds: &s.hqd.slice(..),
+                };
+                ops::matvec_a8(
+                    gpu,
+                    &l.down,
+                    x8,
+                    &mut s.x.slice_mut(..d),
+                    MatvecOut::Accumulate,
+                )?;
+                continue;
+            }
             if t == 1 && lin.fuse && ops::matvec_swiglu_supported(&l.gate, &l.up) {
                 // The FFN norm, gate, up and SwiGLU in one launch.
                 let inp = NormedInput {

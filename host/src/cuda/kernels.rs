@@ -49,6 +49,18 @@ pub const KERNELS: &[&str] = &[
     "matvec_q6_k",
     "matvec_q8p",
     "embedding_q8p",
+    "swiglu_a8_q4_0",
+    "swiglu_a8_q4_1",
+    "swiglu_a8_q5_0",
+    "swiglu_a8_q5_1",
+    "swiglu_a8_q8_0",
+    "matvec_a8_q4_0",
+    "matvec_a8_q4_1",
+    "matvec_a8_q5_0",
+    "matvec_a8_q5_1",
+    "matvec_a8_q8_0",
+    "matvec_a8_q4_k",
+    "matvec_a8_q6_k",
     "dequant_f32_f32",
     "dequant_f32_f16",
     "dequant_f32_f16x3",
@@ -118,6 +130,20 @@ pub fn matvec_kernel(t: GgmlType) -> &'static str {
 /// legacy 32-element block types).
 pub fn matvec_swiglu_kernel(t: GgmlType) -> Option<&'static str> {
     let name = format!("matvec_swiglu_{}", type_suffix(t));
+    KERNELS.iter().copied().find(|k| *k == name)
+}
+
+/// The gate/up/SwiGLU kernel on 8-bit activations (`swiglu_a8_*`) for weights of type `t`,
+/// where there is one (the legacy 32-element block types).
+pub fn swiglu_a8_kernel(t: GgmlType) -> Option<&'static str> {
+    let name = format!("swiglu_a8_{}", type_suffix(t));
+    KERNELS.iter().copied().find(|k| *k == name)
+}
+
+/// The matvec kernel on 8-bit activations (`matvec_a8_*`) for weights of type `t`, where there
+/// is one (the legacy types, Q4_K and Q6_K).
+pub fn matvec_a8_kernel(t: GgmlType) -> Option<&'static str> {
+    let name = format!("matvec_a8_{}", type_suffix(t));
     KERNELS.iter().copied().find(|k| *k == name)
 }
 

@@ -7,10 +7,16 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig};
 
 use super::device::{Gpu, launch};
 use super::error::CudaError;
-use super::kernels::{dequant_kernel, matvec_kernel, matvec_qkv_kernel, matvec_swiglu_kernel};
+use super::kernels::{
+    dequant_kernel, matvec_a8_kernel, matvec_kernel, matvec_qkv_kernel, matvec_swiglu_kernel,
+    swiglu_a8_kernel,
+};
 use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
-use kernels_gpu::shapes::{PREFILL_BM, prefill_smem_bytes};
+use kernels_gpu::shapes::{
+    PREFILL_BM, SMEM_DEFAULT_MAX, SWIGLU_A8_MAX_COLS, SWIGLU_A8_ROWS, SWIGLU_A8_WARPS,
+    prefill_smem_bytes, row_stage_smem_bytes, swiglu_a8_smem_bytes,
+};
 
 type Result<T> = std::result::Result<T, CudaError>;
 
@@ -696,7 +702,16 @@ impl DeviceTensor {
                 ),
             ));
         }
-        let data = gpu.upload(bytes, &format!("tensor {name}"))?;
+        // Padded to whole 16-byte words: the kernels that stage rows through shared memory
+        // (`gpu::stage`) copy the 16-byte-aligned words that cover a row, up to 15 bytes past
+        // the last row's end.
+        let data = if bytes.len().is_multiple_of(16) {
+            gpu.upload(bytes, &format!("tensor {name}"))?
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(16), 0);
+            gpu.upload(&padded, &format!("tensor {name}"))?
+        };
         let at = addr(gpu, &data);
         ensure("upload", at.is_multiple_of(16), || {
             format!("tensor {name:?}: device allocation at {at:#x} is not 16-byte aligned")
@@ -725,6 +740,16 @@ pub enum MatvecOut<'a, 'b> {
     Bias(&'a CudaView<'b, f32>),
     /// `y += W x` (a residual), with the same f32 additions as a separate [`add`].
     Accumulate,
+}
+
+/// Dynamic shared memory for [`matvec_a8`] over `w`: room to stage one row
+/// (`kernels-gpu/src/matvec.rs` `stage_row`) when it fits a launch's default 48 KB, else 0 (the
+/// kernel then reads the row in place).
+fn row_stage_smem(w: &DeviceTensor) -> u32 {
+    match w.ty.row_bytes(w.cols).map(row_stage_smem_bytes) {
+        Some(b) if b <= SMEM_DEFAULT_MAX => b as u32,
+        _ => 0,
+    }
 }
 
 /// `y = W x` for one vector `x` (`cols`), `y` (`rows`), reading `W` in its blocks.
@@ -879,6 +904,168 @@ pub fn matvec_swiglu(
     let (gv, uv) = (gate.data.as_view(), up.data.as_view());
     let (x, g, eps) = (inp.x, inp.weight, inp.eps);
     launch!(gpu, k, cfg, &gv, &uv, x, g, &eps, h, &rows, &cols);
+    Ok(())
+}
+
+/// An activation vector quantized to 8 bits on the device (`kernels-gpu/src/q8_act.rs`, the
+/// CPU's `quant::Q8Blocks`): `n` quants (i8, as bytes) and `n / 32` `[d, s]` pairs.
+#[derive(Clone, Copy)]
+pub struct A8<'a, 'b> {
+    pub qs: &'a CudaView<'b, u8>,
+    pub ds: &'a CudaView<'b, f32>,
+}
+
+/// A destination for an [`A8`] vector.
+pub struct A8Mut<'a, 'b> {
+    pub qs: &'a mut CudaViewMut<'b, u8>,
+    pub ds: &'a mut CudaViewMut<'b, f32>,
+}
+
+/// Checks an 8-bit activation vector of `n` elements (named `name`): lengths and alignment
+/// (`qs` 16 bytes, `ds` 8).
+fn a8_ok(
+    k: &'static str,
+    name: &str,
+    (qs, ds): (u64, u64),
+    (n_qs, n_ds): (usize, usize),
+    n: usize,
+) -> Result<()> {
+    ensure(
+        k,
+        n.is_multiple_of(32) && n_qs == n && n_ds == n / 16,
+        || {
+            format!(
+                "{name}: 8-bit activations of {n_qs} quants and {n_ds} scale floats for {n} elements (want {n} and {})",
+                n / 16
+            )
+        },
+    )?;
+    ensure(k, qs.is_multiple_of(16) && ds.is_multiple_of(8), || {
+        format!(
+            "{name}: 8-bit activations at {qs:#x} / scales at {ds:#x} are not 16- / 8-byte aligned"
+        )
+    })
+}
+
+/// Whether [`swiglu_a8`] runs this gate/up pair: one legacy type, the same shape, rows and
+/// columns multiples of 32, at most `SWIGLU_A8_MAX_COLS` columns.
+pub fn swiglu_a8_supported(gate: &DeviceTensor, up: &DeviceTensor) -> bool {
+    gate.ty == up.ty
+        && gate.rows == up.rows
+        && gate.cols == up.cols
+        && gate.rows.is_multiple_of(SWIGLU_A8_ROWS)
+        && gate.cols.is_multiple_of(32)
+        && gate.cols <= SWIGLU_A8_MAX_COLS
+        && swiglu_a8_kernel(gate.ty).is_some()
+}
+
+/// `h = silu(Wg x̂) · (Wu x̂)` with `x̂` the RMSNorm of `inp` quantized to 8 bits (as the CPU's
+/// `Q8Blocks`), integer dot products, in one launch; `h` is also written quantized (`hq`, the
+/// input of [`matvec_a8`] for the down projection). See [`swiglu_a8_supported`].
+pub fn swiglu_a8(
+    gpu: &Gpu,
+    gate: &DeviceTensor,
+    up: &DeviceTensor,
+    inp: NormedInput,
+    h: &mut CudaViewMut<f32>,
+    hq: A8Mut,
+) -> Result<()> {
+    const K: &str = "swiglu_a8";
+    let Some(k) = swiglu_a8_kernel(gate.ty) else {
+        return Err(shape_err(
+            K,
+            format!(
+                "{}: no 8-bit-activation gate/up kernel for {}",
+                gate.name, gate.ty
+            ),
+        ));
+    };
+    ensure(k, swiglu_a8_supported(gate, up), || {
+        format!(
+            "{} ({} {} x {}) and {} ({} {} x {}): not one type and shape with rows a multiple of {SWIGLU_A8_ROWS} and at most {SWIGLU_A8_MAX_COLS} columns",
+            gate.name, gate.ty, gate.rows, gate.cols, up.name, up.ty, up.rows, up.cols
+        )
+    })?;
+    normed_input_ok(gpu, k, &gate.name, &inp, gate.cols)?;
+    ensure(k, h.len() == gate.rows, || {
+        format!("{}: h {} for {} rows", gate.name, h.len(), gate.rows)
+    })?;
+    a8_ok(
+        k,
+        &gate.name,
+        (addr(gpu, hq.qs), addr(gpu, hq.ds)),
+        (hq.qs.len(), hq.ds.len()),
+        gate.rows,
+    )?;
+    let cols = to_u32(k, "cols", gate.cols)?;
+    // The block's 64 weight rows staged through shared memory when they fit in a launch's
+    // default 48 KB (the qwen FFN: 40 KB), else read in place.
+    let row_bytes = gate.ty.row_bytes(gate.cols).unwrap_or(0);
+    let staged = swiglu_a8_smem_bytes(gate.cols, row_bytes, true) <= SMEM_DEFAULT_MAX;
+    let cfg = LaunchConfig {
+        grid_dim: ((gate.rows / SWIGLU_A8_ROWS) as u32, 1, 1),
+        block_dim: (32 * SWIGLU_A8_WARPS as u32, 1, 1),
+        shared_mem_bytes: swiglu_a8_smem_bytes(gate.cols, row_bytes, staged) as u32,
+    };
+    let (gv, uv) = (gate.data.as_view(), up.data.as_view());
+    let (x, g, eps) = (inp.x, inp.weight, inp.eps);
+    let staged = staged as u32;
+    launch!(
+        gpu, k, cfg, &gv, &uv, x, g, &eps, h, hq.qs, hq.ds, &cols, &staged
+    );
+    Ok(())
+}
+
+/// Whether [`matvec_a8`] has a kernel for `w`'s type.
+pub fn matvec_a8_supported(w: &DeviceTensor) -> bool {
+    matvec_a8_kernel(w.ty).is_some()
+}
+
+/// `y = W x̂` (or plus a bias, or added into `y`, as [`matvec_with`]) for activations `x`
+/// already quantized to 8 bits (an [`A8`] vector of `cols` elements), integer dot products.
+pub fn matvec_a8(
+    gpu: &Gpu,
+    w: &DeviceTensor,
+    x: A8,
+    y: &mut CudaViewMut<f32>,
+    out: MatvecOut,
+) -> Result<()> {
+    const K: &str = "matvec_a8";
+    let Some(k) = matvec_a8_kernel(w.ty) else {
+        return Err(shape_err(
+            K,
+            format!("{}: no 8-bit-activation matvec kernel for {}", w.name, w.ty),
+        ));
+    };
+    a8_ok(
+        k,
+        &w.name,
+        (addr(gpu, x.qs), addr(gpu, x.ds)),
+        (x.qs.len(), x.ds.len()),
+        w.cols,
+    )?;
+    ensure(k, y.len() == w.rows, || {
+        format!("{}: y {} for {} rows", w.name, y.len(), w.rows)
+    })?;
+    let (rows, cols) = (to_u32(k, "rows", w.rows)?, to_u32(k, "cols", w.cols)?);
+    let cfg = LaunchConfig {
+        grid_dim: (rows, 1, 1),
+        block_dim: (32 * kernels_gpu::shapes::MATVEC_KWARP_WARPS as u32, 1, 1),
+        shared_mem_bytes: row_stage_smem(w),
+    };
+    let wv = w.data.as_view();
+    // The kernel's `add` argument: the bias, or (unread) the scales as a valid pointer.
+    let (add, mode) = match out {
+        MatvecOut::Store => (x.ds, 0u32),
+        MatvecOut::Bias(b) => {
+            ensure(k, b.len() == w.rows, || {
+                format!("{}: bias {} for {} rows", w.name, b.len(), w.rows)
+            })?;
+            (b, 1)
+        }
+        MatvecOut::Accumulate => (x.ds, 2),
+    };
+    launch!(gpu, k, cfg, &wv, x.qs, x.ds, y, &rows, &cols, add, &mode);
     Ok(())
 }
 

@@ -15,6 +15,13 @@ pub const N_DECODE: usize = 64;
 pub const N_NEXT: usize = 8;
 pub const MAX_REL_L2: f64 = 2e-3;
 pub const MARGIN: f32 = 0.1;
+/// The argmax margin of the configurations with 8-bit FFN activations: 0.25. Rounding the
+/// activations to 8 bits moves a logit by up to ≈ 0.2 on the real models (a top-1/top-2 margin of
+/// 0.17 flipped at one of 576 positions on SmolLM2), which is the spread between established
+/// implementations too: llama.cpp's logits (8-bit activations in its integer matvecs) differ from
+/// HF transformers' by up to 0.22 in log-probability on both real models
+/// (`gpu_real`, the reference logits).
+pub const A8_MARGIN: f32 = 0.25;
 
 pub fn headers_dir() -> PathBuf {
     std::env::var_os("GPU_FIXTURE_HEADERS")
@@ -185,11 +192,17 @@ pub struct GpuReport {
 }
 
 /// Compares a GPU run with the CPU's rows `cpu` (of the same KV-cache precision) at every
-/// position: logits rel L2 ≤ the position's bar; argmax equal where the CPU margin > MARGIN,
+/// position: logits rel L2 ≤ the position's bar; argmax equal where the CPU margin > `margin`,
 /// device-side ids included. The bar is `bar`, or with `sens` (each position's f16-cache
 /// sensitivity, see [`check_model`]) `max(bar, F16_CACHE_ALLOWANCE · sens[p])`. Does not panic,
 /// so that every run is reported before the verdict.
-pub fn compare(run: &GpuRun, cpu: &[Vec<f32>], bar: f64, sens: Option<&[f64]>) -> GpuReport {
+pub fn compare(
+    run: &GpuRun,
+    cpu: &[Vec<f32>],
+    bar: f64,
+    margin: f32,
+    sens: Option<&[f64]>,
+) -> GpuReport {
     let label = &run.label;
     let mut rep = GpuReport {
         label: label.clone(),
@@ -242,7 +255,7 @@ pub fn compare(run: &GpuRun, cpu: &[Vec<f32>], bar: f64, sens: Option<&[f64]>) -
             );
         }
         let (ca, cm) = top2(cr);
-        if cm > MARGIN {
+        if cm > margin {
             rep.checks += 1;
             let ga = top2(gr).0;
             if ga != ca {
@@ -255,7 +268,7 @@ pub fn compare(run: &GpuRun, cpu: &[Vec<f32>], bar: f64, sens: Option<&[f64]>) -
     }
     for &(pos, id) in &run.next {
         let (ca, cm) = top2(&cpu[pos]);
-        if cm > MARGIN {
+        if cm > margin {
             rep.checks += 1;
             if id as usize != ca {
                 fail(
@@ -282,7 +295,7 @@ pub fn compare(run: &GpuRun, cpu: &[Vec<f32>], bar: f64, sens: Option<&[f64]>) -
     }
     eprintln!(
         "{label}: {} positions compared, rel L2 median {:.2e}, p99 {:.2e}, max {:.2e} at position {}; \
-         {} above {bar:e}; argmax compared at {} positions (CPU margin > {MARGIN}); \
+         {} above {bar:e}; argmax compared at {} positions (CPU margin > {margin}); \
          prefill {N_PROMPT} tokens {:.1} ms, decode {:.2} ms/token (both incl. logits download) on {}; {}",
         rep.compared,
         pct(0.5),
@@ -324,6 +337,12 @@ pub const F16_CACHE_ALLOWANCE: f64 = 2.0;
 /// f16 before every prefill product: ~2^-12 relative per operand, amplified through the layers).
 pub const FAST_REL_L2: f64 = 1e-2;
 
+/// The bar of the configurations with 8-bit FFN activations in decode (`CudaOptions::ffn_a8`):
+/// the normed FFN input and the SwiGLU output rounded to 8 bits per block of 32 (≈ 2^-8 of the
+/// block's largest value), as llama.cpp's integer matvecs do; prefill positions stay at the f32
+/// arithmetic of the other runs.
+pub const A8_REL_L2: f64 = 2e-2;
+
 /// The whole check on one model. Each GPU configuration is compared at every position (none
 /// skipped) with the CPU run of the same KV-cache precision:
 /// 1. reference precision (f32 GEMMs, f32 LM head, f32 KV cache) against the CPU with an f32
@@ -331,13 +350,18 @@ pub const FAST_REL_L2: f64 = 1e-2;
 /// 2. reference precision with an f16 KV cache against the CPU with an f16 cache: [`MAX_REL_L2`]
 ///    (the GPU's f16 cache path alone);
 /// 3. the default configuration (f16 KV cache, split-f16 `F16x3` GEMMs, the Q8_0 LM head in
-///    planar form, `matvec_q8p`) against the CPU with an f16 cache: [`MAX_REL_L2`];
-/// 4. the plain f16 tensor-core GEMM configuration (f16 KV cache, Q8_0 LM head) against the CPU
-///    with an f16 cache: [`FAST_REL_L2`];
+///    planar form, `matvec_q8p`, 8-bit FFN activations in decode) against the CPU with an f16
+///    cache: [`A8_REL_L2`], argmax margin [`A8_MARGIN`];
+/// 4. the plain f16 tensor-core GEMM configuration (f16 KV cache, Q8_0 LM head, 8-bit FFN
+///    activations) against the CPU with an f16 cache: [`FAST_REL_L2`] and [`A8_REL_L2`], the
+///    larger, argmax margin [`A8_MARGIN`];
 /// 5. reference precision with the `F16x3` GEMMs instead of the f32 ones against the CPU with an
 ///    f32 cache: [`MAX_REL_L2`], like run 1.
 /// 6. the default configuration with the LM head as an f16 copy and cuBLAS
-///    (`CudaOptions::lm_head_q8` off) against the CPU with an f16 cache: [`MAX_REL_L2`].
+///    (`CudaOptions::lm_head_q8` off) and f32 FFN activations (`CudaOptions::ffn_a8` off)
+///    against the CPU with an f16 cache: [`MAX_REL_L2`].
+///
+/// Argmax margin [`MARGIN`] where not stated.
 ///
 /// In 2–6 a position that the f16 cache itself makes ill-conditioned gets a larger bar
 /// ([`F16_CACHE_ALLOWANCE`]); at every other position, and in 1 everywhere, the bar is as
@@ -373,14 +397,18 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         0,
     );
     let default = gpu_run(
-        &format!("{label} default (f16 KV cache, split-f16 GEMMs, Q8_0 LM head)"),
+        &format!(
+            "{label} default (f16 KV cache, split-f16 GEMMs, Q8_0 LM head, 8-bit FFN activations)"
+        ),
         g,
         base,
         &cpu.tokens,
         N_NEXT,
     );
     let fast = gpu_run(
-        &format!("{label} f16 tensor-core GEMMs (f16 KV cache, Q8_0 LM head)"),
+        &format!(
+            "{label} f16 tensor-core GEMMs (f16 KV cache, Q8_0 LM head, 8-bit FFN activations)"
+        ),
         g,
         CudaOptions {
             gemm: GemmKind::F16F32,
@@ -400,10 +428,13 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
         0,
     );
     let f16_head = gpu_run(
-        &format!("{label} f16 LM head copy (cuBLAS; f16 KV cache, split-f16 GEMMs)"),
+        &format!(
+            "{label} f16 LM head copy (cuBLAS; f16 KV cache, split-f16 GEMMs, f32 FFN activations)"
+        ),
         g,
         CudaOptions {
             lm_head_q8: false,
+            ffn_a8: false,
             ..base
         },
         &cpu.tokens,
@@ -440,12 +471,12 @@ pub fn check_model(label: &str, g: &Gguf, cpu: &CpuRun) {
     );
     let s = Some(&sens[..]);
     let reports = [
-        compare(&exact, &cpu.kv32, MAX_REL_L2, None),
-        compare(&kv16, &cpu.kv16, MAX_REL_L2, s),
-        compare(&default, &cpu.kv16, MAX_REL_L2, s),
-        compare(&fast, &cpu.kv16, FAST_REL_L2, s),
-        compare(&split, &cpu.kv32, MAX_REL_L2, s),
-        compare(&f16_head, &cpu.kv16, MAX_REL_L2, s),
+        compare(&exact, &cpu.kv32, MAX_REL_L2, MARGIN, None),
+        compare(&kv16, &cpu.kv16, MAX_REL_L2, MARGIN, s),
+        compare(&default, &cpu.kv16, A8_REL_L2, A8_MARGIN, s),
+        compare(&fast, &cpu.kv16, FAST_REL_L2.max(A8_REL_L2), A8_MARGIN, s),
+        compare(&split, &cpu.kv32, MAX_REL_L2, MARGIN, s),
+        compare(&f16_head, &cpu.kv16, MAX_REL_L2, MARGIN, s),
     ];
     let fails: Vec<String> = reports.iter().filter_map(|r| r.failure.clone()).collect();
     assert!(fails.is_empty(), "{}", fails.join("\n"));
