@@ -47,6 +47,27 @@ mod test_rng {
         pub fn f(&mut self) -> f32 {
             (self.next() % 2001) as f32 / 1000.0 - 1.0
         }
+        /// An f16 in ±[2^-8, 2^-6): normal, so the comparisons of the tests are meaningful.
+        pub fn small_f16(&mut self) -> [u8; 2] {
+            let exp = 7 + self.next() % 2; // biased exponent 7..9
+            let h = ((self.next() & 1) << 15) | (exp << 10) | (self.next() & 0x3ff);
+            (h as u16).to_le_bytes()
+        }
+    }
+
+    /// Checks a lane-arithmetic result `got` against `Σ w_i x_i` in f64: within 1e-5 of
+    /// `Σ |w_i x_i|`.
+    pub fn check_dot(w: &[f32], x: &[f32], got: f32) {
+        let want: f64 = w.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let mag: f64 = w
+            .iter()
+            .zip(x)
+            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+            .sum();
+        assert!(
+            (got as f64 - want).abs() <= 1e-5 * mag + 1e-30,
+            "got {got}, want {want} (Σ|wx| {mag})"
+        );
     }
 }
 

@@ -598,35 +598,14 @@ mod tests {
         assert!(offset_of!(BlockQ6K, d) == 208);
     };
 
-    use crate::test_rng::Lcg;
-
-    /// An f16 in ±[2^-8, 2^-6): normal, so the comparison below is meaningful.
-    fn small_f16(r: &mut Lcg) -> [u8; 2] {
-        let exp = 7 + r.next() % 2; // biased exponent 7..9
-        let h = ((r.next() & 1) << 15) | (exp << 10) | (r.next() & 0x3ff);
-        (h as u16).to_le_bytes()
-    }
-
-    /// Checks Σ over pieces against the dequantized block dotted in f64.
-    fn check(vals: &[f32], x: &[f32], got: f32) {
-        let want: f64 = vals.iter().zip(x).map(|(&w, &x)| w as f64 * x as f64).sum();
-        let mag: f64 = vals
-            .iter()
-            .zip(x)
-            .map(|(&w, &x)| (w as f64 * x as f64).abs())
-            .sum();
-        assert!(
-            (got as f64 - want).abs() <= 1e-5 * mag + 1e-30,
-            "got {got}, want {want} (Σ|wx| {mag})"
-        );
-    }
+    use crate::test_rng::{Lcg, check_dot as check};
 
     fn legacy<B: Block<32> + Legacy4, const N: usize>(fix: &[usize]) {
         let mut r = Lcg(7 + N as u64);
         for _ in 0..500 {
             let mut bytes: [u8; N] = r.bytes();
             for &o in fix {
-                bytes[o..o + 2].copy_from_slice(&small_f16(&mut r));
+                bytes[o..o + 2].copy_from_slice(&r.small_f16());
             }
             // A u16-aligned copy, as on the device.
             let mut buf = [0u16; 32];
@@ -691,7 +670,7 @@ mod tests {
         for _ in 0..200 {
             let mut bytes: [u8; N] = r.bytes();
             for &o in fix {
-                bytes[o..o + 2].copy_from_slice(&small_f16(&mut r));
+                bytes[o..o + 2].copy_from_slice(&r.small_f16());
             }
             let mut buf = [0u16; 128];
             let p = buf.as_mut_ptr() as *mut u8;

@@ -363,7 +363,7 @@ impl KQ8 for BlockQ6K {
 mod tests {
     use super::*;
     use crate::quant::{Block, QK_K, QK32};
-    use crate::test_rng::Lcg;
+    use crate::test_rng::{Lcg, check_dot as check};
 
     /// The CPU's quantization of one block of 32 (`quant::act::quantize_into`), written the
     /// other way round (by the formula, with `round_ties_even`), to check `q8_round`.
@@ -377,26 +377,6 @@ mod tests {
 
     fn words(q: &[i8]) -> [u32; 8] {
         core::array::from_fn(|w| u32::from_le_bytes(core::array::from_fn(|i| q[4 * w + i] as u8)))
-    }
-
-    fn small_f16(r: &mut Lcg) -> [u8; 2] {
-        let exp = 7 + r.next() % 2;
-        let h = ((r.next() & 1) << 15) | (exp << 10) | (r.next() & 0x3ff);
-        (h as u16).to_le_bytes()
-    }
-
-    /// `got` against `Σ w_i · d q_i` in f64, within 1e-5 of `Σ |w_i · d q_i|`.
-    fn check(w: &[f32], xq: &[f32], got: f32) {
-        let want: f64 = w.iter().zip(xq).map(|(&a, &b)| a as f64 * b as f64).sum();
-        let mag: f64 = w
-            .iter()
-            .zip(xq)
-            .map(|(&a, &b)| (a as f64 * b as f64).abs())
-            .sum();
-        assert!(
-            (got as f64 - want).abs() <= 1e-5 * mag + 1e-30,
-            "got {got}, want {want} (Σ|wx| {mag})"
-        );
     }
 
     #[test]
@@ -434,7 +414,7 @@ mod tests {
         for _ in 0..500 {
             let mut bytes: [u8; N] = r.bytes();
             for &o in fix {
-                bytes[o..o + 2].copy_from_slice(&small_f16(&mut r));
+                bytes[o..o + 2].copy_from_slice(&r.small_f16());
             }
             let mut buf = [0u16; 32];
             let p = buf.as_mut_ptr() as *mut u8;
@@ -475,7 +455,7 @@ mod tests {
         for _ in 0..300 {
             let mut bytes: [u8; N] = r.bytes();
             for &o in fix {
-                bytes[o..o + 2].copy_from_slice(&small_f16(&mut r));
+                bytes[o..o + 2].copy_from_slice(&r.small_f16());
             }
             #[repr(align(16))]
             struct Buf([u8; 224]);
