@@ -1177,25 +1177,12 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
 /// the quants as bytes, the `[d, s]` pairs interleaved as the device layout, and the values
 /// the integer dot products see (`d · q`).
 fn q8_cpu(x: &[f32]) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
-    let host::quant::QuantizedVec::Q8(b) =
-        host::quant::QuantizedVec::new(host::quant::ActKind::Q8, x).unwrap()
-    else {
+    let v = host::quant::QuantizedVec::new(host::quant::ActKind::Q8, x).unwrap();
+    let host::quant::QuantizedVec::Q8(b) = &v else {
         unreachable!("ActKind::Q8 gives Q8 blocks")
     };
-    let qs: Vec<u8> = b.qs().iter().flatten().map(|&q| q as u8).collect();
-    let ds: Vec<f32> = b
-        .d()
-        .iter()
-        .zip(b.s())
-        .flat_map(|(&d, &s)| [d, s])
-        .collect();
-    let deq: Vec<f32> = b
-        .qs()
-        .iter()
-        .zip(b.d())
-        .flat_map(|(q, &d)| q.map(|v| d * v as f32))
-        .collect();
-    (qs, ds, deq)
+    let (qs, ds) = b.device_layout();
+    (qs, ds, v.dequantize())
 }
 
 /// f64 dot of each row of `deq` (`cols` wide) with `x`, and `Σ |w · x|`.

@@ -717,24 +717,13 @@ impl Bench<'_> {
                     .map(|_| DeviceTensor::upload(g, "bench", t_ty, rows, cols, &bytes))
                     .collect::<Result<_, _>>()?;
                 let x = self.rand(cols, 3.0);
-                let QuantizedVec::Q8(xb) =
-                    QuantizedVec::new(ActKind::Q8, &x).map_err(|e| format!("matvec_a8: {e}"))?
-                else {
+                let xv =
+                    QuantizedVec::new(ActKind::Q8, &x).map_err(|e| format!("matvec_a8: {e}"))?;
+                let QuantizedVec::Q8(xb) = &xv else {
                     return Err("matvec_a8: ActKind::Q8 gave another format".into());
                 };
-                let qs: Vec<u8> = xb.qs().iter().flatten().map(|&q| q as u8).collect();
-                let ds: Vec<f32> = xb
-                    .d()
-                    .iter()
-                    .zip(xb.s())
-                    .flat_map(|(&d, &s)| [d, s])
-                    .collect();
-                let xq: Vec<f32> = xb
-                    .qs()
-                    .iter()
-                    .zip(xb.d())
-                    .flat_map(|(q, &d)| q.map(|v| d * v as f32))
-                    .collect();
+                let (qs, ds) = xb.device_layout();
+                let xq = xv.dequantize();
                 let (dq, dd) = (self.up(&qs)?, self.up(&ds)?);
                 let (dqv, ddv) = (dq.as_view(), dd.as_view());
                 let a8 = ops::A8 { qs: &dqv, ds: &ddv };

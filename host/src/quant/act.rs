@@ -54,6 +54,19 @@ impl Q8Blocks {
     pub fn qs(&self) -> &[[i8; QK32]] {
         &self.qs
     }
+
+    /// The GPU's layout of these blocks (`kernels-gpu/src/q8_act.rs`): the quants as bytes, and
+    /// `[d, s]` per block.
+    pub fn device_layout(&self) -> (Vec<u8>, Vec<f32>) {
+        let qs = self.qs.iter().flatten().map(|&q| q as u8).collect();
+        let ds = self
+            .d
+            .iter()
+            .zip(&self.s)
+            .flat_map(|(&d, &s)| [d, s])
+            .collect();
+        (qs, ds)
+    }
 }
 
 /// An activation super-block for the K-quants.
