@@ -90,7 +90,7 @@ unsafe fn matvec<B: Sub32>(
 /// # Safety
 /// `row` < rows; `y` holds rows floats, and so does `add` when `mode` is [`ADD`].
 #[inline(always)]
-pub(crate) unsafe fn store(y: *mut f32, row: usize, acc: f32, add: *const f32, mode: u32) {
+unsafe fn store(y: *mut f32, row: usize, acc: f32, add: *const f32, mode: u32) {
     // SAFETY: caller contract.
     unsafe {
         match mode {
@@ -98,6 +98,26 @@ pub(crate) unsafe fn store(y: *mut f32, row: usize, acc: f32, add: *const f32, m
             ACCUMULATE => *y.add(row) += acc,
             _ => *y.add(row) = acc,
         }
+    }
+}
+
+/// The row's value from each thread's share `acc` (a block reduction), written by thread 0 as
+/// [`store`]. Every thread of the block calls it.
+///
+/// # Safety
+/// As [`store`].
+#[inline(always)]
+pub(crate) unsafe fn store_block_sum(
+    y: *mut f32,
+    row: usize,
+    acc: f32,
+    add: *const f32,
+    mode: u32,
+) {
+    let acc = gpu::block_sum(acc);
+    if gpu::thread_x() == 0 {
+        // SAFETY: caller contract.
+        unsafe { store(y, row, acc, add, mode) };
     }
 }
 
@@ -534,11 +554,8 @@ unsafe fn matvec_kwarp<B: KWarp>(
         step(4);
         b += KWARP_WARPS * KWARP_UNROLL;
     }
-    let acc = gpu::block_sum(acc);
-    if gpu::thread_x() == 0 {
-        // SAFETY: row < rows; y holds rows floats.
-        unsafe { store(y, row, acc, add, mode) };
-    }
+    // SAFETY: row < rows; y (and add) as the kernel's contract.
+    unsafe { store_block_sum(y, row, acc, add, mode) };
 }
 
 macro_rules! matvec_kernels_with {

@@ -12,11 +12,11 @@
 //! the launch gives it room.
 //!
 //! Launch: grid = (rows, 1, 1), block = (32 W, 1, 1), dynamic shared memory
-//! `shapes::row_stage_smem_bytes(row_bytes)` or 0. Limits: `cols` a multiple of the type's
+//! `shapes::stage_bytes(row_bytes)` or 0. Limits: `cols` a multiple of the type's
 //! block size; `xq` 4-byte and `xd` 8-byte aligned (the launcher checks).
 
 use crate::gpu;
-use crate::matvec::{KWARP_UNROLL, KWARP_WARPS, UNROLL, store};
+use crate::matvec::{KWARP_UNROLL, KWARP_WARPS, UNROLL, store_block_sum};
 use crate::matvec_dot::{Raw, pin_raw};
 use crate::q8_act::{KQ8, LegacyQ8};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0};
@@ -36,7 +36,7 @@ unsafe fn ds_at(xd: *const f32, b: usize) -> [f32; 2] {
 
 /// The row at `src` (`len` bytes), copied into the block's shared memory in coalesced 16-byte
 /// words (`gpu::stage`, keeping the row's alignment modulo 16) when the launch gave the block
-/// room for it (`shapes::row_stage_smem_bytes(len)` of dynamic shared memory), else `src`
+/// room for it (`shapes::stage_bytes(len)` of dynamic shared memory), else `src`
 /// itself. The lanes' narrow, strided reads of their blocks then hit shared memory instead of
 /// each costing several global-memory transactions;
 /// staging the f32-activation kernels measured slower (PERF.md change 26). Every thread of the block calls
@@ -46,7 +46,7 @@ unsafe fn ds_at(xd: *const f32, b: usize) -> [f32; 2] {
 /// `src .. src + len` is inside a device tensor (padded to 16 bytes).
 #[inline(always)]
 unsafe fn stage_row(src: *const u8, len: usize) -> *const u8 {
-    if (gpu::dyn_smem_size() as usize) < crate::shapes::row_stage_smem_bytes(len) {
+    if (gpu::dyn_smem_size() as usize) < crate::shapes::stage_bytes(len) {
         return src; // launch-uniform
     }
     // SAFETY: caller contract; the shared memory holds the covering words (checked above).
@@ -111,11 +111,8 @@ unsafe fn matvec_a8_legacy<B: LegacyQ8>(
         step(3, v3);
         b += stride * UNROLL;
     }
-    let acc = gpu::block_sum(acc);
-    if gpu::thread_x() == 0 {
-        // SAFETY: row < rows; y holds rows floats.
-        unsafe { store(y, row, acc, add, mode) };
-    }
+    // SAFETY: row < rows; y (and add) as the kernel's contract.
+    unsafe { store_block_sum(y, row, acc, add, mode) };
 }
 
 /// Q4_K, Q6_K: the layout of `matvec_kwarp`.
@@ -170,11 +167,8 @@ unsafe fn matvec_a8_k<B: KQ8>(
         step(4, v4);
         b += KWARP_WARPS * KWARP_UNROLL;
     }
-    let acc = gpu::block_sum(acc);
-    if gpu::thread_x() == 0 {
-        // SAFETY: row < rows; y holds rows floats.
-        unsafe { store(y, row, acc, add, mode) };
-    }
+    // SAFETY: row < rows; y (and add) as the kernel's contract.
+    unsafe { store_block_sum(y, row, acc, add, mode) };
 }
 
 macro_rules! matvec_a8_kernels {

@@ -78,12 +78,6 @@ pub const fn stage_bytes(len: usize) -> usize {
     (len + 15).div_ceil(16) * 16
 }
 
-/// Dynamic shared memory of the row-per-block matvec kernels that stage their row
-/// (`matvec_a8_*`) for rows of `row_bytes`.
-pub const fn row_stage_smem_bytes(row_bytes: usize) -> usize {
-    stage_bytes(row_bytes)
-}
-
 /// Dynamic shared memory of `swiglu_a8_*` for rows of `cols` elements, `row_bytes` bytes each,
 /// bytes: when `staged`, the block's 32 gate rows and 32 up rows (each a contiguous, 64-byte
 /// aligned run), then the quantized row (`cols` bytes), its `[d, s]` pairs (`cols / 32` of 8

@@ -130,28 +130,28 @@ pub fn matvec_kernel(t: GgmlType) -> &'static str {
 /// legacy 32-element block types).
 pub fn matvec_swiglu_kernel(t: GgmlType) -> Option<&'static str> {
     let name = format!("matvec_swiglu_{}", type_suffix(t));
-    KERNELS.iter().copied().find(|k| *k == name)
+    lookup(&name)
 }
 
 /// The gate/up/SwiGLU kernel on 8-bit activations (`swiglu_a8_*`) for weights of type `t`,
 /// where there is one (the legacy 32-element block types).
 pub fn swiglu_a8_kernel(t: GgmlType) -> Option<&'static str> {
     let name = format!("swiglu_a8_{}", type_suffix(t));
-    KERNELS.iter().copied().find(|k| *k == name)
+    lookup(&name)
 }
 
 /// The matvec kernel on 8-bit activations (`matvec_a8_*`) for weights of type `t`, where there
 /// is one (the legacy types, Q4_K and Q6_K).
 pub fn matvec_a8_kernel(t: GgmlType) -> Option<&'static str> {
     let name = format!("matvec_a8_{}", type_suffix(t));
-    KERNELS.iter().copied().find(|k| *k == name)
+    lookup(&name)
 }
 
 /// The fused q/k/v matvec kernel for q and k of type `qk` and v of type `v`, where there is one
 /// (legacy types, v of the same type or Q8_0).
 pub fn matvec_qkv_kernel(qk: GgmlType, v: GgmlType) -> Option<&'static str> {
     let name = format!("matvec_qkv_{}_{}", type_suffix(qk), type_suffix(v));
-    KERNELS.iter().copied().find(|k| *k == name)
+    lookup(&name)
 }
 
 /// The dequantization kernel for type `t` writing `out`: `"f32"`, `"f16"` or `"f16x3"` (the
@@ -160,11 +160,13 @@ pub fn dequant_kernel(t: GgmlType, out: &str) -> &'static str {
     find(&format!("dequant_{}_{out}", type_suffix(t)))
 }
 
+/// The kernel called `name`, if the module has one.
+fn lookup(name: &str) -> Option<&'static str> {
+    KERNELS.iter().copied().find(|k| *k == name)
+}
+
 fn find(name: &str) -> &'static str {
-    KERNELS
-        .iter()
-        .copied()
-        .find(|k| *k == name)
+    lookup(name)
         .unwrap_or_else(|| panic!("kernel {name} missing from KERNELS (a test checks this list)"))
 }
 

@@ -15,7 +15,7 @@ use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
 use kernels_gpu::shapes::{
     PREFILL_BM, SMEM_DEFAULT_MAX, SWIGLU_A8_MAX_COLS, SWIGLU_A8_ROWS, SWIGLU_A8_WARPS,
-    prefill_smem_bytes, row_stage_smem_bytes, swiglu_a8_smem_bytes,
+    prefill_smem_bytes, stage_bytes, swiglu_a8_smem_bytes,
 };
 
 type Result<T> = std::result::Result<T, CudaError>;
@@ -746,7 +746,7 @@ pub enum MatvecOut<'a, 'b> {
 /// (`kernels-gpu/src/matvec.rs` `stage_row`) when it fits a launch's default 48 KB, else 0 (the
 /// kernel then reads the row in place).
 fn row_stage_smem(w: &DeviceTensor) -> u32 {
-    match w.ty.row_bytes(w.cols).map(row_stage_smem_bytes) {
+    match w.ty.row_bytes(w.cols).map(stage_bytes) {
         Some(b) if b <= SMEM_DEFAULT_MAX => b as u32,
         _ => 0,
     }
