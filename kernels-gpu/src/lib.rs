@@ -55,6 +55,36 @@ mod test_rng {
         }
     }
 
+    /// A block's bytes in a 16-byte aligned buffer (as on the device, where blocks are at least
+    /// 2-byte aligned and Q4_K super-blocks 16-byte aligned).
+    #[repr(C, align(16))]
+    pub struct Aligned(pub [u8; 224]);
+
+    impl Aligned {
+        pub fn ptr(&self) -> *const u8 {
+            self.0.as_ptr()
+        }
+    }
+
+    /// A random block of type `B` (`N` bytes; the f16 fields at byte offsets `fix` made normal),
+    /// copied into an aligned buffer, with its values from the block's own `dequantize`.
+    pub fn random_block<const QK: usize, B: crate::quant::Block<QK>, const N: usize>(
+        r: &mut Lcg,
+        fix: &[usize],
+    ) -> (Aligned, [f32; QK]) {
+        let mut bytes: [u8; N] = r.bytes();
+        for &o in fix {
+            bytes[o..o + 2].copy_from_slice(&r.small_f16());
+        }
+        let mut buf = Aligned([0; 224]);
+        buf.0[..N].copy_from_slice(&bytes);
+        let mut vals = [0.0f32; QK];
+        crate::quant::read_block::<QK, B>(&bytes)
+            .unwrap()
+            .dequantize(&mut vals);
+        (buf, vals)
+    }
+
     /// Checks a lane-arithmetic result `got` against `Σ w_i x_i` in f64: within 1e-5 of
     /// `Σ |w_i x_i|`.
     pub fn check_dot(w: &[f32], x: &[f32], got: f32) {

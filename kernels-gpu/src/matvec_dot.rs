@@ -598,23 +598,13 @@ mod tests {
         assert!(offset_of!(BlockQ6K, d) == 208);
     };
 
-    use crate::test_rng::{Lcg, check_dot as check};
+    use crate::test_rng::{Lcg, check_dot as check, random_block};
 
     fn legacy<B: Block<32> + Legacy4, const N: usize>(fix: &[usize]) {
         let mut r = Lcg(7 + N as u64);
         for _ in 0..500 {
-            let mut bytes: [u8; N] = r.bytes();
-            for &o in fix {
-                bytes[o..o + 2].copy_from_slice(&r.small_f16());
-            }
-            // A u16-aligned copy, as on the device.
-            let mut buf = [0u16; 32];
-            // SAFETY: buf has 64 ≥ N bytes; u8 has alignment 1.
-            let p = buf.as_mut_ptr() as *mut u8;
-            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, N) };
-            let blk = crate::quant::read_block::<32, B>(&bytes).unwrap();
-            let mut vals = [0.0f32; QK32];
-            blk.dequantize(&mut vals);
+            let (buf, vals) = random_block::<QK32, B, N>(&mut r, fix);
+            let p = buf.ptr();
             let x: [f32; 32] = core::array::from_fn(|_| r.f());
             // Each thread's load and dot over its activations at `x_at`, as the kernels do.
             let xs =
@@ -668,17 +658,8 @@ mod tests {
     fn k_quant<B: Block<256> + KWarp, const N: usize>(fix: &[usize]) {
         let mut r = Lcg(11 + N as u64);
         for _ in 0..200 {
-            let mut bytes: [u8; N] = r.bytes();
-            for &o in fix {
-                bytes[o..o + 2].copy_from_slice(&r.small_f16());
-            }
-            let mut buf = [0u16; 128];
-            let p = buf.as_mut_ptr() as *mut u8;
-            // SAFETY: buf has 256 ≥ N bytes.
-            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, N) };
-            let blk = crate::quant::read_block::<256, B>(&bytes).unwrap();
-            let mut vals = [0.0f32; QK_K];
-            blk.dequantize(&mut vals);
+            let (buf, vals) = random_block::<QK_K, B, N>(&mut r, fix);
+            let p = buf.ptr();
             let x: [f32; 256] = core::array::from_fn(|_| r.f());
             // SAFETY: p holds a whole 2-byte aligned super-block; x holds 256 floats.
             let got: f32 = (0..32).map(|l| unsafe { B::dot(p, l, x.as_ptr()) }).sum();

@@ -363,7 +363,7 @@ impl KQ8 for BlockQ6K {
 mod tests {
     use super::*;
     use crate::quant::{Block, QK_K, QK32};
-    use crate::test_rng::{Lcg, check_dot as check};
+    use crate::test_rng::{Lcg, check_dot as check, random_block};
 
     /// The CPU's quantization of one block of 32 (`quant::act::quantize_into`), written the
     /// other way round (by the formula, with `round_ties_even`), to check `q8_round`.
@@ -412,17 +412,8 @@ mod tests {
     fn legacy<B: Block<32> + LegacyQ8 + LegacyWhole, const N: usize>(fix: &[usize]) {
         let mut r = Lcg(11 + N as u64);
         for _ in 0..500 {
-            let mut bytes: [u8; N] = r.bytes();
-            for &o in fix {
-                bytes[o..o + 2].copy_from_slice(&r.small_f16());
-            }
-            let mut buf = [0u16; 32];
-            let p = buf.as_mut_ptr() as *mut u8;
-            // SAFETY: buf has 64 ≥ N bytes.
-            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, N) };
-            let blk = crate::quant::read_block::<32, B>(&bytes).unwrap();
-            let mut w = [0.0f32; QK32];
-            blk.dequantize(&mut w);
+            let (buf, w) = random_block::<QK32, B, N>(&mut r, fix);
+            let p = buf.ptr();
             let x: [f32; 32] = core::array::from_fn(|_| r.f());
             let (q, d, s) = quantize(&x);
             let xw = words(&q);
@@ -453,18 +444,8 @@ mod tests {
     fn kquant<B: Block<256> + KQ8, const N: usize>(fix: &[usize]) {
         let mut r = Lcg(17 + N as u64);
         for _ in 0..300 {
-            let mut bytes: [u8; N] = r.bytes();
-            for &o in fix {
-                bytes[o..o + 2].copy_from_slice(&r.small_f16());
-            }
-            #[repr(align(16))]
-            struct Buf([u8; 224]);
-            let mut buf = Buf([0; 224]);
-            buf.0[..N].copy_from_slice(&bytes);
-            let p = buf.0.as_ptr();
-            let blk = crate::quant::read_block::<256, B>(&bytes).unwrap();
-            let mut w = [0.0f32; QK_K];
-            blk.dequantize(&mut w);
+            let (buf, w) = random_block::<QK_K, B, N>(&mut r, fix);
+            let p = buf.ptr();
             let x: [f32; QK_K] = core::array::from_fn(|_| r.f());
             let mut xq = [0.0f32; QK_K];
             let mut xw = [[0u32; 8]; 8];
