@@ -599,6 +599,30 @@ fn normed_matvec_ref(deq: &[f32], cols: usize, h: &[f32], g: &[f32], eps: f32) -
         .collect()
 }
 
+/// The matvec epilogues against the plain result `got`, bit for bit (the same f32 additions as a
+/// separate `add` after the plain store): `launch` once with a random bias, once accumulating into
+/// a random residual.
+fn check_epilogues(
+    g: &host::cuda::Gpu,
+    rng: &mut Rng,
+    what: &str,
+    got: &[f32],
+    launch: impl Fn(&mut cudarc::driver::CudaViewMut<f32>, MatvecOut),
+) {
+    let rows = got.len();
+    let bias = random(rng, rows, 2.0);
+    let mut yb = poisoned(g, rows, f32::NAN);
+    let bd = upload(g, &bias);
+    launch(&mut yb.as_view_mut(), MatvecOut::Bias(&bd.as_view()));
+    let want_b: Vec<f32> = got.iter().zip(&bias).map(|(&a, &b)| a + b).collect();
+    assert_bits_eq(&format!("{what} + bias"), &download(g, &yb), &want_b);
+    let resid = random(rng, rows, 2.0);
+    let mut ya = upload(g, &resid);
+    launch(&mut ya.as_view_mut(), MatvecOut::Accumulate);
+    let want_a: Vec<f32> = resid.iter().zip(got).map(|(&r, &a)| r + a).collect();
+    assert_bits_eq(&format!("{what} into residual"), &download(g, &ya), &want_a);
+}
+
 proptest! {
     #![proptest_config(cfg(26))]
 
@@ -629,16 +653,9 @@ proptest! {
         }
         // The fused epilogues: the same f32 additions as a separate `add` after the plain store.
         let xd = upload(&g, &x);
-        let bias = random(&mut rng, rows, 2.0);
-        let mut yb = poisoned(&g, rows, f32::NAN);
-        ops::matvec_with(&g, &w, &xd.as_view(), &mut yb.as_view_mut(), MatvecOut::Bias(&upload(&g, &bias).as_view())).unwrap();
-        let want_b: Vec<f32> = got.iter().zip(&bias).map(|(&a, &b)| a + b).collect();
-        assert_bits_eq(&format!("matvec {t:?} {rows}x{cols} + bias"), &download(&g, &yb), &want_b);
-        let resid = random(&mut rng, rows, 2.0);
-        let mut ya = upload(&g, &resid);
-        ops::matvec_with(&g, &w, &xd.as_view(), &mut ya.as_view_mut(), MatvecOut::Accumulate).unwrap();
-        let want_a: Vec<f32> = resid.iter().zip(&got).map(|(&r, &a)| r + a).collect();
-        assert_bits_eq(&format!("matvec {t:?} {rows}x{cols} into residual"), &download(&g, &ya), &want_a);
+        check_epilogues(&g, &mut rng, &format!("matvec {t:?} {rows}x{cols}"), &got, |y, out| {
+            ops::matvec_with(&g, &w, &xd.as_view(), y, out).unwrap()
+        });
         // The fused launches (legacy types) fold the RMSNorm into their input: a residual row
         // and a norm weight, against f64 references (`normed_matvec_ref`).
         let (hr, gw, eps) = (random(&mut rng, cols, 3.0), random(&mut rng, cols, 1.5), 1e-6f32);
@@ -1236,16 +1253,9 @@ proptest! {
             prop_assert!((got[r] as f64 - want).abs() <= 1e-5 * mag + 1e-30,
                 "matvec_a8 {:?} {}x{} row {}: got {} want {} (Σ|wx| {:e})", t, rows, cols, r, got[r], want, mag);
         }
-        let bias = random(&mut rng, rows, 2.0);
-        let mut yb = poisoned(&g, rows, f32::NAN);
-        ops::matvec_a8(&g, &w, a8, &mut yb.as_view_mut(), MatvecOut::Bias(&upload(&g, &bias).as_view())).unwrap();
-        let want_b: Vec<f32> = got.iter().zip(&bias).map(|(&a, &b)| a + b).collect();
-        assert_bits_eq(&format!("matvec_a8 {t:?} {rows}x{cols} + bias"), &download(&g, &yb), &want_b);
-        let resid = random(&mut rng, rows, 2.0);
-        let mut ya = upload(&g, &resid);
-        ops::matvec_a8(&g, &w, a8, &mut ya.as_view_mut(), MatvecOut::Accumulate).unwrap();
-        let want_a: Vec<f32> = resid.iter().zip(&got).map(|(&r, &a)| r + a).collect();
-        assert_bits_eq(&format!("matvec_a8 {t:?} {rows}x{cols} into residual"), &download(&g, &ya), &want_a);
+        check_epilogues(&g, &mut rng, &format!("matvec_a8 {t:?} {rows}x{cols}"), &got, |y, out| {
+            ops::matvec_a8(&g, &w, a8, y, out).unwrap()
+        });
     }
 
     /// `swiglu_a8`: against the CPU's norm (`cpu::rms_norm`), its 8-bit quantization and f64
