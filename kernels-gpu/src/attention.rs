@@ -1271,6 +1271,8 @@ macro_rules! attention_kernels {
             neox: u32,
             scale: f32,
         ) {
+            gpu::pdl_trigger();
+            gpu::pdl_wait(); // everything it reads but the RoPE table comes from the step
             // SAFETY: forwarded contract.
             unsafe {
                 attention_decode(

@@ -428,3 +428,37 @@ pub unsafe fn stage(src: *const u8, len: usize, dst: *mut u8) -> *const u8 {
     // SAFETY: src - lo < 16 < the space's size.
     unsafe { dst.add(src as usize - lo) }
 }
+
+/// Programmatic dependent launch, the first half (sm_90; nothing on older targets): lets the next
+/// kernel of the stream, when the host launched it with the programmatic-serialization attribute,
+/// be scheduled as soon as every block of this grid has passed here
+/// (`griddepcontrol.launch_dependents`). Its blocks then start while this grid runs, and do what
+/// needs nothing from it (issue their weight loads) before they [`pdl_wait`]. The decode-step
+/// kernels call it first thing.
+#[inline(always)]
+pub fn pdl_trigger() {
+    #[cfg(target_feature = "sm_90")]
+    // SAFETY: only lets the dependent grid be scheduled; this grid's memory is untouched.
+    unsafe {
+        asm!(
+            "griddepcontrol.launch_dependents;",
+            options(nostack, preserves_flags)
+        )
+    }
+}
+
+/// Programmatic dependent launch, the second half (sm_90; nothing on older targets): waits until
+/// the grids this one depends on have completed and their writes are visible
+/// (`griddepcontrol.wait`; immediate when the launch had no programmatic dependency). A kernel
+/// the host launches with the programmatic-serialization attribute calls it before its first
+/// read of memory another kernel writes and before its first global write; before it, only the
+/// weights (never written during a forward) may be read. As an `asm` that may touch memory, it
+/// also keeps the compiler from moving loads across it.
+#[inline(always)]
+pub fn pdl_wait() {
+    #[cfg(target_feature = "sm_90")]
+    // SAFETY: a wait; it makes the previous grids' writes visible, nothing else.
+    unsafe {
+        asm!("griddepcontrol.wait;", options(nostack, preserves_flags))
+    }
+}

@@ -50,6 +50,7 @@ pub unsafe extern "ptx-kernel" fn matvec_q8p(
     rows: u32,
     cols: u32,
 ) {
+    gpu::pdl_trigger();
     let (rows, cols) = (rows as usize, cols as usize);
     let lane = gpu::lane() as usize;
     let row0 = (gpu::block_x() as usize * Q8P_WARPS + gpu::warp() as usize) * Q8P_ROWS;
@@ -81,6 +82,7 @@ pub unsafe extern "ptx-kernel" fn matvec_q8p(
             )
         };
         let b = [ldp(0), ldp(1), ldp(2), ldp(3)];
+        gpu::pdl_wait(); // the weights' loads are out; now the activations
         // SAFETY: c < chunks and the clamped c2 < chunks: inside x (cols floats, aligned).
         let (xa, xb) = unsafe { (x16(x, c), x16(x, core::cmp::min(c2, chunks - 1))) };
         let mut step = |r: usize| {
@@ -95,6 +97,7 @@ pub unsafe extern "ptx-kernel" fn matvec_q8p(
         step(3);
         c += 64;
     }
+    gpu::pdl_wait();
     let store = |r: usize, s: f32| {
         let v = gpu::warp_sum(s);
         if lane == 0 && row0 + r < rows {
@@ -137,6 +140,8 @@ pub unsafe extern "ptx-kernel" fn embedding_q8p(
     out: *mut f32,
     cols: u32,
 ) {
+    gpu::pdl_trigger();
+    gpu::pdl_wait();
     let cols = cols as usize;
     let t = gpu::block_x() as usize;
     // SAFETY: t < n_ids (the grid).

@@ -55,6 +55,7 @@ unsafe fn matvec<B: Sub32>(
     add: *const f32,
     mode: u32,
 ) {
+    gpu::pdl_wait(); // the shared decode functions load weights and activations together
     let row = gpu::block_x() as usize * ROWS_PER_BLOCK + gpu::warp() as usize;
     if row >= rows as usize {
         return; // warp-uniform; no barriers below
@@ -308,7 +309,12 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
             // sizes, device allocations).
             unsafe { B::load(wr.add(bb * B::BYTES), q) }
         };
-        let raw: [Raw; UNROLL] = [ld(0), ld(1), ld(2), ld(3)];
+        // Block `b` is in the row: its load goes out before the wait for the previous kernel
+        // (`gpu::pdl_wait`, which also keeps it from being sunk into the guarded arithmetic);
+        // the clamped ones after, as before.
+        let r0 = ld(0);
+        gpu::pdl_wait();
+        let raw: [Raw; UNROLL] = [r0, ld(1), ld(2), ld(3)];
         let mut step = |u: usize| {
             let bb = b + stride * u;
             if bb < nb {
@@ -322,6 +328,7 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
         step(3);
         b += stride * UNROLL;
     }
+    gpu::pdl_wait(); // lanes without a block wait too: the caller may write
     acc
 }
 
@@ -348,8 +355,10 @@ unsafe fn row_dot2_legacy<B: Legacy4, A: Acts>(
             // SAFETY: bb < cols / 32: a whole block of the row, 2-byte aligned.
             unsafe { B::load(w.add(bb * B::BYTES), q) }
         };
-        let ra: [Raw; UNROLL] = [ld(wa, 0), ld(wa, 1), ld(wa, 2), ld(wa, 3)];
-        let rb: [Raw; UNROLL] = [ld(wb, 0), ld(wb, 1), ld(wb, 2), ld(wb, 3)];
+        let (a0, b0) = (ld(wa, 0), ld(wb, 0));
+        gpu::pdl_wait(); // as in `row_dot_legacy`
+        let ra: [Raw; UNROLL] = [a0, ld(wa, 1), ld(wa, 2), ld(wa, 3)];
+        let rb: [Raw; UNROLL] = [b0, ld(wb, 1), ld(wb, 2), ld(wb, 3)];
         // Written out for the 4 steps (a loop over the arrays would put them in local memory).
         let mut step = |u: usize| {
             let bb = b + 8 * u;
@@ -366,6 +375,7 @@ unsafe fn row_dot2_legacy<B: Legacy4, A: Acts>(
         step(3);
         b += 8 * UNROLL;
     }
+    gpu::pdl_wait();
     (acc_a, acc_b)
 }
 
@@ -419,6 +429,7 @@ macro_rules! matvec_swiglu_kernels {
             wg: *const u8, wu: *const u8, h: *const f32, g: *const f32, eps: f32,
             out: *mut f32, rows: u32, cols: u32,
         ) {
+            gpu::pdl_trigger();
             // SAFETY: forwarded contract.
             unsafe { matvec_swiglu_legacy::<$t>(wg, wu, h, g, eps, out, rows, cols) }
         }
@@ -488,6 +499,7 @@ macro_rules! matvec_qkv_kernels {
             bq: *const f32, bk: *const f32, bv: *const f32,
             nq: u32, nk: u32, nv: u32, cols: u32, mode: u32,
         ) {
+            gpu::pdl_trigger();
             // SAFETY: forwarded contract.
             unsafe {
                 matvec_qkv_legacy::<$a, $b>(
@@ -540,6 +552,7 @@ unsafe fn matvec_kwarp<B: KWarp>(
             pin_raw(unsafe { B::load(wr.add(bb * B::BYTES), lane) })
         };
         let raw: [Raw; KWARP_UNROLL] = [ld(0), ld(1), ld(2), ld(3), ld(4)];
+        gpu::pdl_wait(); // the weights' loads are out; now the activations
         let mut step = |u: usize| {
             let bb = b + KWARP_WARPS * u;
             if bb < nb {
@@ -554,6 +567,7 @@ unsafe fn matvec_kwarp<B: KWarp>(
         step(4);
         b += KWARP_WARPS * KWARP_UNROLL;
     }
+    gpu::pdl_wait();
     // SAFETY: row < rows; y (and add) as the kernel's contract.
     unsafe { store_block_sum(y, row, acc, add, mode) };
 }
@@ -567,6 +581,7 @@ macro_rules! matvec_kernels_with {
             w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32,
             add: *const f32, mode: u32,
         ) {
+            gpu::pdl_trigger();
             // SAFETY: forwarded contract.
             unsafe { $f::<$t>(w, x, y, rows, cols, add, mode) }
         }
@@ -595,6 +610,7 @@ macro_rules! matvec_kernels {
             w: *const u8, x: *const f32, y: *mut f32, rows: u32, cols: u32,
             add: *const f32, mode: u32,
         ) {
+            gpu::pdl_trigger();
             // SAFETY: forwarded contract.
             unsafe { matvec::<$t>(w, x, y, rows, cols, add, mode) }
         }

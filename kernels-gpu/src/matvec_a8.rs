@@ -40,17 +40,19 @@ unsafe fn ds_at(xd: *const f32, b: usize) -> [f32; 2] {
 /// itself. The lanes' narrow, strided reads of their blocks then hit shared memory instead of
 /// each costing several global-memory transactions;
 /// staging the f32-activation kernels measured slower (PERF.md change 26). Every thread of the block calls
-/// it.
+/// it. It also waits for the previous kernel (`gpu::pdl_wait`), while the copies are in flight.
 ///
 /// # Safety
 /// `src .. src + len` is inside a device tensor (padded to 16 bytes).
 #[inline(always)]
 unsafe fn stage_row(src: *const u8, len: usize) -> *const u8 {
     if (gpu::dyn_smem_size() as usize) < crate::shapes::stage_bytes(len) {
+        gpu::pdl_wait();
         return src; // launch-uniform
     }
     // SAFETY: caller contract; the shared memory holds the covering words (checked above).
     let p = unsafe { gpu::stage(src, len, gpu::dyn_smem::<u8>()) };
+    gpu::pdl_wait();
     gpu::cp_async_wait_all();
     gpu::sync_threads();
     p
@@ -183,6 +185,7 @@ macro_rules! matvec_a8_kernels {
             w: *const u8, xq: *const u32, xd: *const f32, y: *mut f32, rows: u32, cols: u32,
             add: *const f32, mode: u32,
         ) {
+            gpu::pdl_trigger();
             // SAFETY: forwarded contract.
             unsafe { $f::<$t>(w, xq, xd, y, rows, cols, add, mode) }
         }

@@ -19,6 +19,8 @@ pub unsafe extern "ptx-kernel" fn rms_norm_f32(
     n: u32,
     eps: f32,
 ) {
+    gpu::pdl_trigger();
+    gpu::pdl_wait();
     let n = n as usize;
     let row = gpu::block_x() as usize * n;
     let step = gpu::block_dim_x() as usize;

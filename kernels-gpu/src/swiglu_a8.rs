@@ -160,6 +160,8 @@ unsafe fn swiglu_a8<B: LegacyWhole>(
         [NONE; RPW]
     };
 
+    // The weights are on their way; from here on the previous kernel's output is read.
+    gpu::pdl_wait();
     // The norm's scale, then the normed row quantized into shared memory, a warp per block.
     let mut ss = 0.0f32;
     let mut c = 4 * gpu::thread_x() as usize;
@@ -246,6 +248,7 @@ macro_rules! swiglu_a8_kernels {
             wg: *const u8, wu: *const u8, h: *const f32, g: *const f32, eps: f32,
             out: *mut f32, oq: *mut u8, od: *mut f32, cols: u32, staged: u32,
         ) {
+            gpu::pdl_trigger();
             // SAFETY: forwarded contract.
             unsafe { swiglu_a8::<$t>(wg, wu, h, g, eps, out, oq, od, cols, staged) }
         }

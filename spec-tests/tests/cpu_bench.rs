@@ -40,6 +40,7 @@ fn args(model: &TempFile, p: &[usize], n: &[usize], d: &[usize]) -> Args {
         no_fuse: false,
         lm_head_f16: false,
         ffn_f32: false,
+        no_pdl: false,
         json: false,
     }
 }

@@ -1,7 +1,10 @@
 //! The decode step replayed from a CUDA graph (`CudaOptions::decode_graph`: token and position in
 //! device memory, the sampler writing the next token and advancing the position there) computes
 //! exactly what launching every kernel from the host computes: the same kernels with the same
-//! launch shapes, so the same arithmetic, bit for bit.
+//! launch shapes, so the same arithmetic, bit for bit. The graph also launches its kernels with
+//! programmatic dependent launch (`CudaOptions::pdl`, on by default on sm_90: each kernel starts
+//! while the previous one runs and waits for it after issuing its weight loads), so these tests
+//! are also its race check: a kernel that read another's output before its wait would differ.
 //!
 //! On full-size twins (see `gpu_e2e.rs`): chained greedy decoding through `forward_next` (the
 //! device feeds itself the token it chose) must give, at every step, logits identical bit for bit

@@ -76,6 +76,10 @@ pub struct Args {
     /// (`swiglu_a8`, `matvec_a8`).
     #[arg(long)]
     pub ffn_f32: bool,
+    /// CUDA: launch the decode graph's kernels in plain stream order, without programmatic
+    /// dependent launch (to measure it).
+    #[arg(long)]
+    pub no_pdl: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -558,6 +562,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
         fuse_epilogues: !args.no_fuse,
         lm_head_q8: !args.lm_head_f16,
         ffn_a8: !args.ffn_f32,
+        pdl: !args.no_pdl,
         ..Default::default()
     };
     // Declared before the backend so that it is dropped after it.
@@ -743,6 +748,7 @@ mod tests {
             no_fuse: false,
             lm_head_f16: false,
             ffn_f32: false,
+            no_pdl: false,
             json: false,
         }
     }

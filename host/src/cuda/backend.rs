@@ -82,6 +82,11 @@ pub struct CudaOptions {
     /// decode logits by up to ≈ 1e-2 relative on the real models (p99 7.5e-3 qwen, 9.5e-3
     /// SmolLM2; docs/GPU_ENGINE.md), as llama.cpp's own integer matvecs do.
     pub ffn_a8: bool,
+    /// Programmatic dependent launch inside the decode graph (the sm_90 module; see
+    /// [`Gpu::set_pdl`]): each kernel of the step is scheduled while the previous one runs and
+    /// issues its weight loads before it waits for it. The same kernels and arithmetic either
+    /// way.
+    pub pdl: bool,
 }
 
 impl CudaOptions {
@@ -112,6 +117,7 @@ impl Default for CudaOptions {
             decode_graph: true,
             lm_head_q8: true,
             ffn_a8: true,
+            pdl: true,
         }
     }
 }
@@ -265,12 +271,13 @@ impl CudaBackend {
     }
 
     fn load_on(
-        gpu: Gpu,
+        mut gpu: Gpu,
         g: &Gguf,
         cfg: Config,
         w: Weights,
         mut opts: CudaOptions,
     ) -> Result<CudaBackend, BackendError> {
+        gpu.set_pdl(opts.pdl);
         opts.n_ctx = opts.n_ctx.clamp(1, cfg.n_ctx_train);
         opts.max_batch = opts.max_batch.clamp(1, opts.n_ctx);
         let max_ctx = kernels_gpu::shapes::DECODE_CHUNK * kernels_gpu::shapes::DECODE_CHUNK;

@@ -51,6 +51,8 @@ pub struct Gpu {
     sync_each_launch: bool,
     /// A CUDA graph capture is under way on the stream: no synchronization may happen.
     capturing: std::cell::Cell<bool>,
+    /// Programmatic dependent launch inside captured graphs (see [`Gpu::set_pdl`]).
+    pdl: bool,
 }
 
 /// Bytes of the cuBLAS workspace (NVIDIA's recommendation for Hopper).
@@ -137,6 +139,7 @@ impl Gpu {
             cc,
             sync_each_launch: std::env::var_os("HOST_CUDA_SYNC").is_some(),
             capturing: std::cell::Cell::new(false),
+            pdl: false,
         })
     }
 
@@ -185,6 +188,64 @@ impl Gpu {
                 .map_err(|source| CudaError::Kernel { kernel, source })?;
         }
         Ok(())
+    }
+
+    /// Programmatic dependent launch (the sm_90 module): while a CUDA graph is captured, the
+    /// kernels that wait for their predecessor themselves
+    /// ([`super::kernels::waits_for_previous`]) are launched with the programmatic-serialization
+    /// attribute, so each is scheduled while the previous one runs and issues its weight loads
+    /// before it waits (`gpu::pdl_trigger` / `gpu::pdl_wait` in `kernels-gpu`). No effect with
+    /// the sm_80 module, which has no `griddepcontrol`.
+    pub fn set_pdl(&mut self, on: bool) {
+        self.pdl =
+            on && crate::kernels::ptx_for(self.cc.0, self.cc.1) == Some(crate::kernels::PTX_SM90);
+    }
+
+    /// Whether kernel `name` is launched with programmatic serialization now.
+    pub(crate) fn pdl_launch(&self, name: &str) -> bool {
+        self.pdl && self.capturing.get() && super::kernels::waits_for_previous(name)
+    }
+
+    /// Launches `f` with the programmatic-stream-serialization attribute (`cuLaunchKernelEx`).
+    ///
+    /// # Safety
+    /// `params` points to one value per kernel parameter, in order, each of the parameter's type
+    /// (a device address, `u32` or `f32`, in the low bytes of a `u64` slot), and the buffers they
+    /// address fit what the kernel indexes; the kernel calls `gpu::pdl_wait` before touching
+    /// memory another kernel writes.
+    pub(crate) unsafe fn launch_pdl(
+        &self,
+        f: &CudaFunction,
+        cfg: cudarc::driver::LaunchConfig,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), cudarc::driver::DriverError> {
+        // SAFETY: a zeroed attribute is a valid value of the C struct; its fields are set below.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the config and attribute outlive the call; params per the caller's contract.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
     }
 
     /// Starts recording what is queued on the stream into a CUDA graph instead of running it
@@ -293,6 +354,54 @@ impl Gpu {
     }
 }
 
+/// A kernel argument as the `u64` slot of a programmatic launch ([`Gpu::launch_pdl`]): a
+/// buffer's device address, or a scalar's bits in the low bytes.
+pub trait KernelArg {
+    fn bits(self, gpu: &Gpu) -> u64;
+}
+
+impl<T> KernelArg for &cudarc::driver::CudaView<'_, T> {
+    fn bits(self, gpu: &Gpu) -> u64 {
+        cudarc::driver::DevicePtr::device_ptr(self, gpu.stream()).0
+    }
+}
+
+impl<T> KernelArg for &mut cudarc::driver::CudaViewMut<'_, T> {
+    fn bits(self, gpu: &Gpu) -> u64 {
+        cudarc::driver::DevicePtrMut::device_ptr_mut(self, gpu.stream()).0
+    }
+}
+
+impl<T> KernelArg for &CudaSlice<T> {
+    fn bits(self, gpu: &Gpu) -> u64 {
+        cudarc::driver::DevicePtr::device_ptr(self, gpu.stream()).0
+    }
+}
+
+impl<T> KernelArg for &mut CudaSlice<T> {
+    fn bits(self, gpu: &Gpu) -> u64 {
+        cudarc::driver::DevicePtrMut::device_ptr_mut(self, gpu.stream()).0
+    }
+}
+
+impl KernelArg for &u32 {
+    fn bits(self, _: &Gpu) -> u64 {
+        *self as u64
+    }
+}
+
+impl KernelArg for &f32 {
+    fn bits(self, _: &Gpu) -> u64 {
+        self.to_bits() as u64
+    }
+}
+
+impl KernelArg for &u64 {
+    fn bits(self, _: &Gpu) -> u64 {
+        *self
+    }
+}
+
 /// Launches a kernel of the module: `launch!(gpu, "name", cfg, arg, arg, …)`. Each argument is
 /// anything cudarc can push (`&CudaView`, `&mut CudaViewMut`, `&u32`, …), in the kernel's
 /// parameter order. A launch error is reported with the kernel's name.
@@ -302,13 +411,28 @@ macro_rules! launch {
         let gpu: &$crate::cuda::Gpu = $gpu;
         let name: &'static str = $name;
         let f = gpu.func(name)?;
-        let mut b = gpu.stream().launch_builder(f);
-        $( b.arg($arg); )*
-        // SAFETY: the arguments were pushed in the order and with the types of the kernel's
-        // parameters (each launcher mirrors its kernel's signature), and the launcher checked
-        // every buffer against the shapes the kernel will index (see its module header).
-        unsafe { b.launch($cfg) }
-            .map_err(|source| $crate::cuda::CudaError::Kernel { kernel: name, source })?;
+        if gpu.pdl_launch(name) {
+            let mut vals: Vec<u64> =
+                vec![$( $crate::cuda::device::KernelArg::bits($arg, gpu) ),*];
+            let mut ptrs: Vec<*mut std::ffi::c_void> = vals
+                .iter_mut()
+                .map(|v| v as *mut u64 as *mut std::ffi::c_void)
+                .collect();
+            // SAFETY: one u64 slot per parameter, in the kernel's order (each launcher mirrors
+            // its kernel's signature), holding the device address or the scalar's bits in its
+            // low bytes (little-endian); the launcher checked every buffer against the shapes
+            // the kernel will index; the kernel is one of those that wait for their predecessor.
+            unsafe { gpu.launch_pdl(f, $cfg, &mut ptrs) }
+                .map_err(|source| $crate::cuda::CudaError::Kernel { kernel: name, source })?;
+        } else {
+            let mut b = gpu.stream().launch_builder(f);
+            $( b.arg($arg); )*
+            // SAFETY: the arguments were pushed in the order and with the types of the kernel's
+            // parameters (each launcher mirrors its kernel's signature), and the launcher checked
+            // every buffer against the shapes the kernel will index (see its module header).
+            unsafe { b.launch($cfg) }
+                .map_err(|source| $crate::cuda::CudaError::Kernel { kernel: name, source })?;
+        }
         gpu.after_launch(name)?;
     }};
 }

@@ -102,6 +102,16 @@ pub const KERNELS: &[&str] = &[
     "dequant_q6_k_f16x3",
 ];
 
+/// Whether kernel `name` waits for the previous kernel itself (`gpu::pdl_wait` before its first
+/// access to memory another kernel writes), so that it may be launched with programmatic
+/// serialization ([`super::Gpu::set_pdl`]): the kernels of a decode step after its first.
+pub fn waits_for_previous(name: &str) -> bool {
+    name == "rms_norm_f32"
+        || name.starts_with("matvec_")
+        || name.starts_with("swiglu_a8_")
+        || name.starts_with("attention_decode_")
+}
+
 /// Kernel-name suffix of a tensor type (`q4_k`, `f16`, …).
 pub fn type_suffix(t: GgmlType) -> &'static str {
     match t {
@@ -190,6 +200,36 @@ mod tests {
             k.sort_unstable();
             assert_eq!(e, k);
         }
+    }
+
+    /// A kernel launched with programmatic serialization must wait for its predecessor itself:
+    /// every kernel `waits_for_previous` names has `griddepcontrol.wait` in its sm_90 body, and
+    /// lets its own successor start (`griddepcontrol.launch_dependents`); the sm_80 module, where
+    /// the attribute is never used, has neither.
+    #[test]
+    fn programmatic_launches_only_for_kernels_that_wait() {
+        let mut waiting = 0;
+        for body in crate::kernels::PTX_SM90.split(".entry ").skip(1) {
+            let name = body.split('(').next().unwrap().trim();
+            if waits_for_previous(name) {
+                assert!(
+                    body.contains("griddepcontrol.wait"),
+                    "{name} is launched with programmatic serialization but does not wait"
+                );
+                assert!(
+                    body.contains("griddepcontrol.launch_dependents"),
+                    "{name} does not let its successor start early"
+                );
+                waiting += 1;
+            }
+        }
+        let listed = KERNELS.iter().filter(|k| waits_for_previous(k)).count();
+        assert_eq!(waiting, listed, "every listed kernel is in the module once");
+        assert!(
+            listed > 30,
+            "only {listed} kernels wait for their predecessor"
+        );
+        assert!(!crate::kernels::PTX_SM80.contains("griddepcontrol"));
     }
 
     #[test]
