@@ -324,31 +324,6 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     let jj = t % half;
     let (ia, ib) = rope_idx(jj, D, neox);
     let n_qi = (G * half).div_ceil(THREADS);
-    let mut qa = [0.0f32; MAX_QI];
-    let mut qb = [0.0f32; MAX_QI];
-    for m in 0..MAX_QI {
-        let pi = t + THREADS * m;
-        if m < n_qi && pi < grp * half {
-            let hq = kvh * grp + pi / half;
-            // SAFETY: query head hq < n_head; ia, ib < D.
-            unsafe {
-                qa[m] = *q.add(hq * D + ia);
-                qb[m] = *q.add(hq * D + ib);
-            }
-        }
-    }
-    let (mut ka, mut kb, mut vn) = (0.0f32, 0.0f32, 0.0f32);
-    if t < half {
-        // SAFETY: k_new holds n_head_kv * D floats; ia, ib < D (jj = t).
-        unsafe {
-            ka = *k_new.add(kvh * D + ia);
-            kb = *k_new.add(kvh * D + ib);
-        }
-    }
-    if t < D {
-        // SAFETY: v_new holds n_head_kv * D floats.
-        vn = unsafe { *v_new.add(kvh * D + t) };
-    }
     let cs = if pos < n_pos {
         let e = 2 * (pos as usize * half + jj);
         // SAFETY: pos < n_pos and jj < D/2: inside the table.
@@ -409,10 +384,38 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     // The warp's first 8 positions: a whole DECODE_MIN_CHUNK split's value rows.
     let vs: [C::Wide; 8] = core::array::from_fn(|u| vld(p0 + u as u32 * W));
 
-    // Keeps the loads above before the arithmetic below in the instruction stream (the compiler
-    // would otherwise move the cache loads down to the RoPE stores, a second memory latency).
-    // SAFETY: an empty asm statement (taken as reading and writing memory: a compiler barrier).
-    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+    // Everything above reads memory no kernel of this step writes: the position (written by the
+    // sampler before the step), the RoPE table and the cache rows of earlier positions (the row
+    // at `pos` is never loaded: it comes from kn_s / vn_s). The token's projections below are the
+    // previous kernel's output: wait for it (`gpu::pdl_wait`, which also keeps the loads above
+    // before the arithmetic below in the instruction stream — the compiler would otherwise move
+    // the cache loads down to the RoPE stores, a second memory latency).
+    gpu::pdl_wait();
+    let mut qa = [0.0f32; MAX_QI];
+    let mut qb = [0.0f32; MAX_QI];
+    for m in 0..MAX_QI {
+        let pi = t + THREADS * m;
+        if m < n_qi && pi < grp * half {
+            let hq = kvh * grp + pi / half;
+            // SAFETY: query head hq < n_head; ia, ib < D.
+            unsafe {
+                qa[m] = *q.add(hq * D + ia);
+                qb[m] = *q.add(hq * D + ib);
+            }
+        }
+    }
+    let (mut ka, mut kb, mut vn) = (0.0f32, 0.0f32, 0.0f32);
+    if t < half {
+        // SAFETY: k_new holds n_head_kv * D floats; ia, ib < D (jj = t).
+        unsafe {
+            ka = *k_new.add(kvh * D + ia);
+            kb = *k_new.add(kvh * D + ib);
+        }
+    }
+    if t < D {
+        // SAFETY: v_new holds n_head_kv * D floats.
+        vn = unsafe { *v_new.add(kvh * D + t) };
+    }
 
     //    The group's queries and the new key after RoPE; the new key and value rounded as the
     //    cache stores them (every split then sees what a later step reads back). The split
@@ -1271,8 +1274,7 @@ macro_rules! attention_kernels {
             neox: u32,
             scale: f32,
         ) {
-            gpu::pdl_trigger();
-            gpu::pdl_wait(); // everything it reads but the RoPE table comes from the step
+            gpu::pdl_trigger(); // and `decode_d` waits once its cache loads are out
             // SAFETY: forwarded contract.
             unsafe {
                 attention_decode(

@@ -102,23 +102,64 @@ unsafe fn store(y: *mut f32, row: usize, acc: f32, add: *const f32, mode: u32) {
     }
 }
 
+/// The second operand of a row's epilogue in the block-per-row kernels — `add[row]` (a bias) or
+/// `y[row]` (the residual's old value) — loaded by thread 0 right after the wait for the
+/// previous kernel, so that its latency overlaps the dot product instead of following the block
+/// reduction (`y` is the previous kernel's output: it may not be read earlier).
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue(*const f32);
+
+impl Epilogue {
+    /// The operand's address for thread 0 when `mode` has one, else none.
+    ///
+    /// # Safety
+    /// As [`store`].
+    #[inline(always)]
+    pub(crate) unsafe fn new(y: *const f32, row: usize, add: *const f32, mode: u32) -> Self {
+        // SAFETY: caller contract: row < rows.
+        let src = unsafe {
+            match mode {
+                ADD => add.add(row),
+                ACCUMULATE => y.add(row),
+                _ => core::ptr::null(),
+            }
+        };
+        Epilogue(if gpu::thread_x() == 0 {
+            src
+        } else {
+            core::ptr::null()
+        })
+    }
+
+    /// The operand (0 where there is none). Call it after `gpu::pdl_wait`.
+    #[inline(always)]
+    pub(crate) fn load(self) -> f32 {
+        if self.0.is_null() {
+            0.0
+        } else {
+            // SAFETY: `new`'s contract.
+            unsafe { *self.0 }
+        }
+    }
+}
+
 /// The row's value from each thread's share `acc` (a block reduction), written by thread 0 as
-/// [`store`]. Every thread of the block calls it.
+/// [`store`] does, with `operand` the [`Epilogue`] it loaded: `acc`, `acc + add[row]` or
+/// `y[row] + acc` (the same f32 additions). Every thread of the block calls it.
 ///
 /// # Safety
 /// As [`store`].
 #[inline(always)]
-pub(crate) unsafe fn store_block_sum(
-    y: *mut f32,
-    row: usize,
-    acc: f32,
-    add: *const f32,
-    mode: u32,
-) {
+pub(crate) unsafe fn store_block_sum(y: *mut f32, row: usize, acc: f32, operand: f32, mode: u32) {
     let acc = gpu::block_sum(acc);
     if gpu::thread_x() == 0 {
         // SAFETY: caller contract.
-        unsafe { store(y, row, acc, add, mode) };
+        unsafe {
+            *y.add(row) = match mode {
+                ADD | ACCUMULATE => acc + operand,
+                _ => acc,
+            }
+        };
     }
 }
 
@@ -259,12 +300,20 @@ unsafe fn matvec_legacy_at<B: Legacy4, A: Acts>(
     let lane = gpu::lane() as usize;
     let first = 8 * gpu::warp() as usize + lane / 4;
     let mut acts = acts;
+    // SAFETY: row < rows; y (and add) hold rows floats.
+    let epi = unsafe { Epilogue::new(y, row, add, mode) };
     // SAFETY: forwarded: wr is a whole row of nb blocks, acts reads 32 nb floats.
-    let acc = unsafe { row_dot_legacy::<B, A>(wr, nb, lane, first, 8 * KWARP_WARPS, &mut acts) };
+    let (acc, operand) =
+        unsafe { row_dot_legacy::<B, A>(wr, nb, lane, first, 8 * KWARP_WARPS, &mut acts, epi) };
     let acc = acts.finish(gpu::block_sum(acc), gpu::block_sum);
     if gpu::thread_x() == 0 {
         // SAFETY: row < rows; y holds rows floats.
-        unsafe { store(y, row, acc, add, mode) };
+        unsafe {
+            *y.add(row) = match mode {
+                ADD | ACCUMULATE => acc + operand,
+                _ => acc,
+            }
+        };
     }
 }
 
@@ -284,7 +333,8 @@ unsafe fn block_acts<B: Legacy4, A: Acts>(acts: &mut A, bb: usize, q: usize) -> 
 }
 
 /// Lane `lane`'s part of the dot product of the row at `wr` (`nb` blocks) with the activations:
-/// quarter `lane % 4` of blocks `first, first + stride, …` (sum the lanes for the row's value).
+/// quarter `lane % 4` of blocks `first, first + stride, …` (sum the lanes for the row's value),
+/// and the [`Epilogue`] operand, loaded right after the wait (0 on a lane with no block).
 ///
 /// # Safety
 /// `wr` points to a whole row of `nb ≥ 1` blocks, 2-byte aligned; `acts` reads `32 nb` floats.
@@ -296,10 +346,12 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
     first: usize,
     stride: usize,
     acts: &mut A,
-) -> f32 {
+    epi: Epilogue,
+) -> (f32, f32) {
     let q = lane % 4;
     let mut b = first;
     let mut acc = 0.0f32;
+    let mut operand = 0.0f32;
     while b < nb {
         // Loads first: UNROLL blocks' bits in flight at once (indices past the row clamped to its
         // last block, loaded but not counted), then the arithmetic.
@@ -314,6 +366,9 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
         // the clamped ones after, as before.
         let r0 = ld(0);
         gpu::pdl_wait();
+        if b == first {
+            operand = epi.load();
+        }
         let raw: [Raw; UNROLL] = [r0, ld(1), ld(2), ld(3)];
         let mut step = |u: usize| {
             let bb = b + stride * u;
@@ -329,7 +384,7 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
         b += stride * UNROLL;
     }
     gpu::pdl_wait(); // lanes without a block wait too: the caller may write
-    acc
+    (acc, operand)
 }
 
 /// [`row_dot_legacy`] of two rows at once (gate and up): both rows' loads are issued before any
@@ -543,6 +598,9 @@ unsafe fn matvec_kwarp<B: KWarp>(
     let wr = unsafe { w.add(row * nb * B::BYTES) };
     let lane = gpu::lane() as usize;
     let mut acc = 0.0f32;
+    // SAFETY: row < rows; y (and add) hold rows floats.
+    let epi = unsafe { Epilogue::new(y, row, add, mode) };
+    let mut operand = 0.0f32;
     let mut b = gpu::warp() as usize;
     while b < nb {
         // Loads first, as in `matvec_legacy`.
@@ -553,6 +611,9 @@ unsafe fn matvec_kwarp<B: KWarp>(
         };
         let raw: [Raw; KWARP_UNROLL] = [ld(0), ld(1), ld(2), ld(3), ld(4)];
         gpu::pdl_wait(); // the weights' loads are out; now the activations
+        if b < KWARP_WARPS {
+            operand = epi.load();
+        }
         let mut step = |u: usize| {
             let bb = b + KWARP_WARPS * u;
             if bb < nb {
@@ -569,7 +630,7 @@ unsafe fn matvec_kwarp<B: KWarp>(
     }
     gpu::pdl_wait();
     // SAFETY: row < rows; y (and add) as the kernel's contract.
-    unsafe { store_block_sum(y, row, acc, add, mode) };
+    unsafe { store_block_sum(y, row, acc, operand, mode) };
 }
 
 macro_rules! matvec_kernels_with {

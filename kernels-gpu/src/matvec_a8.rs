@@ -16,7 +16,7 @@
 //! block size; `xq` 4-byte and `xd` 8-byte aligned (the launcher checks).
 
 use crate::gpu;
-use crate::matvec::{KWARP_UNROLL, KWARP_WARPS, UNROLL, store_block_sum};
+use crate::matvec::{Epilogue, KWARP_UNROLL, KWARP_WARPS, UNROLL, store_block_sum};
 use crate::matvec_dot::{Raw, pin_raw};
 use crate::q8_act::{KQ8, LegacyQ8};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0};
@@ -78,6 +78,8 @@ unsafe fn matvec_a8_legacy<B: LegacyQ8>(
     let nb = cols as usize / 32;
     // SAFETY: row < rows: inside W.
     let wr = unsafe { stage_row(w.add(row * nb * B::BYTES), nb * B::BYTES) };
+    // SAFETY: row < rows; y (and add) hold rows floats; stage_row has waited.
+    let operand = unsafe { Epilogue::new(y, row, add, mode) }.load();
     let lane = gpu::lane() as usize;
     let q = lane % 4;
     let (w0, w1) = (B::x_word(q, 0), B::x_word(q, 1));
@@ -114,7 +116,7 @@ unsafe fn matvec_a8_legacy<B: LegacyQ8>(
         b += stride * UNROLL;
     }
     // SAFETY: row < rows; y (and add) as the kernel's contract.
-    unsafe { store_block_sum(y, row, acc, add, mode) };
+    unsafe { store_block_sum(y, row, acc, operand, mode) };
 }
 
 /// Q4_K, Q6_K: the layout of `matvec_kwarp`.
@@ -137,6 +139,8 @@ unsafe fn matvec_a8_k<B: KQ8>(
     let nb = cols as usize / 256;
     // SAFETY: row < rows: inside W.
     let wr = unsafe { stage_row(w.add(row * nb * B::BYTES), nb * B::BYTES) };
+    // SAFETY: row < rows; y (and add) hold rows floats; stage_row has waited.
+    let operand = unsafe { Epilogue::new(y, row, add, mode) }.load();
     let lane = gpu::lane() as usize;
     let (p0, p1) = (B::x_pos(lane, 0), B::x_pos(lane, 1));
     let mut acc = 0.0f32;
@@ -170,7 +174,7 @@ unsafe fn matvec_a8_k<B: KQ8>(
         b += KWARP_WARPS * KWARP_UNROLL;
     }
     // SAFETY: row < rows; y (and add) as the kernel's contract.
-    unsafe { store_block_sum(y, row, acc, add, mode) };
+    unsafe { store_block_sum(y, row, acc, operand, mode) };
 }
 
 macro_rules! matvec_a8_kernels {

@@ -160,6 +160,17 @@ unsafe fn swiglu_a8<B: LegacyWhole>(
         [NONE; RPW]
     };
 
+    // The norm weights of the warp's first two blocks (constants, like the matrices) are
+    // loaded before the wait too: they are needed only after the block reduction below.
+    let g_at = |b: usize| {
+        if b < nb {
+            // SAFETY: 32 b + lane < cols: g holds cols floats.
+            unsafe { *g.add(32 * b + lane) }
+        } else {
+            0.0
+        }
+    };
+    let g_first = [g_at(warp), g_at(warp + WARPS)];
     // The weights are on their way; from here on the previous kernel's output is read.
     gpu::pdl_wait();
     // The norm's scale, then the normed row quantized into shared memory, a warp per block.
@@ -176,10 +187,15 @@ unsafe fn swiglu_a8<B: LegacyWhole>(
     let mut b = warp;
     while b < nb {
         let i = 32 * b + lane;
-        // SAFETY: i < cols: h and g hold cols floats; xs cols bytes, xds 2 nb floats.
+        let gi = match b - warp {
+            0 => g_first[0],
+            WARPS => g_first[1],
+            _ => g_at(b),
+        };
+        // SAFETY: i < cols: h holds cols floats; xs cols bytes, xds 2 nb floats.
         unsafe {
             // As `rms_norm`: (h · scale) · g.
-            let (qv, d, s) = quantize_warp(*h.add(i) * scale * *g.add(i));
+            let (qv, d, s) = quantize_warp(*h.add(i) * scale * gi);
             *xs.add(i) = qv as i8 as u8;
             if lane == 0 {
                 *xds.add(2 * b) = d;
