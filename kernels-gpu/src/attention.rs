@@ -72,7 +72,7 @@ pub const THREADS: usize = 128;
 const _: () = assert!(THREADS == crate::shapes::DECODE_THREADS);
 
 use crate::shapes::{
-    DECODE_CHUNK, DECODE_MAX_GROUP, DECODE_MIN_CHUNK, DECODE_WARPS, decode_smem_layout,
+    DECODE_CHUNK, DECODE_MAX_GROUP, DECODE_WARPS, decode_plan, decode_smem_layout,
 };
 /// Most dims per lane in the value phase of decode (head_dim ≤ 128).
 const MAX_DL: usize = 4;
@@ -217,23 +217,42 @@ unsafe fn attention_decode<C: Chunk4>(
     group: u32,
     neox: u32,
     scale: f32,
+    defer: u32,
 ) {
     // SAFETY: forwarded contract; head_dim is 32, 64 or 128 (launcher).
     unsafe {
         match head_dim {
             32 => decode_d::<C, 32>(
                 q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
-                n_pos, group, neox, scale,
+                n_pos, group, neox, scale, defer,
             ),
             64 => decode_d::<C, 64>(
                 q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
-                n_pos, group, neox, scale,
+                n_pos, group, neox, scale, defer,
             ),
             _ => decode_d::<C, 128>(
                 q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
-                n_pos, group, neox, scale,
+                n_pos, group, neox, scale, defer,
             ),
         }
+    }
+}
+
+/// The positions a decode query attends to: `n_kv` (the launch argument) or, when `pos_dev` is
+/// non-null (a decode step replayed from a CUDA graph), `*pos_dev + 1`; clamped to the cache's
+/// `n_ctx` either way. Every kernel that reads the attention's partials counts with this one
+/// function. `*pos_dev` is written by the sampler before the step, so it may be read before
+/// `gpu::pdl_wait`.
+///
+/// # Safety
+/// `pos_dev` is null or one readable u32.
+#[inline(always)]
+pub(crate) unsafe fn decode_n_kv(n_kv: u32, pos_dev: *const u32, n_ctx: u32) -> u32 {
+    if pos_dev.is_null() {
+        core::cmp::min(n_kv, n_ctx)
+    } else {
+        // SAFETY: caller contract.
+        core::cmp::min(unsafe { *pos_dev }, n_ctx - 1) + 1
     }
 }
 
@@ -261,6 +280,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     group: u32,
     neox: u32,
     scale: f32,
+    defer: u32,
 ) {
     const G: usize = DECODE_MAX_GROUP;
     let half = D / 2;
@@ -275,17 +295,14 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
         )
     };
     // Positions are u32 (n_ctx ≤ DECODE_CHUNK²), offsets usize.
-    // In device mode the new token sits at *pos_dev; clamped to the cache either way.
-    let n_kv = if pos_dev.is_null() {
-        core::cmp::min(n_kv, n_ctx)
-    } else {
-        // SAFETY: pos_dev is one readable u32 (launcher contract).
-        core::cmp::min(unsafe { *pos_dev }, n_ctx - 1) + 1
-    };
+    // SAFETY: pos_dev is null or one readable u32 (launcher contract).
+    let n_kv = unsafe { decode_n_kv(n_kv, pos_dev, n_ctx) };
     let pos = n_kv - 1;
     // Splits of at least DECODE_MIN_CHUNK positions (at most DECODE_CHUNK: n_split ≥
     // n_ctx / DECODE_CHUNK); the splits past the last used one have nothing to do.
-    let chunk = core::cmp::max(n_kv.div_ceil(n_split), DECODE_MIN_CHUNK as u32);
+    let (chunk, n_used) = decode_plan(n_kv, n_split);
+    // The output projection combines the partials itself (the launch's `defer`).
+    let deferred = n_used <= defer;
     let start = split * chunk;
     if start >= n_kv {
         return; // block-uniform, before any barrier
@@ -635,7 +652,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     // 5. Sum the warps' pieces: the result (one split used) or this split's partial. Thread t
     //    takes elements i = t, t + THREADS, … of the group's grp × D outputs.
     let n_out = G * D / THREADS;
-    if single {
+    if single && !deferred {
         // Every shared-memory read first (clamped to the last element: the reads of all the
         // thread's elements in flight together), then out = Σ acc · (1 / Σ e).
         let mut o = [0.0f32; G];
@@ -691,7 +708,10 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
             }
         }
     }
-    let n_used = n_kv.div_ceil(chunk) as usize;
+    if deferred {
+        return; // `matvec_attn_*` combines the partials
+    }
+    let n_used = n_used as usize;
 
     // 6. The last used split of this KV head to finish combines them: each block publishes its
     //    partials (fence), counts itself in done[kvh], and the block that brings the count to
@@ -1273,13 +1293,14 @@ macro_rules! attention_kernels {
             group: u32,
             neox: u32,
             scale: f32,
+            defer: u32,
         ) {
             gpu::pdl_trigger(); // and `decode_d` waits once its cache loads are out
             // SAFETY: forwarded contract.
             unsafe {
                 attention_decode(
                     q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev,
-                    n_ctx, n_pos, head_dim, group, neox, scale,
+                    n_ctx, n_pos, head_dim, group, neox, scale, defer,
                 )
             }
         }

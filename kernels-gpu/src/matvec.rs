@@ -26,7 +26,7 @@
 use crate::elementwise::silu_mul;
 use crate::formats::{Bf16x32, F16x32, F32x32, Sub32, decode_sub};
 use crate::gpu;
-use crate::matvec_dot::{KWarp, Legacy4, Raw, pin_raw, xa4};
+use crate::matvec_dot::{KWarp, Legacy4, Raw, fma, pin_raw, xa4};
 use crate::quant::{
     BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K, BlockQ6K,
     BlockQ8_0,
@@ -248,6 +248,69 @@ impl Acts for Normed {
     }
 }
 
+/// The attention's output assembled from its per-split partials (`attention_decode_*` launched
+/// with `defer`, which then leaves the combine to this kernel): element `n` of query head
+/// `h = n / D` is `Σ_s w_s · acc_s[n] / Σ_s w_s · sum_s` with `w_s = e^(m_s − M)`,
+/// `M = max_s m_s`, over the `n_used ≤ DECODE_DEFER_SPLITS` used splits in order — the
+/// attention's own combine (the same `exp` and fused multiply-adds; the division as one IEEE
+/// reciprocal and products), done where the output projection reads its activations instead of
+/// by a counted last block.
+/// Layout as the attention writes it: `acc_s` at `part[(h · n_split + s) · D ..]`, `[m_s, sum_s]`
+/// at `ms[2 (h · n_split + s) ..]`.
+struct Combined {
+    part: *const f32,
+    ms: *const f32,
+    n_split: usize,
+    n_used: usize,
+    d_log2: u32,
+}
+
+impl Acts for Combined {
+    #[inline(always)]
+    unsafe fn get(&mut self, n: usize) -> [f32; 4] {
+        const S: usize = crate::shapes::DECODE_DEFER_SPLITS;
+        const _: () = assert!(S == 4, "the split loads below are written out for 4");
+        let (h, j) = (n >> self.d_log2, n & ((1 << self.d_log2) - 1));
+        let row0 = h * self.n_split;
+        // All S splits' loads at once (those past n_used repeat the last one, weight 0).
+        let ld = |s: usize| {
+            let r = row0 + core::cmp::min(s, self.n_used - 1);
+            // SAFETY: r < n_head · n_split: a partial row of D floats (j + 4 ≤ D, 16-byte
+            // aligned) and its [m, s] pair (8-byte aligned): the kernel's contract.
+            unsafe {
+                (
+                    *(self.ms.add(2 * r) as *const [f32; 2]),
+                    xa4(self.part, (r << self.d_log2) + j),
+                )
+            }
+        };
+        let v = [ld(0), ld(1), ld(2), ld(3)];
+        let mut mx = v[0].0[0];
+        for (s, x) in v.iter().enumerate().skip(1) {
+            if s < self.n_used {
+                mx = mx.max(x.0[0]);
+            }
+        }
+        let mut den = 0.0f32;
+        let mut num = [0.0f32; 4];
+        for (s, x) in v.iter().enumerate() {
+            if s < self.n_used {
+                let w = gpu::exp(x.0[0] - mx);
+                den += w * x.0[1];
+                for (a, &xv) in num.iter_mut().zip(&x.1) {
+                    *a = fma(w, xv, *a);
+                }
+            }
+        }
+        let inv = 1.0 / den;
+        num.map(|a| a * inv)
+    }
+    #[inline(always)]
+    fn finish(self, dot: f32, _reduce: impl Fn(f32) -> f32) -> f32 {
+        dot
+    }
+}
+
 /// Legacy types: one row per block of [`KWARP_WARPS`] warps; lane `l` of warp `w` takes quarter
 /// `l % 4` of blocks `8 w + l / 4, 8 w + l / 4 + 8 W, …` (W = [`KWARP_WARPS`]), a block reduction
 /// sums the row. A row of 896 columns (28 blocks) is then one block quarter per lane instead of
@@ -265,7 +328,7 @@ unsafe fn matvec_legacy<B: Legacy4>(
 ) {
     // SAFETY: forwarded contract.
     unsafe {
-        matvec_legacy_at::<B, _>(
+        matvec_legacy_at::<B, _, UNROLL>(
             gpu::block_x() as usize,
             w,
             Plain(x),
@@ -281,7 +344,7 @@ unsafe fn matvec_legacy<B: Legacy4>(
 /// [`matvec_legacy`] for row `row` (the block's), activations from `acts` (a fresh source).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn matvec_legacy_at<B: Legacy4, A: Acts>(
+unsafe fn matvec_legacy_at<B: Legacy4, A: Acts, const U: usize>(
     row: usize,
     w: *const u8,
     acts: A,
@@ -304,7 +367,7 @@ unsafe fn matvec_legacy_at<B: Legacy4, A: Acts>(
     let epi = unsafe { Epilogue::new(y, row, add, mode) };
     // SAFETY: forwarded: wr is a whole row of nb blocks, acts reads 32 nb floats.
     let (acc, operand) =
-        unsafe { row_dot_legacy::<B, A>(wr, nb, lane, first, 8 * KWARP_WARPS, &mut acts, epi) };
+        unsafe { row_dot_legacy::<B, A, U>(wr, nb, lane, first, 8 * KWARP_WARPS, &mut acts, epi) };
     let acc = acts.finish(gpu::block_sum(acc), gpu::block_sum);
     if gpu::thread_x() == 0 {
         // SAFETY: row < rows; y holds rows floats.
@@ -339,7 +402,7 @@ unsafe fn block_acts<B: Legacy4, A: Acts>(acts: &mut A, bb: usize, q: usize) -> 
 /// # Safety
 /// `wr` points to a whole row of `nb ≥ 1` blocks, 2-byte aligned; `acts` reads `32 nb` floats.
 #[inline(always)]
-unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
+unsafe fn row_dot_legacy<B: Legacy4, A: Acts, const U: usize>(
     wr: *const u8,
     nb: usize,
     lane: usize,
@@ -348,12 +411,13 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
     acts: &mut A,
     epi: Epilogue,
 ) -> (f32, f32) {
+    const { assert!(U == 1 || U == UNROLL) };
     let q = lane % 4;
     let mut b = first;
     let mut acc = 0.0f32;
     let mut operand = 0.0f32;
     while b < nb {
-        // Loads first: UNROLL blocks' bits in flight at once (indices past the row clamped to its
+        // Loads first: U blocks' bits in flight at once (indices past the row clamped to its
         // last block, loaded but not counted), then the arithmetic.
         let ld = |u: usize| {
             let bb = (b + stride * u).min(nb - 1);
@@ -369,7 +433,11 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
         if b == first {
             operand = epi.load();
         }
-        let raw: [Raw; UNROLL] = [r0, ld(1), ld(2), ld(3)];
+        let raw: [Raw; UNROLL] = if U > 1 {
+            [r0, ld(1), ld(2), ld(3)]
+        } else {
+            [r0; UNROLL]
+        };
         let mut step = |u: usize| {
             let bb = b + stride * u;
             if bb < nb {
@@ -378,10 +446,12 @@ unsafe fn row_dot_legacy<B: Legacy4, A: Acts>(
             }
         };
         step(0);
-        step(1);
-        step(2);
-        step(3);
-        b += stride * UNROLL;
+        if U > 1 {
+            step(1);
+            step(2);
+            step(3);
+        }
+        b += stride * U;
     }
     gpu::pdl_wait(); // lanes without a block wait too: the caller may write
     (acc, operand)
@@ -530,11 +600,11 @@ unsafe fn matvec_qkv_legacy<A: Legacy4, B: Legacy4>(
     // SAFETY: forwarded contract; each sub-range addresses its own matrix and output.
     unsafe {
         if blk < bq_n {
-            matvec_legacy_at::<A, _>(blk, wq, acts, yq, nq, cols, bq, mode)
+            matvec_legacy_at::<A, _, UNROLL>(blk, wq, acts, yq, nq, cols, bq, mode)
         } else if blk < bq_n + bk_n {
-            matvec_legacy_at::<A, _>(blk - bq_n, wk, acts, yk, nk, cols, bk, mode)
+            matvec_legacy_at::<A, _, UNROLL>(blk - bq_n, wk, acts, yk, nk, cols, bk, mode)
         } else {
-            matvec_legacy_at::<B, _>(blk - bq_n - bk_n, wv, acts, yv, nv, cols, bv, mode)
+            matvec_legacy_at::<B, _, UNROLL>(blk - bq_n - bk_n, wv, acts, yv, nv, cols, bv, mode)
         }
     }
 }
@@ -575,6 +645,78 @@ matvec_qkv_kernels! {
     matvec_qkv_q4_1_q8_0 => BlockQ4_1, BlockQ8_0;
     matvec_qkv_q5_0_q8_0 => BlockQ5_0, BlockQ8_0;
     matvec_qkv_q5_1_q8_0 => BlockQ5_1, BlockQ8_0;
+}
+
+/// The attention's output projection, `y = Wo · attn (+ add)`: while the attention leaves its
+/// partials (`n_used ≤ defer` splits for the step's position, planned as the attention plans:
+/// `attention::decode_n_kv`, `shapes::decode_plan`) the activations are [`Combined`] from them,
+/// otherwise read from `x` (the attention's combined output). The position is written before
+/// the step, so it is read before the wait for the previous kernel.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn matvec_attn<B: Legacy4>(
+    w: *const u8,
+    x: *const f32,
+    part: *const f32,
+    pos_dev: *const u32,
+    plan: [u32; 6],
+    y: *mut f32,
+    rows: u32,
+    add: *const f32,
+    mode: u32,
+) {
+    let [n_kv, n_ctx, n_split, head_dim, n_head, defer] = plan;
+    // SAFETY: pos_dev is null or one readable u32 (launcher contract).
+    let n_kv = unsafe { crate::attention::decode_n_kv(n_kv, pos_dev, n_ctx) };
+    let (_, n_used) = crate::shapes::decode_plan(n_kv, n_split);
+    let cols = n_head * head_dim;
+    let row = gpu::block_x() as usize;
+    // SAFETY: forwarded contract: part holds n_head · n_split · (head_dim + 2) floats.
+    unsafe {
+        if n_used <= defer {
+            let src = Combined {
+                part,
+                ms: part.add((n_head * n_split * head_dim) as usize),
+                n_split: n_split as usize,
+                n_used: n_used as usize,
+                d_log2: head_dim.trailing_zeros(),
+            };
+            matvec_legacy_at::<B, _, 1>(row, w, src, y, rows, cols, add, mode)
+        } else {
+            matvec_legacy_at::<B, _, UNROLL>(row, w, Plain(x), y, rows, cols, add, mode)
+        }
+    }
+}
+
+macro_rules! matvec_attn_kernels {
+    ($($name:ident => $t:ty;)*) => {$(
+        /// # Safety
+        /// `w`: `rows × (n_head · head_dim)` of the type; `x` n_head · head_dim floats (16-byte
+        /// aligned); `part` the attention's partials for `n_split` splits (16-byte aligned);
+        /// `pos_dev` null or one u32; `plan` = `[n_kv, n_ctx, n_split, head_dim, n_head,
+        /// defer]` as the attention was launched with; `y` (and `add` when `mode` is ADD) rows
+        /// floats; grid = rows blocks of 32 W (validated by the launcher).
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $name(
+            w: *const u8, x: *const f32, part: *const f32, pos_dev: *const u32,
+            n_kv: u32, n_ctx: u32, n_split: u32, head_dim: u32, n_head: u32, defer: u32,
+            y: *mut f32, rows: u32, add: *const f32, mode: u32,
+        ) {
+            gpu::pdl_trigger();
+            let plan = [n_kv, n_ctx, n_split, head_dim, n_head, defer];
+            // SAFETY: forwarded contract.
+            unsafe { matvec_attn::<$t>(w, x, part, pos_dev, plan, y, rows, add, mode) }
+        }
+    )*};
+}
+
+matvec_attn_kernels! {
+    matvec_attn_q4_0 => BlockQ4_0;
+    matvec_attn_q4_1 => BlockQ4_1;
+    matvec_attn_q5_0 => BlockQ5_0;
+    matvec_attn_q5_1 => BlockQ5_1;
+    matvec_attn_q8_0 => BlockQ8_0;
 }
 
 /// K-quants: one block (4 warps) per row; warp `w` takes super-blocks `w, w + 4, …`, all its

@@ -42,6 +42,25 @@ pub const DECODE_CHUNK: usize = DECODE_THREADS;
 pub const DECODE_MIN_CHUNK: usize = 32;
 /// Most query heads per KV head in decode attention.
 pub const DECODE_MAX_GROUP: usize = 8;
+/// Most used splits of decode attention whose partials the output projection combines itself
+/// (`matvec_attn_*`, launched with this value as `defer`): the attention then ends once its blocks
+/// have written their partials, with no counted last block and no combine (contexts up to
+/// `DECODE_DEFER_SPLITS · DECODE_MIN_CHUNK` = 128 positions).
+pub const DECODE_DEFER_SPLITS: usize = 4;
+
+/// The split plan of decode attention for `n_kv` positions over a grid of `n_split` splits:
+/// `(chunk, n_used)`, split `s` covering positions `s · chunk .. min((s + 1) · chunk, n_kv)` and
+/// the first `n_used` splits holding any. Every kernel that reads the attention's partials plans
+/// with this one function. `n_kv ≥ 1`, `n_split ≥ 1`.
+pub const fn decode_plan(n_kv: u32, n_split: u32) -> (u32, u32) {
+    let chunk = n_kv.div_ceil(n_split);
+    let chunk = if chunk > DECODE_MIN_CHUNK as u32 {
+        chunk
+    } else {
+        DECODE_MIN_CHUNK as u32
+    };
+    (chunk, n_kv.div_ceil(chunk))
+}
 /// Warps per decode block.
 pub const DECODE_WARPS: usize = DECODE_THREADS / 32;
 

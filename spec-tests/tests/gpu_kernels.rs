@@ -272,9 +272,15 @@ fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
     assert!(kc[..pos0 * head_dim].iter().all(|&b| b.is_poison()));
 }
 
+/// Decode attention against `cpu::rope` + `cpu::attention`, then the output projection
+/// `matvec_attn` (a 64-row legacy-type `Wo` chosen by the seed, into a residual) against the f64
+/// product of the CPU attention's output. With `defer`, contexts of at most
+/// `DECODE_DEFER_SPLITS` used splits leave the combine to `matvec_attn` (the attention writes no
+/// output: checked), longer ones combine in the attention as without it.
 fn attention_decode_case<T: TestElem + PartialEq>(
     (n_head, n_head_kv, head_dim): (usize, usize, usize),
     n_kv: usize,
+    defer: bool,
     seed: u64,
 ) {
     let g = gpu();
@@ -313,6 +319,39 @@ fn attention_decode_case<T: TestElem + PartialEq>(
     let mut scratch = ops::DecodeScratch::new(&g, n_head, head_dim, s.n_ctx).unwrap();
     let dpos = upload(&g, &[pos as u32]);
     let (dq, dk, dv) = (upload(&g, &q), upload(&g, &kn), upload(&g, &vn));
+    let deferred = defer && ops::decode_defers(n_kv, s.n_ctx);
+    // The output projection: resid + Wo · attention (f64 from the CPU's attention output), its
+    // bound the attention's tolerance carried through |Wo| plus the matvec's own.
+    let wo_ty = [GgmlType::Q5_0, GgmlType::Q4_1, GgmlType::Q8_0][(seed % 3) as usize];
+    let (o_rows, o_cols) = (64, n_head * head_dim);
+    let (wo_bytes, wo_deq) = random_tensor(wo_ty, o_rows, o_cols, &mut rng);
+    let wo = DeviceTensor::upload(&g, "wo", wo_ty, o_rows, o_cols, &wo_bytes).unwrap();
+    let resid0 = random(&mut rng, o_rows, 1.0);
+    let o_want: Vec<(f64, f64)> = wo_deq
+        .chunks_exact(o_cols)
+        .zip(&resid0)
+        .map(|(row, &r0)| {
+            let dot: f64 = row
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
+            let mag: f64 = row
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            let carried: f64 = row
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| a.abs() as f64 * (1e-4 + 1e-4 * b.abs() as f64))
+                .sum();
+            (
+                r0 as f64 + dot,
+                carried + 1e-5 * mag + 1e-6 * r0.abs() as f64,
+            )
+        })
+        .collect();
     // Host n_kv, then the device position (a graph-replayed step), each twice: the split
     // counters must be left at zero for the next launch. Splits are sized for the whole cache
     // either way, most of them empty for small n_kv.
@@ -346,13 +385,29 @@ fn attention_decode_case<T: TestElem + PartialEq>(
             at,
             &mut scratch,
             &mut out.as_view_mut(),
+            defer,
         )
         .unwrap();
         let label = format!(
-            "attention_decode ({mode} position) {} {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv} {style:?}",
+            "attention_decode ({mode} position, defer {defer}) {} {n_head}/{n_head_kv}x{head_dim} n_kv={n_kv} {style:?}",
             std::any::type_name::<T>()
         );
-        assert_close(&label, &download(&g, &out), &want, 1e-4, 1e-4);
+        if deferred {
+            assert!(
+                download(&g, &out).iter().all(|v| v.is_nan()),
+                "{label}: a deferred attention writes no output"
+            );
+        } else {
+            assert_close(&label, &download(&g, &out), &want, 1e-4, 1e-4);
+        }
+        let mut resid = upload(&g, &resid0);
+        ops::matvec_attn(&g, &wo, &out.as_view(), &scratch, &mut resid.as_view_mut()).unwrap();
+        for (r, (&got, &(w, bound))) in download(&g, &resid).iter().zip(&o_want).enumerate() {
+            assert!(
+                (got as f64 - w).abs() <= bound,
+                "{label}: matvec_attn {wo_ty:?} row {r}: got {got} want {w} (bound {bound:e})"
+            );
+        }
         // The new row is in the cache exactly as kv_append would store it; the rows after it
         // are untouched.
         let (kc, vc) = (download(&g, &cache.k), download(&g, &cache.v));
@@ -454,12 +509,13 @@ proptest! {
         heads in prop::sample::select(DECODE_HEADS),
         n_kv in prop::sample::select(&[1usize, 2, 31, 32, 33, 128, 129, 255, 256, 257, 1000, 4095, 4096][..]),
         f32_cache in any::<bool>(),
+        defer in any::<bool>(),
         seed in any::<u64>(),
     ) {
         if f32_cache {
-            attention_decode_case::<f32>(heads, n_kv, seed);
+            attention_decode_case::<f32>(heads, n_kv, defer, seed);
         } else {
-            attention_decode_case::<u16>(heads, n_kv, seed);
+            attention_decode_case::<u16>(heads, n_kv, defer, seed);
         }
     }
 
@@ -487,8 +543,13 @@ proptest! {
 fn attention_on_the_qwen_shapes() {
     attention_prefill_case::<u16>((14, 2, 64), (0, 512), 1);
     attention_prefill_case::<f32>((14, 2, 64), (0, 512), 2);
-    attention_decode_case::<u16>((14, 2, 64), 4096, 3);
-    attention_decode_case::<f32>((14, 2, 64), 4096, 4);
+    attention_decode_case::<u16>((14, 2, 64), 4096, true, 3);
+    attention_decode_case::<f32>((14, 2, 64), 4096, false, 4);
+    // Short contexts, where the output projection combines (1 to 4 used splits) or not.
+    for (i, n_kv) in [1usize, 32, 33, 100, 128, 129].into_iter().enumerate() {
+        attention_decode_case::<u16>((14, 2, 64), n_kv, true, 10 + i as u64);
+    }
+    attention_decode_case::<f32>((14, 2, 64), 100, false, 20);
     attention_prefill_case::<u16>((9, 3, 64), (0, 512), 5);
     // Every head_dim the prefill kernel is instantiated for (32, 64, 96, 128: tiles of 32 keys,
     // 16 at 128), with partial query and key tiles and a chunk after earlier positions.
@@ -1166,6 +1227,7 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
             DecodeAt::Kv(5),
             &mut scratch,
             &mut out.as_view_mut(),
+            true,
         )
         .unwrap_err()
         .to_string();

@@ -669,6 +669,7 @@ impl Bench<'_> {
                             ops::DecodeAt::Kv(n),
                             scratch,
                             &mut dout.as_view_mut(),
+                            false,
                         )
                     }
                 };

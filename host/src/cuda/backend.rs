@@ -615,20 +615,38 @@ impl CudaBackend {
             let v = s.v.slice(..t * kvd);
             let mut out = s.attn.slice_mut(..t * qd);
             let dec = &mut s.dec;
+            // Decode: at short contexts the attention leaves its per-split partials and the
+            // output projection combines them as it reads them (one less step on the critical
+            // path: no counted last block).
+            let defer = t == 1 && lin.fuse && ops::matvec_attn_supported(&l.wo);
             match &mut self.kv {
-                KvCache::F16(ls) => step.run(&mut ls[li], &mut q, &mut k, &v, dec, &mut out)?,
-                KvCache::F32(ls) => step.run(&mut ls[li], &mut q, &mut k, &v, dec, &mut out)?,
+                KvCache::F16(ls) => {
+                    step.run(&mut ls[li], &mut q, &mut k, &v, dec, &mut out, defer)?
+                }
+                KvCache::F32(ls) => {
+                    step.run(&mut ls[li], &mut q, &mut k, &v, dec, &mut out, defer)?
+                }
             }
-            lin.run_residual(
-                &l.wo,
-                &s.attn.slice(..t * qd),
-                &mut s.x.slice_mut(..t * d),
-                &mut s.proj.slice_mut(..t * d),
-                t,
-                &mut s.wdeq32,
-                &mut s.wdeq16,
-                &mut s.x16,
-            )?;
+            if defer {
+                ops::matvec_attn(
+                    gpu,
+                    &l.wo,
+                    &s.attn.slice(..qd),
+                    &s.dec,
+                    &mut s.x.slice_mut(..d),
+                )?;
+            } else {
+                lin.run_residual(
+                    &l.wo,
+                    &s.attn.slice(..t * qd),
+                    &mut s.x.slice_mut(..t * d),
+                    &mut s.proj.slice_mut(..t * d),
+                    t,
+                    &mut s.wdeq32,
+                    &mut s.wdeq16,
+                    &mut s.x16,
+                )?;
+            }
 
             let a8 = t == 1
                 && lin.fuse
@@ -902,6 +920,7 @@ struct AttnStep<'a> {
 }
 
 impl AttnStep<'_> {
+    #[allow(clippy::too_many_arguments)]
     fn run<T: KvElem>(
         &self,
         cache: &mut KvLayer<T>,
@@ -910,6 +929,7 @@ impl AttnStep<'_> {
         v: &CudaView<f32>,
         dec: &mut DecodeScratch,
         out: &mut CudaViewMut<f32>,
+        defer: bool,
     ) -> Result<(), CudaError> {
         if self.t == 1 {
             let at = match self.pos {
@@ -933,6 +953,7 @@ impl AttnStep<'_> {
                 at,
                 dec,
                 out,
+                defer,
             );
         }
         let Pos::Host(pos) = self.pos else {

@@ -42,6 +42,11 @@ pub const KERNELS: &[&str] = &[
     "matvec_qkv_q4_1_q8_0",
     "matvec_qkv_q5_0_q8_0",
     "matvec_qkv_q5_1_q8_0",
+    "matvec_attn_q4_0",
+    "matvec_attn_q4_1",
+    "matvec_attn_q5_0",
+    "matvec_attn_q5_1",
+    "matvec_attn_q8_0",
     "matvec_q2_k",
     "matvec_q3_k",
     "matvec_q4_k",
@@ -154,6 +159,13 @@ pub fn swiglu_a8_kernel(t: GgmlType) -> Option<&'static str> {
 /// is one (the legacy types, Q4_K and Q6_K).
 pub fn matvec_a8_kernel(t: GgmlType) -> Option<&'static str> {
     let name = format!("matvec_a8_{}", type_suffix(t));
+    lookup(&name)
+}
+
+/// The attention output projection that can combine the attention's partials itself
+/// (`matvec_attn_*`) for weights of type `t`, where there is one (the legacy types).
+pub fn matvec_attn_kernel(t: GgmlType) -> Option<&'static str> {
+    let name = format!("matvec_attn_{}", type_suffix(t));
     lookup(&name)
 }
 

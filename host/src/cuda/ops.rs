@@ -8,8 +8,8 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig};
 use super::device::{Gpu, launch};
 use super::error::CudaError;
 use super::kernels::{
-    dequant_kernel, matvec_a8_kernel, matvec_kernel, matvec_qkv_kernel, matvec_swiglu_kernel,
-    swiglu_a8_kernel,
+    dequant_kernel, matvec_a8_kernel, matvec_attn_kernel, matvec_kernel, matvec_qkv_kernel,
+    matvec_swiglu_kernel, swiglu_a8_kernel,
 };
 use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
@@ -410,6 +410,15 @@ pub fn decode_splits(n_ctx: usize) -> usize {
         .clamp(1, DECODE_CHUNK)
 }
 
+/// Whether an [`attention_decode`] launched with `defer` over `n_kv` positions of an `n_ctx`
+/// cache leaves the combine of its splits to [`matvec_attn`] (at most `DECODE_DEFER_SPLITS`
+/// used splits), as the kernels decide it on the device.
+pub fn decode_defers(n_kv: usize, n_ctx: usize) -> bool {
+    let n_split = decode_splits(n_ctx) as u32;
+    let (_, n_used) = kernels_gpu::shapes::decode_plan(n_kv.clamp(1, n_ctx) as u32, n_split);
+    n_used as usize <= kernels_gpu::shapes::DECODE_DEFER_SPLITS
+}
+
 /// Scratch of decode attention for contexts up to `n_ctx`: the per-split partials
 /// (`n_head * n_split * (head_dim + 2)` floats) and the per-head count of finished splits
 /// (zeroed once; the kernel leaves it zeroed).
@@ -419,6 +428,10 @@ pub struct DecodeScratch {
     n_head: usize,
     head_dim: usize,
     n_ctx: usize,
+    /// The plan of the last [`attention_decode`] queued with this scratch, which
+    /// [`matvec_attn`] reads its partials by: `[n_kv, n_ctx, n_split, head_dim, n_head, defer]`
+    /// and the device position's address (0: none).
+    last: Option<([u32; 6], u64)>,
 }
 
 impl DecodeScratch {
@@ -434,6 +447,7 @@ impl DecodeScratch {
             n_head,
             head_dim,
             n_ctx,
+            last: None,
         })
     }
 
@@ -470,7 +484,10 @@ pub struct NewToken<'a> {
 /// `cpu::attention` with one query): RoPE on the new token's query and key at its position
 /// (`at`), its key and value written to the cache there, and its attention over the cache
 /// positions up to it, into `out`. One launch: the context is split across blocks and the last
-/// block of each head combines the splits.
+/// block of each head combines the splits — unless `defer` and the position's context takes at
+/// most `DECODE_DEFER_SPLITS` splits: then the blocks only leave their partials in `scratch`, and
+/// `out` is not written; the output projection must then be [`matvec_attn`] (which reads
+/// whichever the attention left, by the plan recorded in `scratch`).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode<T: KvElem>(
     gpu: &Gpu,
@@ -481,6 +498,7 @@ pub fn attention_decode<T: KvElem>(
     at: DecodeAt,
     scratch: &mut DecodeScratch,
     out: &mut CudaViewMut<f32>,
+    defer: bool,
 ) -> Result<()> {
     let kname: &'static str = T::KERNELS.1;
     cache.check(kname, s)?;
@@ -568,7 +586,23 @@ pub fn attention_decode<T: KvElem>(
         group as u32,
         matches!(tok.style, RopeStyle::Neox) as u32,
         1.0 / (d as f32).sqrt(),
+        if defer {
+            kernels_gpu::shapes::DECODE_DEFER_SPLITS as u32
+        } else {
+            0
+        },
     );
+    scratch.last = Some((
+        [
+            args.0,
+            args.1,
+            n_split as u32,
+            args.3,
+            to_u32(kname, "n_head", n_head)?,
+            args.7,
+        ],
+        pdev,
+    ));
     let cfg = LaunchConfig {
         grid_dim: (
             to_u32(kname, "n_head_kv", s.n_head_kv)?,
@@ -588,7 +622,67 @@ pub fn attention_decode<T: KvElem>(
     let mut done = scratch.done.as_view_mut();
     launch!(
         gpu, kname, cfg, q, tok.k, tok.v, &mut kc, &mut vc, &table, &mut part, &mut done, out,
-        &args.0, &pdev, &args.1, &args.2, &args.3, &args.4, &args.5, &args.6
+        &args.0, &pdev, &args.1, &args.2, &args.3, &args.4, &args.5, &args.6, &args.7
+    );
+    Ok(())
+}
+
+/// Whether [`matvec_attn`] serves an output projection of this type (the legacy 32-element
+/// block types).
+pub fn matvec_attn_supported(wo: &DeviceTensor) -> bool {
+    matvec_attn_kernel(wo.ty).is_some()
+}
+
+/// The attention's output projection added into the residual, `resid += Wo · attn`, after an
+/// [`attention_decode`] queued with the same `scratch`: when that attention left its partials
+/// (`defer`, a short context) the kernel combines them as it reads its activations (the
+/// attention's own combine, `kernels-gpu/src/matvec.rs`), otherwise it reads `attn`. The
+/// decision is made on the device from the same position, with the plan the attention recorded.
+pub fn matvec_attn(
+    gpu: &Gpu,
+    wo: &DeviceTensor,
+    attn: &CudaView<f32>,
+    scratch: &DecodeScratch,
+    resid: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let k = matvec_attn_kernel(wo.ty).ok_or_else(|| CudaError::Shape {
+        kernel: "matvec_attn",
+        problem: format!("{}: no matvec_attn kernel for {:?}", wo.name, wo.ty),
+    })?;
+    let (plan, pdev) = scratch.last.ok_or_else(|| CudaError::Shape {
+        kernel: k,
+        problem: "no decode attention was queued with this scratch".into(),
+    })?;
+    let cols = scratch.n_head * scratch.head_dim;
+    ensure(
+        k,
+        wo.cols == cols && attn.len() == cols && resid.len() == wo.rows,
+        || {
+            format!(
+                "{}: attn {} / resid {} for a {} x {} matrix after attention over {} heads x {}",
+                wo.name,
+                attn.len(),
+                resid.len(),
+                wo.rows,
+                wo.cols,
+                scratch.n_head,
+                scratch.head_dim
+            )
+        },
+    )?;
+    x_aligned(gpu, k, &wo.name, attn)?;
+    let rows = to_u32(k, "rows", wo.rows)?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows, 1, 1),
+        block_dim: (32 * kernels_gpu::shapes::MATVEC_KWARP_WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (wv, part) = (wo.data.as_view(), scratch.part.as_view());
+    let [n_kv, n_ctx, n_split, head_dim, n_head, defer] = plan;
+    let mode = 2u32; // kernels_gpu::matvec::ACCUMULATE; `add` unread
+    launch!(
+        gpu, k, cfg, &wv, attn, &part, &pdev, &n_kv, &n_ctx, &n_split, &head_dim, &n_head, &defer,
+        resid, &rows, attn, &mode
     );
     Ok(())
 }
