@@ -6,21 +6,17 @@
 //! run in f32; `e^x` is `ex2.approx` (relative error ≈ 2^-21).
 //!
 //! Decode (one query per head, any context length), one launch that also does RoPE and the KV
-//! append of the new token: `attention_decode_f16`, grid = (n_head_kv, n_split, n_z), n_split =
-//! min(ceil(n_ctx / DECODE_MIN_CHUNK), DECODE_CHUNK) (host `ops::decode_splits`), `n_z` dividing
-//! `group` (the host launches `group`: a block per query head), block = 128 threads, dynamic
-//! shared memory = `4 * shapes::decode_smem_layout(group, head_dim)[7]` bytes. When the
-//! position's context uses at most `defer` splits (see step 5) block `z` serves `group / n_z` of
-//! the `group` query heads of one KV head over one split (each such block reads the split's key
-//! and value rows; the score and value chains, the long part of a block at short contexts, are
-//! `n_z` times shorter); otherwise block `z = 0` serves the whole group and the others return.
-//! The
+//! append of the new token: `attention_decode_f16`, grid = (n_head_kv, n_split), n_split =
+//! min(ceil(n_ctx / DECODE_MIN_CHUNK), DECODE_CHUNK) (host `ops::decode_splits`), block = 128
+//! threads, dynamic shared memory =
+//! `4 * shapes::decode_smem_layout(group, head_dim)[7]` bytes. A block serves all `group` query
+//! heads of one KV head over one split, so every key and value row is read once per step. The
 //! new token sits at position `pos = n_kv − 1` (`n_kv` a launch argument, or `*pos_dev + 1` when
 //! `pos_dev` is non-null: a decode step replayed from a CUDA graph; clamped to `n_ctx`). `q`
 //! (`n_head * head_dim`), `k_new` and `v_new` (`n_head_kv * head_dim`) are the token's
 //! projections before RoPE: every block rotates its queries and the new key (the same pairs and
 //! f32 operations as `rope_f32`, table `cos_sin` of `n_pos` positions), rounds the new key and
-//! value as the cache stores them and uses those for position `pos`; block `z = 0` of the split holding
+//! value as the cache stores them and uses those for position `pos`; the block whose split holds
 //! `pos` writes them to the cache (what `kv_append` would have written). Split `s` covers
 //! positions `s * chunk .. min((s + 1) * chunk, n_kv)`, `chunk = max(ceil(n_kv / n_split),
 //! DECODE_MIN_CHUNK)` ≤ 128 (splits past the last are idle). The body is instantiated per
@@ -42,10 +38,8 @@
 //! 5. the warps' sums: with one split the block writes `out[h * head_dim + j] = Σ acc ·
 //!    rcp(Σ sum)` directly (`rcp.approx`, ≤ 1 ulp); otherwise it writes its partial per query
 //!    head, `acc` (head_dim floats) to `part[(h * n_split + s) * head_dim ..]` and `[max, sum]`
-//!    to `part[n_head * n_split * head_dim + 2 (h * n_split + s) ..]`; when at most `defer` splits
-//!    are used (a launch argument: the output projection is `matvec_attn_*`, which combines them
-//!    as it reads them) that is all, otherwise the last block of each KV head to finish (counted
-//!    in `done[kvh]`, which it resets to 0) combines them:
+//!    to `part[n_head * n_split * head_dim + 2 (h * n_split + s) ..]`, and the last split of each
+//!    KV head to finish (counted in `done[kvh]`, which it resets to 0) combines them:
 //! 6. thread `s` reads split `s`'s max and sum of every head (one load round trip), the block
 //!    forms the global max and each split's weight `e^(m_s − m)` (shared memory) and the
 //!    denominators; then each thread sums 4 outputs over the splits in order from 16-byte
@@ -290,18 +284,16 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
 ) {
     const G: usize = DECODE_MAX_GROUP;
     let half = D / 2;
+    let grp = group as usize;
     let neox = neox != 0;
     let kvh = gpu::block_x() as usize;
     // SAFETY: reading special registers has no side effects.
-    let (split, n_split, z, n_z) = unsafe {
+    let (split, n_split) = unsafe {
         (
             core::arch::nvptx::_block_idx_y(),
             core::arch::nvptx::_grid_dim_y(),
-            core::arch::nvptx::_block_idx_z() as usize,
-            core::arch::nvptx::_grid_dim_z() as usize,
         )
     };
-    let gfull = group as usize;
     // Positions are u32 (n_ctx ≤ DECODE_CHUNK²), offsets usize.
     // SAFETY: pos_dev is null or one readable u32 (launcher contract).
     let n_kv = unsafe { decode_n_kv(n_kv, pos_dev, n_ctx) };
@@ -311,19 +303,6 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     let (chunk, n_used) = decode_plan(n_kv, n_split);
     // The output projection combines the partials itself (the launch's `defer`).
     let deferred = n_used <= defer;
-    // Deferred (a short context), the KV head's `group` query heads are shared by the grid's
-    // `n_z` blocks of each split: this block serves `grp` of them, query heads `hb .. hb + grp`
-    // (each block reads the split's KV rows, from L2; the score and value chains, the long part
-    // at short contexts, are `n_z` times shorter). Otherwise block z = 0 serves the whole group
-    // and the others have nothing to do (the combine counts `n_used` blocks per KV head).
-    let grp = if deferred {
-        gfull / n_z
-    } else if z == 0 {
-        gfull
-    } else {
-        return; // block-uniform, before any barrier
-    };
-    let hb = kvh * gfull + z * grp;
     let start = split * chunk;
     if start >= n_kv {
         return; // block-uniform, before any barrier
@@ -334,7 +313,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     let single = chunk >= n_kv;
     let t = gpu::thread_x() as usize;
     let (lane, warp) = (gpu::lane() as usize, gpu::warp() as usize);
-    let [o_q, o_kn, o_vn, o_sc, o_red, o_tot, o_acc, _] = decode_smem_layout(gfull, D);
+    let [o_q, o_kn, o_vn, o_sc, o_red, o_tot, o_acc, _] = decode_smem_layout(grp, D);
     let smem = gpu::dyn_smem::<f32>();
     // SAFETY (every shared-memory access below): offsets inside the regions of
     // `decode_smem_layout(group, D)`, which the launcher sized the dynamic shared memory for.
@@ -434,7 +413,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     for m in 0..MAX_QI {
         let pi = t + THREADS * m;
         if m < n_qi && pi < grp * half {
-            let hq = hb + pi / half;
+            let hq = kvh * grp + pi / half;
             // SAFETY: query head hq < n_head; ia, ib < D.
             unsafe {
                 qa[m] = *q.add(hq * D + ia);
@@ -471,7 +450,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
             }
         }
     }
-    let holder = start <= pos && pos < end && z == 0;
+    let holder = start <= pos && pos < end;
     if t < half {
         let (a, b) = rotate(ka, kb, cs);
         let (a, b) = (C::store(a), C::store(b));
@@ -696,8 +675,8 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
         for m in 0..G {
             let i = t + THREADS * m;
             if m < n_out && i < grp * D {
-                // SAFETY: out holds n_head * D floats; query head hb + i / D.
-                unsafe { *out.add(hb * D + i) = o[m] * gpu::rcp(den[m]) };
+                // SAFETY: out holds n_head * D floats; query head kvh * grp + i / D.
+                unsafe { *out.add(kvh * grp * D + i) = o[m] * gpu::rcp(den[m]) };
             }
         }
         return;
@@ -707,7 +686,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     // max and sum at `part[n_head · n_split · D + (h · n_split + s) · 2 ..]`.
     let n_split = n_split as usize;
     let split = split as usize;
-    let ms_base = gpu::grid_dim_x() as usize * gfull * n_split * D;
+    let ms_base = gpu::grid_dim_x() as usize * grp * n_split * D;
     for m in 0..n_out {
         let i = t + THREADS * m;
         if i < grp * D {
@@ -717,7 +696,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
                 // SAFETY: as above.
                 o += unsafe { *acc_s.add((w * grp + hh) * D + j) };
             }
-            let row = (hb + hh) * n_split + split;
+            let row = (kvh * grp + hh) * n_split + split;
             // SAFETY: part holds n_head * n_split * (D + 2) floats: row < n_head * n_split; tot
             // as above.
             unsafe {
@@ -766,8 +745,8 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     let mut mx = [f32::NEG_INFINITY; G];
     let mut sm = [0.0f32; G];
     for hh in 0..G {
-        if hh < gfull && s < n_used {
-            let at = ms_base + 2 * ((kvh * gfull + hh) * n_split + s);
+        if hh < grp && s < n_used {
+            let at = ms_base + 2 * ((kvh * grp + hh) * n_split + s);
             // SAFETY: s < n_used ≤ n_split; fenced by its writer before the count.
             unsafe {
                 mx[hh] = gpu::load_cg(part.add(at));
@@ -792,7 +771,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     gpu::sync_threads();
     let mut dp = [0.0f32; G];
     for hh in 0..G {
-        if hh < gfull {
+        if hh < grp {
             let mut gm = f32::NEG_INFINITY;
             for w in 0..DECODE_WARPS {
                 // SAFETY: as above.
@@ -803,7 +782,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
             } else {
                 0.0
             };
-            // SAFETY: hh < gfull, s < DECODE_CHUNK.
+            // SAFETY: hh < grp, s < DECODE_CHUNK.
             unsafe { *sc.add(hh * DECODE_CHUNK + s) = e };
             dp[hh] = e * sm[hh];
         }
@@ -823,21 +802,21 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     }
     gpu::sync_threads();
     // 6b. out = Σ_s weight_s · partial_s / den: thread t takes the 4 outputs 4 o .. 4 o + 4 of
-    //     o = t, t + THREADS (gfull · D / 4 ≤ 2 · THREADS), summing the splits in order from vector
+    //     o = t, t + THREADS (grp · D / 4 ≤ 2 · THREADS), summing the splits in order from vector
     //     loads issued CB at a time (the last split's row repeated past n_used: unconditional
     //     loads).
     const CB: usize = 16;
     const _: () = assert!(DECODE_CHUNK.is_multiple_of(CB));
     let q4 = D / 4;
     let mut o = t;
-    while o < gfull * q4 {
+    while o < grp * q4 {
         let (hh, j4) = (o / q4, 4 * (o % q4));
         let mut den = 0.0f32;
         for w in 0..DECODE_WARPS {
             // SAFETY: as above.
             den += unsafe { *wred.add((DECODE_WARPS + w) * G + hh) };
         }
-        let row0 = (kvh * gfull + hh) * n_split;
+        let row0 = (kvh * grp + hh) * n_split;
         let mut num = [0.0f32; 4];
         let mut s0 = 0;
         while s0 < n_used {
@@ -851,7 +830,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
             // Past n_used the weight is 0 (6a wrote all DECODE_CHUNK slots), the row finite: the
             // sums are unchanged, with no branch.
             for (u, x) in v.iter().enumerate() {
-                // SAFETY: hh < gfull; s0 + u < DECODE_CHUNK (s0 < n_used ≤ DECODE_CHUNK, and s0
+                // SAFETY: hh < grp; s0 + u < DECODE_CHUNK (s0 < n_used ≤ DECODE_CHUNK, and s0
                 // and DECODE_CHUNK are multiples of CB).
                 let e = unsafe { *sc.add(hh * DECODE_CHUNK + s0 + u) };
                 for (a, &xv) in num.iter_mut().zip(x) {
@@ -862,7 +841,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
         }
         for (k, &a) in num.iter().enumerate() {
             // SAFETY: out holds n_head * D floats.
-            unsafe { *out.add((kvh * gfull + hh) * D + j4 + k) = a / den };
+            unsafe { *out.add((kvh * grp + hh) * D + j4 + k) = a / den };
         }
         o += THREADS;
     }

@@ -604,11 +604,10 @@ pub fn attention_decode<T: KvElem>(
         pdev,
     ));
     let cfg = LaunchConfig {
-        // A block per KV head, split and query head of the group (kernels-gpu/src/attention.rs).
         grid_dim: (
             to_u32(kname, "n_head_kv", s.n_head_kv)?,
             to_u32(kname, "n_split", n_split)?,
-            group as u32,
+            1,
         ),
         block_dim: (kernels_gpu::shapes::DECODE_THREADS as u32, 1, 1),
         shared_mem_bytes: smem as u32,
