@@ -8,7 +8,7 @@
 //! `32 b .. 32 b + 32` (`SWIGLU_A8_WARPS` = 16 warps of `SWIGLU_A8_ROWS_PER_WARP` = 2 rows), so the
 //! 32 results are one activation block of the down projection: they are written as f32 (`out`)
 //! and quantized (`oq`: 32 bytes, `od`: `[d, s]`). Every block first reads the whole row `h` (the
-//! sum of squares, then a warp per 32-element block quantizes `h · scale · g` into shared memory)
+//! sum of squares, then 8 lanes per 32-element block quantize `h · scale · g` into shared memory)
 //! while its weights are on their way: when `staged` (the launcher's choice: they fit in 48 KB)
 //! its 32 gate and 32 up rows are copied into shared memory in coalesced 16-byte words
 //! (`gpu::stage`), else the first round of each lane's loads is issued. Lane `l` of a warp takes blocks
@@ -45,6 +45,32 @@ pub(crate) fn quantize_warp(v: f32) -> (i32, f32, f32) {
     let q = q8_round(v, id);
     // Sums of at most 32 values of magnitude ≤ 127: exact in f32.
     (q, d, d * gpu::warp_sum(q as f32))
+}
+
+/// [`quantize_warp`] for a block of 32 values held 4 per lane by 8 adjacent lanes (lanes
+/// `8 k .. 8 k + 8` of the warp hold block `k`'s elements in order): the lane's 4 quants and the
+/// block's `d` and `s` — the same values, bit for bit (the maximum and the integer sum do not
+/// depend on the order). Every lane of the warp must call it.
+#[inline(always)]
+pub(crate) fn quantize_lanes8(v: [f32; 4]) -> ([i32; 4], f32, f32) {
+    let over8 = |mut x: f32, op: fn(f32, f32) -> f32| {
+        for m in [1, 2, 4] {
+            x = op(x, gpu::shfl_xor(x, m));
+        }
+        x
+    };
+    let bad = v.iter().any(|x| x.is_nan() || x.is_infinite());
+    let bad = over8(if bad { 1.0 } else { 0.0 }, f32::max) > 0.0;
+    let amax = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let (d, id) = q8_scale(over8(amax, f32::max));
+    let q = v.map(|x| q8_round(x, id));
+    // Sums of at most 32 values of magnitude ≤ 127: exact in f32.
+    let sum = over8((q[0] + q[1] + q[2] + q[3]) as f32, |a, b| a + b);
+    if bad {
+        ([0; 4], f32::NAN, f32::NAN) // after every shuffle: groups of a warp may differ
+    } else {
+        (q, d, d * sum)
+    }
 }
 
 /// One round of weight loads: block `r0 + lane` of the warp's 2 gate and 2 up rows (`row0..`,
@@ -160,49 +186,60 @@ unsafe fn swiglu_a8<B: LegacyWhole>(
         [NONE; RPW]
     };
 
-    // The norm weights of the warp's first two blocks (constants, like the matrices) are
-    // loaded before the wait too: they are needed only after the block reduction below.
-    let g_at = |b: usize| {
-        if b < nb {
-            // SAFETY: 32 b + lane < cols: g holds cols floats.
-            unsafe { *g.add(32 * b + lane) }
+    // Thread t holds elements c0 .. c0 + 4 of the row (c0 = 4 t; then c0 + SPAN, …): its norm
+    // weights (constants, like the matrices) are loaded before the wait, its `h` right after,
+    // kept in registers for the quantization, which 8 adjacent lanes do per block of 32.
+    const SPAN: usize = 4 * 32 * WARPS;
+    let c0 = 4 * gpu::thread_x() as usize;
+    let at = |p: *const f32, c: usize| {
+        if c < cols {
+            // SAFETY: c + 4 ≤ cols (a multiple of 32); h and g are 16-byte aligned.
+            unsafe { xa4(p, c) }
         } else {
-            0.0
+            [0.0; 4]
         }
     };
-    let g_first = [g_at(warp), g_at(warp + WARPS)];
+    let g0 = at(g, c0);
     // The weights are on their way; from here on the previous kernel's output is read.
     gpu::pdl_wait();
-    // The norm's scale, then the normed row quantized into shared memory, a warp per block.
-    let mut ss = 0.0f32;
-    let mut c = 4 * gpu::thread_x() as usize;
+    let h0 = at(h, c0);
+    let sq = |v: [f32; 4]| v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
+    let mut ss = sq(h0);
+    let mut c = c0 + SPAN;
     while c < cols {
-        // SAFETY: c + 4 ≤ cols (a multiple of 4); h is 16-byte aligned.
-        let v = unsafe { xa4(h, c) };
-        ss += v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3];
-        c += 4 * 32 * WARPS;
+        ss += sq(at(h, c));
+        c += SPAN;
     }
     // As `rms_norm_f32`: IEEE sqrt and division.
     let scale = 1.0 / core::f32::math::sqrt(gpu::block_sum(ss) / cols as f32 + eps);
-    let mut b = warp;
-    while b < nb {
-        let i = 32 * b + lane;
-        let gi = match b - warp {
-            0 => g_first[0],
-            WARPS => g_first[1],
-            _ => g_at(b),
+    // The normed row quantized into shared memory. The loop runs while any lane of the warp has
+    // elements (warp-uniform: every lane takes part in the shuffles); 32 divides cols, so a
+    // group of 8 lanes is in the row or past it as a whole.
+    let mut c = c0;
+    while c - 4 * lane < cols {
+        let (hv, gv) = if c == c0 {
+            (h0, g0)
+        } else {
+            (at(h, c), at(g, c))
         };
-        // SAFETY: i < cols: h holds cols floats; xs cols bytes, xds 2 nb floats.
-        unsafe {
-            // As `rms_norm`: (h · scale) · g.
-            let (qv, d, s) = quantize_warp(*h.add(i) * scale * gi);
-            *xs.add(i) = qv as i8 as u8;
-            if lane == 0 {
-                *xds.add(2 * b) = d;
-                *xds.add(2 * b + 1) = s;
+        // As `rms_norm`: (h · scale) · g.
+        let v = core::array::from_fn(|k| hv[k] * scale * gv[k]);
+        let (q, d, s) = quantize_lanes8(v);
+        if c < cols {
+            let packed = (q[0] as u8 as u32)
+                | ((q[1] as u8 as u32) << 8)
+                | ((q[2] as u8 as u32) << 16)
+                | ((q[3] as u8 as u32) << 24);
+            // SAFETY: c + 4 ≤ cols: xs holds cols bytes (4-byte aligned), xds 2 nb floats.
+            unsafe {
+                *(xs.add(c) as *mut u32) = packed;
+                if lane % 8 == 0 {
+                    *xds.add(2 * (c / 32)) = d;
+                    *xds.add(2 * (c / 32) + 1) = s;
+                }
             }
         }
-        b += WARPS;
+        c += SPAN;
     }
     gpu::cp_async_wait_all();
     gpu::sync_threads();
