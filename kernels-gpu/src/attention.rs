@@ -193,6 +193,26 @@ unsafe fn group_dots<const D: usize, const N: usize>(
     dots
 }
 
+/// `a[i]` for `i < N` by a chain of selects over the registers holding `a` (a run-time index
+/// into a register array would put it in local memory).
+#[inline(always)]
+fn pick<T: Copy, const N: usize>(a: &[T; N], i: usize) -> T {
+    let mut r = a[0];
+    for (j, &x) in a.iter().enumerate().skip(1) {
+        if i == j {
+            r = x;
+        }
+    }
+    r
+}
+
+/// `n`, opaque to the compiler (`matvec_dot::pin`): a loop bounded by it stays a loop instead of
+/// being written out `n` times.
+#[inline(always)]
+fn rolled(n: u32) -> usize {
+    crate::matvec_dot::pin(n) as usize
+}
+
 /// Dispatches decode attention on `head_dim` (32, 64 or 128: the launcher's limits).
 ///
 /// # Safety
@@ -521,17 +541,15 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     let mut pass0 = 0;
     loop {
         // Passes past n_pass are skipped (the condition is the same for every thread, so every
-        // lane still takes part in each shuffle). Written out (a loop would index `kraw` at run
-        // time, in local memory).
-        step(pass0, kraw[0]);
-        if pass0 + 1 < n_pass {
-            step(pass0 + 1, kraw[1]);
-        }
-        if pass0 + 2 < n_pass {
-            step(pass0 + 2, kraw[2]);
-        }
-        if pass0 + 3 < n_pass {
-            step(pass0 + 3, kraw[3]);
+        // lane still takes part in each shuffle). A rolled loop, its pass's rows picked from
+        // `kraw` by selects (no run-time indexing into local memory): at short contexts this
+        // code runs once per block on an SM whose instruction cache does not hold it, and its
+        // time went mostly to instruction fetch when the 4 passes were written out (PERF.md
+        // change 30).
+        let mut i = 0;
+        while i < rolled(4) && pass0 + i < n_pass {
+            step(pass0 + i, pick(&kraw, i));
+            i += 1;
         }
         pass0 += 4;
         if pass0 >= n_pass {
@@ -616,17 +634,13 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
             }
         }};
     }
-    // The first group, from the loads of step 1, peeled off the loop: its raw rows are not
-    // copied into loop-carried registers (a copy would make the warp wait for those loads before
-    // it issues the ones after them).
-    value_step!(p0, vs[0]);
-    value_step!(p0 + W, vs[1]);
-    value_step!(p0 + 2 * W, vs[2]);
-    value_step!(p0 + 3 * W, vs[3]);
-    value_step!(p0 + 4 * W, vs[4]);
-    value_step!(p0 + 5 * W, vs[5]);
-    value_step!(p0 + 6 * W, vs[6]);
-    value_step!(p0 + 7 * W, vs[7]);
+    // The first group, from the loads of step 1, in a rolled loop (as the score passes: the
+    // code is fetched cold), each position's row picked from `vs` by selects.
+    let mut u = 0;
+    while u < rolled(8) && p0 + u as u32 * W < end {
+        value_step!(p0 + u as u32 * W, pick(&vs, u));
+        u += 1;
+    }
     let mut p0 = p0 + 8 * W;
     while p0 < end {
         // The rows of 4 positions loaded together, accumulated in position order.
