@@ -545,7 +545,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
         // `kraw` by selects (no run-time indexing into local memory): at short contexts this
         // code runs once per block on an SM whose instruction cache does not hold it, and its
         // time went mostly to instruction fetch when the 4 passes were written out (PERF.md
-        // change 30).
+        // change 32).
         let mut i = 0;
         while i < rolled(4) && pass0 + i < n_pass {
             step(pass0 + i, pick(&kraw, i));

@@ -154,13 +154,23 @@ pub(crate) unsafe fn store_block_sum(y: *mut f32, row: usize, acc: f32, operand:
     let acc = gpu::block_sum(acc);
     if gpu::thread_x() == 0 {
         // SAFETY: caller contract.
-        unsafe {
-            *y.add(row) = match mode {
-                ADD | ACCUMULATE => acc + operand,
-                _ => acc,
-            }
-        };
+        unsafe { store_with(y, row, acc, operand, mode) };
     }
+}
+
+/// `y[row] = acc`, or `acc + operand` when `mode` has an [`Epilogue`] operand.
+///
+/// # Safety
+/// As [`store`].
+#[inline(always)]
+unsafe fn store_with(y: *mut f32, row: usize, acc: f32, operand: f32, mode: u32) {
+    // SAFETY: caller contract.
+    unsafe {
+        *y.add(row) = match mode {
+            ADD | ACCUMULATE => acc + operand,
+            _ => acc,
+        }
+    };
 }
 
 /// `y = W x`.
@@ -371,12 +381,7 @@ unsafe fn matvec_legacy_at<B: Legacy4, A: Acts, const U: usize>(
     let acc = acts.finish(gpu::block_sum(acc), gpu::block_sum);
     if gpu::thread_x() == 0 {
         // SAFETY: row < rows; y holds rows floats.
-        unsafe {
-            *y.add(row) = match mode {
-                ADD | ACCUMULATE => acc + operand,
-                _ => acc,
-            }
-        };
+        unsafe { store_with(y, row, acc, operand, mode) };
     }
 }
 
