@@ -330,17 +330,8 @@ fn attention_decode_case<T: TestElem + PartialEq>(
     let o_want: Vec<(f64, f64)> = wo_deq
         .chunks_exact(o_cols)
         .zip(&resid0)
-        .map(|(row, &r0)| {
-            let dot: f64 = row
-                .iter()
-                .zip(&want)
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum();
-            let mag: f64 = row
-                .iter()
-                .zip(&want)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum();
+        .zip(dots(&wo_deq, o_cols, &want))
+        .map(|((row, &r0), (dot, mag))| {
             let carried: f64 = row
                 .iter()
                 .zip(&want)
@@ -609,10 +600,8 @@ proptest! {
         let mut y = poisoned(&g, rows, f32::NAN);
         ops::matvec_q8p(&g, &w, &upload(&g, &x).as_view(), &mut y.as_view_mut()).unwrap();
         let got = download(&g, &y);
-        for r in 0..rows {
-            let row = &deq[r * cols..(r + 1) * cols];
-            let want: f64 = row.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let bound: f64 = row.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * 1e-5;
+        for (r, (want, mag)) in dots(&deq, cols, &x).into_iter().enumerate() {
+            let bound = mag * 1e-5;
             prop_assert!((got[r] as f64 - want).abs() <= bound,
                 "q8p {}x{} row {}: got {} want {} (bound {:e})", rows, cols, r, got[r], want, bound);
         }
@@ -704,10 +693,8 @@ proptest! {
         let mut y = poisoned(&g, rows, f32::NAN);
         ops::matvec(&g, &w, &upload(&g, &x).as_view(), &mut y.as_view_mut()).unwrap();
         let got = download(&g, &y);
-        for r in 0..rows {
-            let row = &deq[r * cols..(r + 1) * cols];
-            let want: f64 = row.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let bound: f64 = row.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>() * 1e-5;
+        for (r, (want, mag)) in dots(&deq, cols, &x).into_iter().enumerate() {
+            let bound = mag * 1e-5;
             prop_assert!(got[r].is_finite(), "{:?} {}x{} row {}: {}", t, rows, cols, r, got[r]);
             prop_assert!((got[r] as f64 - want).abs() <= bound,
                 "{:?} {}x{} row {}: got {} want {} (bound {:e})", t, rows, cols, r, got[r], want, bound);
@@ -857,15 +844,8 @@ fn matvec_and_embedding_on_vocab_sized_matrices() {
         let mut y = poisoned(&g, rows, f32::NAN);
         ops::matvec(&g, &w, &upload(&g, &x).as_view(), &mut y.as_view_mut()).unwrap();
         let got = download(&g, &y);
-        for r in 0..rows {
-            let row = &deq[r * cols..(r + 1) * cols];
-            let want: f64 = row.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let bound: f64 = row
-                .iter()
-                .zip(&x)
-                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                .sum::<f64>()
-                * 1e-5;
+        for (r, (want, mag)) in dots(&deq, cols, &x).into_iter().enumerate() {
+            let bound = mag * 1e-5;
             assert!(
                 (got[r] as f64 - want).abs() <= bound,
                 "{t:?} {rows}x{cols} row {r}: got {} want {want}",

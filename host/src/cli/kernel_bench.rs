@@ -312,6 +312,13 @@ fn parse_type(s: &str) -> Result<GgmlType, String> {
     GgmlType::from_name(&s.to_uppercase()).ok_or_else(|| format!("unknown tensor type {s:?}"))
 }
 
+/// The f64 dot product of each row of `deq` (`cols` wide) with `x`: the matvec references.
+fn row_dots(deq: &[f32], cols: usize, x: &[f32]) -> Vec<f64> {
+    deq.chunks_exact(cols)
+        .map(|r| r.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum())
+        .collect()
+}
+
 /// Relative error of `got` against `want`: max |diff| / max |want|; NaN counts as infinite.
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     let scale = want.iter().fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
@@ -731,10 +738,7 @@ impl Bench<'_> {
                 let mut dy = g.alloc::<f32>(rows, "bench")?;
                 ops::matvec_a8(g, &ws[0], a8, &mut dy.as_view_mut(), MatvecOut::Store)?;
                 let got = self.down(&dy)?;
-                let want: Vec<f64> = deq
-                    .chunks_exact(cols)
-                    .map(|r| r.iter().zip(&xq).map(|(&a, &b)| a as f64 * b as f64).sum())
-                    .collect();
+                let want = row_dots(&deq, cols, &xq);
                 let e = rel_err(&got, &want);
                 let mut i = 0;
                 let t = time(g, reps, || {
@@ -764,10 +768,7 @@ impl Bench<'_> {
                     let mut dy = g.alloc::<f32>(rows, "bench")?;
                     ops::matvec(g, &ws[0], &dx.as_view(), &mut dy.as_view_mut())?;
                     let got = self.down(&dy)?;
-                    let want: Vec<f64> = deq
-                        .chunks_exact(cols)
-                        .map(|r| r.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum())
-                        .collect();
+                    let want = row_dots(&deq, cols, &x);
                     let e = rel_err(&got, &want);
                     let mut i = 0;
                     let t = time(g, reps, || {
