@@ -197,8 +197,9 @@ impl Gpu {
     /// before it waits (`gpu::pdl_trigger` / `gpu::pdl_wait` in `kernels-gpu`). No effect with
     /// the sm_80 module, which has no `griddepcontrol`.
     pub fn set_pdl(&mut self, on: bool) {
-        self.pdl =
-            on && crate::kernels::ptx_for(self.cc.0, self.cc.1) == Some(crate::kernels::PTX_SM90);
+        self.pdl = on
+            && crate::kernels::ptx_for(self.cc.0, self.cc.1)
+                .is_some_and(|p| std::ptr::eq(p, crate::kernels::PTX_SM90));
     }
 
     /// Whether kernel `name` is launched with programmatic serialization now.
