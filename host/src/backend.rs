@@ -79,6 +79,27 @@ pub trait Backend {
 
     /// Empties the KV cache.
     fn reset(&mut self);
+
+    /// Greedy decoding that runs ahead of the host, where the backend has it (see
+    /// [`GreedySteps`]); `None` otherwise.
+    fn greedy_steps(&mut self) -> Option<&mut dyn GreedySteps> {
+        None
+    }
+}
+
+/// Greedy decoding the backend runs without the host between steps: each queued step chooses
+/// its successor itself (the argmax of its last logits, ties to the lower id, NaN never chosen:
+/// [`crate::sample::argmax`]) and the following step can take that choice as its input where it
+/// is computed, so the host queues step `k + 1` before it reads step `k`'s choice and the device
+/// never waits for the host. The cache semantics are those of [`Backend::forward`], counted from
+/// the moment a step is queued.
+pub trait GreedySteps {
+    /// Queues the forward of one token at `pos` — `Some(id)` from the host, or `None`: the
+    /// choice of the step queued last, which ran at `pos − 1` — and its greedy choice.
+    fn queue_greedy(&mut self, token: Option<u32>, pos: usize) -> Result<(), BackendError>;
+
+    /// The choice of the oldest queued step (waits for it).
+    fn take_greedy(&mut self) -> Result<u32, BackendError>;
 }
 
 /// The checks every backend makes before a forward: tokens present and in the vocabulary, `pos`

@@ -205,53 +205,68 @@ impl Session {
         t.prompt_tokens = ran;
         t.prompt_secs = start.elapsed().as_secs_f64();
 
-        let mut history = prompt.to_vec();
-        let mut generated = Vec::new();
-        let mut text = TextStream::new(&opts.stop_strings);
-        let mut out = String::new();
-        let mut emit = |s: &str, out: &mut String| {
-            if !s.is_empty() {
-                on_text(s);
-                out.push_str(s);
-            }
+        let mut acc = Accepted {
+            history: prompt.to_vec(),
+            generated: Vec::new(),
+            text: TextStream::new(&opts.stop_strings),
+            out: String::new(),
+            on_text,
         };
         let mut sample_time = Duration::ZERO;
         let mut decode_time = Duration::ZERO;
-        let stop = loop {
-            if generated.len() >= opts.max_tokens {
-                break StopReason::MaxTokens;
-            }
+        let c = sampler.config();
+        let on_device = c.is_greedy() && (c.repeat_penalty == 1.0 || c.repeat_last_n == 0);
+        let pipelined = on_device && self.backend.greedy_steps().is_some();
+        let run = if opts.max_tokens == 0 {
+            Ok(StopReason::MaxTokens)
+        } else if pipelined {
             let ts = Instant::now();
-            let next = sampler.sample(&logits, &history)?;
+            let first = sampler.sample(&logits, &acc.history);
             sample_time += ts.elapsed();
-            generated.push(next);
-            history.push(next);
-            if opts.eog.contains(&next) {
-                break StopReason::EndOfGeneration(next);
-            }
-            if let Some(tb) = token_bytes {
-                let (s, hit) = text.push(&tb(next));
-                emit(&s, &mut out);
-                if let Some(i) = hit {
-                    break StopReason::StopString(opts.stop_strings[i].clone());
+            first.map_err(GenerateError::from).and_then(|first| {
+                self.decode_pipelined(first, opts, token_bytes, &mut acc, &mut t, &mut decode_time)
+            })
+        } else {
+            let mut step = || -> Result<StopReason, GenerateError> {
+                loop {
+                    let ts = Instant::now();
+                    let next = sampler.sample(&logits, &acc.history)?;
+                    sample_time += ts.elapsed();
+                    if let Some(stop) = acc.accept(next, opts, token_bytes) {
+                        return Ok(stop);
+                    }
+                    let pos = self.cached.len();
+                    if pos + 1 > n_ctx {
+                        return Ok(StopReason::ContextFull);
+                    }
+                    let td = Instant::now();
+                    logits = self.backend.forward(&[next], pos, Logits::Last)?;
+                    decode_time += td.elapsed();
+                    t.decode_tokens += 1;
+                    self.cached.push(next);
                 }
-            }
-            if generated.len() >= opts.max_tokens {
-                break StopReason::MaxTokens;
-            }
-            let pos = self.cached.len();
-            if pos + 1 > n_ctx {
-                break StopReason::ContextFull;
-            }
-            let td = Instant::now();
-            logits = self.backend.forward(&[next], pos, Logits::Last)?;
-            decode_time += td.elapsed();
-            t.decode_tokens += 1;
-            self.cached.push(next);
+            };
+            step()
         };
+        let stop = match run {
+            Ok(s) => s,
+            Err(e) => {
+                // The cache vouches for what the backend holds, never more.
+                let held = self.backend.n_past();
+                self.cached.truncate(held);
+                return Err(e);
+            }
+        };
+        let Accepted {
+            generated,
+            mut text,
+            mut out,
+            on_text,
+            ..
+        } = acc;
         if !matches!(stop, StopReason::StopString(_)) {
             let s = text.finish();
-            emit(&s, &mut out);
+            emit(on_text, &s, &mut out);
         }
         t.decode_secs = decode_time.as_secs_f64();
         t.sample_secs = sample_time.as_secs_f64();
@@ -262,6 +277,107 @@ impl Session {
             stop,
             timings: t,
         })
+    }
+}
+
+impl Session {
+    /// Greedy decoding through the backend's [`crate::backend::GreedySteps`], one step ahead: the step that runs
+    /// the accepted token `next` is queued, then (when another token may follow) the step fed
+    /// the token that one chooses, and only then is `next`'s successor read, so the device runs
+    /// the next step while the host streams this one's text. A step queued ahead of a stop ran:
+    /// its token is in the cache like every other token run.
+    fn decode_pipelined(
+        &mut self,
+        mut next: u32,
+        opts: &GenerateOptions,
+        token_bytes: Option<TokenBytes<'_>>,
+        acc: &mut Accepted<'_>,
+        t: &mut Timings,
+        decode_time: &mut Duration,
+    ) -> Result<StopReason, GenerateError> {
+        let n_ctx = self.backend.capacity();
+        let Some(steps) = self.backend.greedy_steps() else {
+            return Err(GenerateError::Backend(BackendError::Device(
+                "the backend has no device-side greedy decoding".into(),
+            )));
+        };
+        // Whether the step of `next` is already queued (fed on the device).
+        let mut ahead = false;
+        let stop = loop {
+            if let Some(stop) = acc.accept(next, opts, token_bytes) {
+                break stop;
+            }
+            let pos = self.cached.len();
+            if pos + 1 > n_ctx {
+                break StopReason::ContextFull;
+            }
+            let td = Instant::now();
+            if !ahead {
+                steps.queue_greedy(Some(next), pos)?;
+            }
+            self.cached.push(next);
+            t.decode_tokens += 1;
+            // The step after this one is needed unless the token it runs ends the generation:
+            // at max_tokens or a full context (known now), or as a stop (known later).
+            ahead = acc.generated.len() + 1 < opts.max_tokens && pos + 2 <= n_ctx;
+            if ahead {
+                steps.queue_greedy(None, pos + 1)?;
+            }
+            next = steps.take_greedy()?;
+            *decode_time += td.elapsed();
+        };
+        if ahead {
+            // The step of the stopping token ran; its choice is not needed.
+            self.cached.push(next);
+            t.decode_tokens += 1;
+            steps.take_greedy()?;
+        }
+        Ok(stop)
+    }
+}
+
+/// The tokens generated so far and their streamed text.
+struct Accepted<'a> {
+    history: Vec<u32>,
+    generated: Vec<u32>,
+    text: TextStream,
+    out: String,
+    on_text: &'a mut dyn FnMut(&str),
+}
+
+impl Accepted<'_> {
+    /// Takes the chosen token `next`: its text is streamed; returns why generation stops here,
+    /// if it does (an end-of-generation token, a stop string, `max_tokens` reached).
+    fn accept(
+        &mut self,
+        next: u32,
+        opts: &GenerateOptions,
+        token_bytes: Option<TokenBytes<'_>>,
+    ) -> Option<StopReason> {
+        self.generated.push(next);
+        self.history.push(next);
+        if opts.eog.contains(&next) {
+            return Some(StopReason::EndOfGeneration(next));
+        }
+        if let Some(tb) = token_bytes {
+            let (s, hit) = self.text.push(&tb(next));
+            emit(self.on_text, &s, &mut self.out);
+            if let Some(i) = hit {
+                return Some(StopReason::StopString(opts.stop_strings[i].clone()));
+            }
+        }
+        if self.generated.len() >= opts.max_tokens {
+            return Some(StopReason::MaxTokens);
+        }
+        None
+    }
+}
+
+/// Streams a non-empty piece of text and keeps it.
+fn emit(on_text: &mut dyn FnMut(&str), s: &str, out: &mut String) {
+    if !s.is_empty() {
+        on_text(s);
+        out.push_str(s);
     }
 }
 

@@ -12,9 +12,10 @@
 //!   u32 key of each float (NaN ranks below −inf); the candidates are bitonic-sorted in shared
 //!   memory; the cumulative sum is a block scan.
 //!
-//! Both write the id to `out[0]` and, when `pos_inc` is non-null, add 1 to `*pos_inc` (a decode
-//! step replayed from a CUDA graph: `out` is then the next step's input token and `pos_inc` its
-//! position).
+//! Both write the id to `out[0]` and, when `next` is non-null, feed it to the next decode step
+//! (a step replayed from a CUDA graph, `next = [token, position]`): `next[0]` = the id (0 when it is
+//! `u32::MAX`, "none": the next step then reads a valid row and the host, which reads `out`,
+//! refuses the result) and `next[1] += 1`.
 //!
 //! Launch: `argmax_f32` grid = (G, 1, 1), block = (1024, 1, 1): each block reduces a grid-stride
 //! share, and the last block to finish (counted in `done`, which it resets to 0) reduces the `G`
@@ -102,26 +103,27 @@ fn block_best(mut best: (f32, u32)) -> (f32, u32) {
     }
 }
 
-/// Writes the chosen id: `out[0] = id`, and when `pos_inc` is non-null, `*pos_inc += 1` (a decode
-/// step replayed from a CUDA graph: `out` is the next step's input token, `pos_inc` its
-/// position).
+/// Writes the chosen id: `out[0] = id`, and when `next` is non-null (the `[token, position]` of
+/// the next decode step), `next[0] = id` (0 for "none", `u32::MAX`: never a row past the
+/// embedding) and `next[1] += 1`.
 ///
 /// # Safety
-/// `out` is one writable u32; `pos_inc` null or one writable u32.
+/// `out` is one writable u32; `next` null or two writable u32.
 #[inline(always)]
-unsafe fn emit(out: *mut u32, pos_inc: *mut u32, id: u32) {
+unsafe fn emit(out: *mut u32, next: *mut u32, id: u32) {
     // SAFETY: caller contract.
     unsafe {
         *out = id;
-        if !pos_inc.is_null() {
-            *pos_inc += 1;
+        if !next.is_null() {
+            *next = if id == u32::MAX { 0 } else { id };
+            *next.add(1) += 1;
         }
     }
 }
 
 /// # Safety
 /// `x` holds `n` floats, `part` 2 × gridDim.x u32, `done` one u32 that is 0 at launch (the last
-/// block resets it), `out` one u32, `pos_inc` null or one u32; launched as in the module header.
+/// block resets it), `out` one u32, `next` null or two u32; launched as in the module header.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn argmax_f32(
     x: *const f32,
@@ -129,8 +131,12 @@ pub unsafe extern "ptx-kernel" fn argmax_f32(
     part: *mut u32,
     done: *mut u32,
     out: *mut u32,
-    pos_inc: *mut u32,
+    next: *mut u32,
 ) {
+    // In the decode graph the argmax follows the LM head: scheduled while it runs, it waits for
+    // the logits before reading them.
+    gpu::pdl_trigger();
+    gpu::pdl_wait();
     let mut best = (f32::NEG_INFINITY, u32::MAX);
     let n = n as usize;
     let stride = gpu::stride_x();
@@ -161,7 +167,7 @@ pub unsafe extern "ptx-kernel" fn argmax_f32(
     if n_blocks == 1 {
         if t == 0 {
             // SAFETY: caller contract.
-            unsafe { emit(out, pos_inc, b.1) };
+            unsafe { emit(out, next, b.1) };
         }
         return;
     }
@@ -200,7 +206,7 @@ pub unsafe extern "ptx-kernel" fn argmax_f32(
     if t == 0 {
         // SAFETY: caller contract; every block has counted itself, none touches done again.
         unsafe {
-            emit(out, pos_inc, b.1);
+            emit(out, next, b.1);
             *done = 0;
         }
     }
@@ -213,8 +219,8 @@ fn key(v: f32) -> u32 {
 }
 
 /// # Safety
-/// `x` holds `n` floats, `out` one u32; `1 ≤ top_k ≤ min(n, 1024)`; launched as in the module
-/// header.
+/// `x` holds `n` floats, `out` one u32, `next` null or two u32; `1 ≤ top_k ≤ min(n, 1024)`;
+/// launched as in the module header.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn sample_topk_topp_f32(
     x: *const f32,
@@ -224,7 +230,7 @@ pub unsafe extern "ptx-kernel" fn sample_topk_topp_f32(
     inv_temp: f32,
     u: f32,
     out: *mut u32,
-    pos_inc: *mut u32,
+    next: *mut u32,
 ) {
     let t = gpu::thread_x() as usize;
     let n = n as usize;
@@ -401,6 +407,6 @@ pub unsafe extern "ptx-kernel" fn sample_topk_topp_f32(
     gpu::sync_threads();
     if t == 0 {
         // SAFETY: out holds one u32.
-        unsafe { emit(out, pos_inc, *misc.add(3)) };
+        unsafe { emit(out, next, *misc.add(3)) };
     }
 }

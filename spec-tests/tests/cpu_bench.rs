@@ -41,6 +41,7 @@ fn args(model: &TempFile, p: &[usize], n: &[usize], d: &[usize]) -> Args {
         lm_head_f16: false,
         ffn_f32: false,
         no_pdl: false,
+        sync_steps: false,
         json: false,
     }
 }

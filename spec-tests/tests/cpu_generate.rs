@@ -1,11 +1,15 @@
 //! The generation session, sampling and perplexity on tiny models with the CPU backend: greedy
 //! generation equals a hand-written argmax loop, prefix reuse changes nothing but the work done,
-//! every stop condition, seeded determinism, and perplexity against a direct computation.
+//! every stop condition, seeded determinism, and perplexity against a direct computation; the
+//! pipelined greedy loop (a backend with `GreedySteps`, here the CPU backend behind a queue)
+//! generates what the host-sampled loop generates under every stop condition.
 
 use std::sync::Arc;
 
 use fixtures::tiny::{TinySpec, build_bytes};
-use host::backend::{Backend, Logits};
+use std::collections::VecDeque;
+
+use host::backend::{Backend, BackendError, GreedySteps, Logits};
 use host::cli::perplexity;
 use host::cpu::{Arith, CpuBackend, CpuOptions};
 use host::generate::{GenerateError, GenerateOptions, Session, StopReason};
@@ -190,6 +194,184 @@ fn stop_strings_end_generation_and_the_text_streams() {
         .unwrap();
     assert_eq!(g.stop, StopReason::StopString(stop));
     assert_eq!(g.text, free.text[..cut]);
+}
+
+/// The CPU backend with `GreedySteps`: a queued step runs at once and its argmax waits in a queue
+/// (what a GPU does later, in order); `None` feeds the last queued step's choice.
+struct Ahead {
+    inner: CpuBackend,
+    chosen: VecDeque<u32>,
+    /// The last queued step's choice and the position it is fed at.
+    last: Option<(u32, usize)>,
+    steps: usize,
+}
+
+impl Backend for Ahead {
+    fn name(&self) -> &'static str {
+        "ahead"
+    }
+    fn config(&self) -> &host::model::Config {
+        self.inner.config()
+    }
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+    fn n_past(&self) -> usize {
+        self.inner.n_past()
+    }
+    fn forward(&mut self, t: &[u32], pos: usize, l: Logits) -> Result<Vec<f32>, BackendError> {
+        self.chosen.clear();
+        self.last = None;
+        self.inner.forward(t, pos, l)
+    }
+    fn reset(&mut self) {
+        self.chosen.clear();
+        self.last = None;
+        self.inner.reset();
+    }
+    fn greedy_steps(&mut self) -> Option<&mut dyn GreedySteps> {
+        Some(self)
+    }
+}
+
+impl GreedySteps for Ahead {
+    fn queue_greedy(&mut self, token: Option<u32>, pos: usize) -> Result<(), BackendError> {
+        let t = match (token, self.last) {
+            (Some(t), _) => t,
+            (None, Some((c, p))) if p == pos => c,
+            (None, _) => return Err(BackendError::Device(format!("nothing chosen for {pos}"))),
+        };
+        let l = self.inner.forward(&[t], pos, Logits::Last)?;
+        let c = argmax(&l).unwrap();
+        self.chosen.push_back(c);
+        self.last = Some((c, pos + 1));
+        self.steps += 1;
+        Ok(())
+    }
+    fn take_greedy(&mut self) -> Result<u32, BackendError> {
+        self.chosen
+            .pop_front()
+            .ok_or_else(|| BackendError::Device("nothing queued".into()))
+    }
+}
+
+#[test]
+fn pipelined_greedy_generates_what_the_host_loop_generates() {
+    let text_of = |id: u32| vec![b'a' + (id % 26) as u8];
+    let ahead = |n_ctx| Ahead {
+        inner: backend(Arch::Qwen2, n_ctx),
+        chosen: VecDeque::new(),
+        last: None,
+        steps: 0,
+    };
+    let free = Session::new(Box::new(backend(Arch::Qwen2, 64)))
+        .generate(
+            &PROMPT,
+            &mut Sampler::greedy(),
+            &opts(12),
+            Some(&text_of),
+            &mut no_text,
+        )
+        .unwrap();
+    let stop = free.text[5..7].to_string();
+    let cases: Vec<(usize, GenerateOptions)> = vec![
+        (64, opts(12)),
+        (64, opts(1)),
+        (64, opts(0)),
+        (
+            64,
+            GenerateOptions {
+                eog: vec![free.generated_ids[4]],
+                ..opts(12)
+            },
+        ),
+        (
+            64,
+            GenerateOptions {
+                eog: vec![free.generated_ids[0]],
+                ..opts(12)
+            },
+        ),
+        (
+            64,
+            GenerateOptions {
+                stop_strings: vec![stop],
+                ..opts(12)
+            },
+        ),
+        (10, opts(50)),
+        (8, opts(50)),
+    ];
+    for (i, (n_ctx, o)) in cases.into_iter().enumerate() {
+        let mut host = Session::new(Box::new(backend(Arch::Qwen2, n_ctx)));
+        let want = host
+            .generate(
+                &PROMPT,
+                &mut Sampler::greedy(),
+                &o,
+                Some(&text_of),
+                &mut no_text,
+            )
+            .unwrap();
+        let mut piped = Session::new(Box::new(ahead(n_ctx)));
+        let mut streamed = String::new();
+        let got = piped
+            .generate(
+                &PROMPT,
+                &mut Sampler::greedy(),
+                &o,
+                Some(&text_of),
+                &mut |t: &str| streamed.push_str(t),
+            )
+            .unwrap();
+        assert_eq!(got.generated_ids, want.generated_ids, "case {i}");
+        assert_eq!(got.stop, want.stop, "case {i}");
+        assert_eq!((&got.text, &streamed), (&want.text, &want.text), "case {i}");
+        // The cache it reports is what the backend holds: the host loop's, plus at most the
+        // stopping token, whose step was queued ahead.
+        let held = piped.cached().to_vec();
+        assert_eq!(held.len(), piped.backend().n_past(), "case {i}");
+        assert!(held.starts_with(host.cached()), "case {i}");
+        assert!(held.len() <= host.cached().len() + 1, "case {i}");
+        assert_eq!(held[..PROMPT.len()], PROMPT, "case {i}");
+        assert!(
+            want.generated_ids.starts_with(&held[PROMPT.len()..]),
+            "case {i}"
+        );
+        assert_eq!(
+            got.timings.decode_tokens,
+            held.len() - PROMPT.len(),
+            "case {i}"
+        );
+    }
+    // A repetition penalty is applied on the host, so that configuration takes the host loop:
+    // the same ids as a plain backend, which differ from the unpenalized greedy ones (the
+    // device's argmax would have given those).
+    let cfg = SamplerConfig {
+        repeat_penalty: 1.3,
+        ..SamplerConfig::default()
+    };
+    let mut piped = Session::new(Box::new(ahead(64)));
+    let got = piped
+        .generate(
+            &PROMPT,
+            &mut Sampler::new(cfg.clone()).unwrap(),
+            &opts(6),
+            None,
+            &mut no_text,
+        )
+        .unwrap();
+    let want = Session::new(Box::new(backend(Arch::Qwen2, 64)))
+        .generate(
+            &PROMPT,
+            &mut Sampler::new(cfg).unwrap(),
+            &opts(6),
+            None,
+            &mut no_text,
+        )
+        .unwrap();
+    assert_eq!(got.generated_ids, want.generated_ids);
+    assert_ne!(got.generated_ids, free.generated_ids[..6]);
 }
 
 #[test]

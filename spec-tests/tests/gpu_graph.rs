@@ -11,6 +11,11 @@
 //! to those the host-launched path (`forward`, graph off) computes for the same tokens, and their
 //! argmax; rewinding (the device holds a stale token and position, which must be replaced) and
 //! device-side sampling give the same ids with and without the graph.
+//!
+//! Pipelined greedy decoding (`GreedySteps`: each step queued before the previous one's choice is
+//! read, and fed that choice on the device) chooses the same ids as the chain of `forward_next`
+//! calls, and `Session::generate` through it generates what the host-sampled loop (graph off,
+//! logits copied back) generates, stopping at the same token with the cache it reports.
 
 mod gpu_common;
 
@@ -18,7 +23,9 @@ use gpu_common::e2e::twin;
 use host::backend::{Backend, Logits};
 use host::cuda::ops::SampleParams;
 use host::cuda::{CudaBackend, CudaOptions};
+use host::generate::{GenerateOptions, Session, StopReason};
 use host::gguf::Gguf;
+use host::sample::Sampler;
 
 /// Index of the largest logit, ties to the lower index (the device argmax's rule).
 fn argmax(x: &[f32]) -> u32 {
@@ -116,6 +123,116 @@ fn graph_case(header: &str) {
     // Bad input is refused before the graph runs.
     assert!(graph.forward_next(&[n_vocab], n, None).is_err());
     assert!(graph.forward_next(&[1], 1024, None).is_err());
+}
+
+fn pipeline_case(header: &str) {
+    let path = twin(header);
+    let g = Gguf::open(&path).unwrap();
+    let opts = CudaOptions {
+        n_ctx: 256,
+        ..CudaOptions::default()
+    };
+    let mut chain = CudaBackend::load(&g, opts).unwrap();
+    let mut piped = CudaBackend::load(&g, opts).unwrap();
+    let n_vocab = chain.config().n_vocab as u32;
+    let prompt: Vec<u32> = (0..12u32).map(|i| (i * 104_729 + 3) % n_vocab).collect();
+    let n = prompt.len();
+
+    // 41 steps, each fed the previous id by the host (the device already holds it) …
+    let mut want = vec![chain.forward_next(&prompt, 0, None).unwrap()];
+    for i in 0..41 {
+        let last = *want.last().unwrap();
+        want.push(chain.forward_next(&[last], n + i, None).unwrap());
+    }
+    // … and queued one ahead, fed on the device.
+    let first = piped.forward_next(&prompt, 0, None).unwrap();
+    assert_eq!(first, want[0], "{header}: after the prompt");
+    let steps = piped
+        .greedy_steps()
+        .expect("the graph decodes greedily on the device");
+    steps.queue_greedy(Some(first), n).unwrap();
+    let mut got = vec![first];
+    for i in 1..40 {
+        steps.queue_greedy(None, n + i).unwrap();
+        got.push(steps.take_greedy().unwrap());
+    }
+    got.push(steps.take_greedy().unwrap());
+    assert_eq!(got, want[..41], "{header}: pipelined vs one step at a time");
+    assert_eq!(piped.n_past(), n + 40);
+    // Nothing queued: nothing to take; a chosen token is only fed at the next position.
+    let steps = piped.greedy_steps().unwrap();
+    assert!(steps.take_greedy().is_err());
+    assert!(steps.queue_greedy(None, n + 10).is_err());
+    assert!(steps.queue_greedy(None, n + 40).is_ok());
+    assert_eq!(
+        steps.take_greedy().unwrap(),
+        want[41],
+        "{header}: the step after a take"
+    );
+
+    // Session::generate: through the pipeline (graph on) and the host-sampled loop (graph off).
+    let run = |graph: bool, eog: Vec<u32>| {
+        let b = CudaBackend::load(
+            &g,
+            CudaOptions {
+                decode_graph: graph,
+                ..opts
+            },
+        )
+        .unwrap();
+        let mut session = Session::new(Box::new(b));
+        let gen_opts = GenerateOptions {
+            max_tokens: 24,
+            eog,
+            ..GenerateOptions::default()
+        };
+        let out = session
+            .generate(
+                &prompt,
+                &mut Sampler::greedy(),
+                &gen_opts,
+                None,
+                &mut |_| {},
+            )
+            .unwrap();
+        (out, session)
+    };
+    let (a, sa) = run(true, vec![]);
+    let (b, sb) = run(false, vec![]);
+    assert_eq!(a.generated_ids, b.generated_ids, "{header}: generate");
+    assert_eq!(
+        a.generated_ids[..],
+        want[..24],
+        "{header}: generate vs the chain"
+    );
+    assert_eq!(a.stop, StopReason::MaxTokens);
+    assert_eq!(sa.cached(), sb.cached());
+    assert_eq!(sa.cached().len(), sa.backend().n_past());
+    // Stopping at an end-of-generation token: the same tokens; the pipelined session's cache
+    // also holds the stopping token (its step ran ahead), and says so.
+    let stop_at = a.generated_ids[9];
+    let (a, sa) = run(true, vec![stop_at]);
+    let (b, _) = run(false, vec![stop_at]);
+    assert_eq!(
+        a.generated_ids, b.generated_ids,
+        "{header}: generate to a stop"
+    );
+    assert_eq!(a.stop, StopReason::EndOfGeneration(stop_at));
+    assert_eq!(sa.cached().len(), sa.backend().n_past());
+    assert_eq!(sa.cached()[..n], prompt[..]);
+    assert_eq!(sa.cached()[n..], a.generated_ids[..sa.cached().len() - n]);
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn qwen_twin_pipelined_greedy_equals_one_step_at_a_time() {
+    pipeline_case("qwen2.5-coder-0.5b-instruct-q4_k_m.header.gguf");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn smollm2_twin_pipelined_greedy_equals_one_step_at_a_time() {
+    pipeline_case("smollm2-135m-instruct-q4_1.header.gguf");
 }
 
 #[test]

@@ -872,6 +872,41 @@ fn matvec_and_embedding_on_vocab_sized_matrices() {
     }
 }
 
+/// Every logit NaN: the argmax is "none" (`u32::MAX`) where the host reads it, and the next
+/// decode step is fed token 0 (a row inside the embedding) with its position advanced; a
+/// `next` shorter than `[token, position]` is refused.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn argmax_of_nan_logits_feeds_a_valid_row() {
+    let g = gpu();
+    let x = vec![f32::NAN; 151936];
+    let mut sel = ops::SelectScratch::new(&g).unwrap();
+    let dx = upload(&g, &x);
+    let mut out = poisoned(&g, 1, 5);
+    let mut next = upload(&g, &[77u32, 9]);
+    ops::argmax(
+        &g,
+        &dx.as_view(),
+        &mut sel,
+        &mut out.as_view_mut(),
+        Some(&mut next.as_view_mut()),
+    )
+    .unwrap();
+    assert_eq!(download(&g, &out)[0], u32::MAX);
+    assert_eq!(download(&g, &next), vec![0, 10]);
+    let mut short = upload(&g, &[3u32]);
+    let e = ops::argmax(
+        &g,
+        &dx.as_view(),
+        &mut sel,
+        &mut out.as_view_mut(),
+        Some(&mut short.as_view_mut()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("[token, position]"), "{e}");
+}
+
 /// Host argmax: largest value, ties to the lower index, NaN ignored.
 fn argmax_ref(x: &[f32]) -> u32 {
     let mut best: Option<usize> = None;
@@ -910,16 +945,16 @@ proptest! {
         }
         let mut sel = ops::SelectScratch::new(&g).unwrap();
         let dx = upload(&g, &x);
-        // Twice: the block counter must be left at zero. The second time with a position to
-        // advance (a graph-replayed decode step).
+        // Twice: the block counter must be left at zero. The second time feeding the next
+        // decode step's [token, position] (a graph-replayed step): the id, the position + 1.
         let mut out = poisoned(&g, 1, u32::MAX - 1);
         ops::argmax(&g, &dx.as_view(), &mut sel, &mut out.as_view_mut(), None).unwrap();
         prop_assert_eq!(download(&g, &out)[0], argmax_ref(&x));
         let mut out = poisoned(&g, 1, u32::MAX - 1);
-        let mut pos = upload(&g, &[41u32]);
-        ops::argmax(&g, &dx.as_view(), &mut sel, &mut out.as_view_mut(), Some(&mut pos.as_view_mut())).unwrap();
+        let mut next = upload(&g, &[u32::MAX - 1, 41u32]);
+        ops::argmax(&g, &dx.as_view(), &mut sel, &mut out.as_view_mut(), Some(&mut next.as_view_mut())).unwrap();
         prop_assert_eq!(download(&g, &out)[0], argmax_ref(&x));
-        prop_assert_eq!(download(&g, &pos)[0], 42);
+        prop_assert_eq!(download(&g, &next), vec![argmax_ref(&x), 42]);
     }
 
     #[test]
@@ -951,10 +986,10 @@ proptest! {
         let target = u as f64 * mass;
         let mut out = poisoned(&g, 1, u32::MAX);
         let p = SampleParams { top_k, top_p, temperature };
-        let mut pos = upload(&g, &[7u32]);
-        ops::sample(&g, &upload(&g, &x).as_view(), p, u, &mut out.as_view_mut(), Some(&mut pos.as_view_mut())).unwrap();
+        let mut next = upload(&g, &[u32::MAX, 7u32]);
+        ops::sample(&g, &upload(&g, &x).as_view(), p, u, &mut out.as_view_mut(), Some(&mut next.as_view_mut())).unwrap();
         let got = download(&g, &out)[0];
-        prop_assert_eq!(download(&g, &pos)[0], 8);
+        prop_assert_eq!(download(&g, &next), vec![got, 8]);
         let pos = idx[..r].iter().position(|&i| i == got);
         prop_assert!(pos.is_some(), "drew {} outside the kept {} candidates", got, r);
         let j = pos.unwrap();

@@ -18,9 +18,14 @@
 //!   value seen (sampled after loading and after each test), with the backend's own buffers by
 //!   kind; on the CPU the process's peak resident set.
 //!
-//! With `--device cuda` the tgN steps and the first token use `CudaBackend::forward_next`
-//! (greedy on the device, one token id copied back), as generation does; the other devices take
-//! the last row's logits (and choose the first token by argmax on the host).
+//! With `--device cuda` the tgN steps run as greedy generation runs (`host run`, `Session::generate`
+//! through `GreedySteps`): the first token random, each later one the previous step's greedy
+//! choice, fed to the next step on the device; the host queues each step before it reads the
+//! previous step's id (one token id copied back per step, each read before the next is queued
+//! behind it). `--sync-steps` runs them one at a time instead, each fed a random token from the
+//! host and waited for (`CudaBackend::forward_next`), as llama-bench does. The first token uses
+//! `forward_next` (greedy on the device); the other devices take the last row's logits (and
+//! choose the first token by argmax on the host).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -30,7 +35,7 @@ use thiserror::Error;
 
 use super::CliResult;
 use super::run::{Device, model_path};
-use crate::backend::{Backend, Logits};
+use crate::backend::{Backend, GreedySteps, Logits};
 use crate::cpu::{Arith, CpuBackend, CpuOptions};
 use crate::cuda::backend::MemoryUse;
 use crate::cuda::{CudaBackend, CudaOptions};
@@ -80,6 +85,10 @@ pub struct Args {
     /// dependent launch (to measure it).
     #[arg(long)]
     pub no_pdl: bool,
+    /// CUDA: the tgN steps one at a time, each fed a random token from the host and waited for
+    /// before the next is queued (llama-bench's flow), instead of the generation loop's.
+    #[arg(long)]
+    pub sync_steps: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -144,17 +153,19 @@ enum Kind {
     Ttft,
 }
 
-/// The backend under test: any, or the GPU one (whose `tg` and first token use `forward_next`).
+/// The backend under test: any, or the GPU one (whose `tg` runs the generation loop's greedy
+/// steps, or with `sync` one `forward_next` per token, and whose first token uses
+/// `forward_next`).
 enum Target {
     Any(Box<dyn Backend>),
-    Cuda(Box<CudaBackend>),
+    Cuda { b: Box<CudaBackend>, sync: bool },
 }
 
 impl Target {
     fn backend(&mut self) -> &mut dyn Backend {
         match self {
             Target::Any(b) => b.as_mut(),
-            Target::Cuda(b) => b.as_mut(),
+            Target::Cuda { b, .. } => b.as_mut(),
         }
     }
 
@@ -176,9 +187,21 @@ impl Target {
             (Kind::Pp, t) => {
                 t.backend().forward(tokens, depth, Logits::Last)?;
             }
-            (Kind::Tg, Target::Cuda(b)) => {
+            (Kind::Tg, Target::Cuda { b, sync: true }) => {
                 for (i, &tok) in tokens.iter().enumerate() {
                     std::hint::black_box(b.forward_next(&[tok], depth + i, None)?);
+                }
+            }
+            (Kind::Tg, Target::Cuda { b, sync: false }) => {
+                // As `Session::generate` decodes: each step queued before the previous step's
+                // choice is read, and fed that choice on the device.
+                if let Some(&first) = tokens.first() {
+                    b.queue_greedy(Some(first), depth)?;
+                    for i in 1..tokens.len() {
+                        b.queue_greedy(None, depth + i)?;
+                        std::hint::black_box(b.take_greedy()?);
+                    }
+                    std::hint::black_box(b.take_greedy()?);
                 }
             }
             (Kind::Tg, Target::Any(b)) => {
@@ -186,7 +209,7 @@ impl Target {
                     b.forward(&[tok], depth + i, Logits::Last)?;
                 }
             }
-            (Kind::Ttft, Target::Cuda(b)) => {
+            (Kind::Ttft, Target::Cuda { b, .. }) => {
                 std::hint::black_box(b.forward_next(tokens, depth, None)?);
             }
             (Kind::Ttft, Target::Any(b)) => {
@@ -575,7 +598,10 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
         match loaded {
             Ok((m, b)) => {
                 device_mem = Some(m);
-                Target::Cuda(Box::new(b))
+                Target::Cuda {
+                    b: Box::new(b),
+                    sync: args.sync_steps,
+                }
             }
             Err(e) if args.device == Device::Auto => {
                 eprintln!("note: the GPU is not usable ({e}); running on the CPU");
@@ -624,7 +650,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
     }
 
     let bufs = match &target {
-        Target::Cuda(b) => Some(b.memory_use()),
+        Target::Cuda { b, .. } => Some(b.memory_use()),
         Target::Any(_) => None,
     };
     let (mem_line, mem_json) = memory_report(device_mem.as_ref(), bufs, n_ctx);
@@ -749,6 +775,7 @@ mod tests {
             lm_head_f16: false,
             ffn_f32: false,
             no_pdl: false,
+            sync_steps: false,
             json: false,
         }
     }

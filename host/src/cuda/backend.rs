@@ -34,7 +34,7 @@ use super::ops::{
     self, DecodeAt, DecodeScratch, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut,
     NormedInput, Pos, RopeTable, SampleParams, SelectScratch,
 };
-use crate::backend::{Backend, BackendError, Logits, check_forward};
+use crate::backend::{Backend, BackendError, GreedySteps, Logits, check_forward};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{Config, Weights};
 
@@ -209,8 +209,9 @@ struct Scratch {
     dec: DecodeScratch,
     /// The device argmax's partials and counter.
     sel: SelectScratch,
-    /// The decode step's input in device memory: `[token, position]` (the sampler of a
-    /// graph-replayed step writes the next token to `[0]` and advances `[1]`).
+    /// The decode step's input in device memory, `[token, position]`, and the id the last step
+    /// chose, `[2]` (the sampler of a graph-replayed step also writes the next token to `[0]` and
+    /// advances `[1]`).
     step: CudaSlice<u32>,
 }
 
@@ -231,10 +232,37 @@ pub struct CudaBackend {
     rope: RopeTable,
     s: Scratch,
     n_past: usize,
-    /// The captured decode step ([`CudaOptions::decode_graph`]).
-    graph: Option<cudarc::driver::CudaGraph>,
-    /// What `s.step` holds, when known: (token, position) of the next decode step.
-    step_on_device: Option<(u32, usize)>,
+    /// The captured decode step ([`CudaOptions::decode_graph`]): `[0]` ends with the logits (a
+    /// sampler launched after it chooses), `[1]` with their argmax fed to the next step (greedy
+    /// steps: one graph launch per step). Each captured at its first use.
+    graphs: [Option<cudarc::driver::CudaGraph>; 2],
+    /// What `s.step` holds once the queued work has run: the next decode step's token (`None`:
+    /// chosen by a queued step, not yet read) and position; `None` when unknown.
+    step_on_device: Option<(Option<u32>, usize)>,
+    /// Page-locked slots the chosen ids are copied into ([`CudaBackend::queue_next`]).
+    id_slots: Vec<super::device::HostSlot>,
+    /// The steps queued and not yet taken, oldest first.
+    queued: std::collections::VecDeque<Queued>,
+}
+
+/// A decode step queued by [`CudaBackend::queue_next`]: the slot its id is copied into and the
+/// position of the token whose successor it chooses.
+struct Queued {
+    slot: usize,
+    pos: usize,
+}
+
+/// Most steps [`CudaBackend::queue_next`] keeps waiting to be taken.
+pub const MAX_QUEUED: usize = 4;
+
+/// The input of a step queued by [`CudaBackend::queue_next`].
+#[derive(Clone, Copy, Debug)]
+pub enum Feed<'a> {
+    /// Token ids from the host.
+    Tokens(&'a [u32]),
+    /// One token: the one the step queued last chose, read on the device (that step ran the
+    /// decode graph at the position before).
+    Chosen,
 }
 
 fn upload_matrix(gpu: &Gpu, g: &Gguf, t: &TensorInfo) -> Result<DeviceTensor, BackendError> {
@@ -468,7 +496,10 @@ impl CudaBackend {
             logits: a32(LOGIT_ROWS * cfg.n_vocab, "logits")?,
             dec: DecodeScratch::new(&gpu, cfg.n_head, cfg.head_dim, opts.n_ctx)?,
             sel: SelectScratch::new(&gpu)?,
-            step: gpu.upload(&[0u32, 0], "the decode step's token and position")?,
+            step: gpu.upload(
+                &[0u32, 0, 0],
+                "the decode step's token, position and choice",
+            )?,
         };
         gpu.synchronize()?;
         Ok(CudaBackend {
@@ -484,8 +515,10 @@ impl CudaBackend {
             rope,
             s,
             n_past: 0,
-            graph: None,
+            graphs: [None, None],
             step_on_device: None,
+            id_slots: Vec::new(),
+            queued: std::collections::VecDeque::new(),
         })
     }
 
@@ -529,8 +562,8 @@ impl CudaBackend {
         let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
         let gpu = &self.gpu;
         let s = &mut self.s;
-        let (ids, step_pos) = s.step.split_at_mut(1);
-        let step_pos = step_pos.as_view();
+        let (ids, rest) = s.step.split_at_mut(1);
+        let step_pos = rest.slice(..1);
         let pos = match input {
             Input::Host(chunk, pos) => {
                 gpu.stream()
@@ -822,38 +855,88 @@ impl CudaBackend {
     /// logits. A single-token step replays the captured decode graph
     /// ([`CudaOptions::decode_graph`]); the token and position it reads are uploaded only when
     /// the device does not already hold them (it does when `tokens` is the id the previous step
-    /// returned, at the next position).
+    /// returned, at the next position). Steps still queued by [`CudaBackend::queue_next`] run
+    /// first and their ids are dropped.
     pub fn forward_next(
         &mut self,
         tokens: &[u32],
         pos: usize,
         sample: Option<(SampleParams, f32)>,
     ) -> Result<u32, BackendError> {
-        self.begin(tokens, pos)?;
-        let graphed = tokens.len() == 1 && self.opts.decode_graph;
+        self.queue_next(Feed::Tokens(tokens), pos, sample)?;
+        let mut id = self.take_next()?;
+        while !self.queued.is_empty() {
+            id = self.take_next()?;
+        }
+        Ok(id)
+    }
+
+    /// Queues what [`CudaBackend::forward_next`] does and returns as soon as the work is on the
+    /// stream: the host can queue the next step, fed the token this one chooses
+    /// ([`Feed::Chosen`]), before it reads this one's id with [`CudaBackend::take_next`]. Ids come
+    /// back in order; at most [`MAX_QUEUED`] steps wait to be taken. The cache holds `pos + len`
+    /// positions from the moment the step is queued.
+    pub fn queue_next(
+        &mut self,
+        feed: Feed<'_>,
+        pos: usize,
+        sample: Option<(SampleParams, f32)>,
+    ) -> Result<(), BackendError> {
+        if self.queued.len() >= MAX_QUEUED {
+            return Err(BackendError::Device(format!(
+                "{MAX_QUEUED} decode steps are already queued: take their ids first"
+            )));
+        }
+        let n_tok = match feed {
+            Feed::Tokens(tokens) => {
+                self.begin(tokens, pos)?;
+                tokens.len()
+            }
+            Feed::Chosen => {
+                // The token is the one the step queued last chose, which the device holds with
+                // its position; it comes from `n_vocab` logits (a "none" reads as token 0 and is
+                // refused by `take_next`).
+                if !self.opts.decode_graph || self.step_on_device.map(|s| s.1) != Some(pos) {
+                    return Err(BackendError::Device(format!(
+                        "no token chosen on the device for position {pos}: queue the step at \
+                         position {} first (with the decode graph on)",
+                        pos.saturating_sub(1)
+                    )));
+                }
+                self.begin(&[0], pos)?;
+                1
+            }
+        };
+        let graphed = n_tok == 1 && self.opts.decode_graph;
         if graphed {
-            let want = (tokens[0], pos);
-            if self.step_on_device != Some(want) {
-                // pos < n_ctx (checked by `begin`), which fits in u32 (the kernels' indices).
-                let p = u32::try_from(pos).map_err(|_| {
-                    BackendError::Device(format!("position {pos} does not fit in 32 bits"))
-                })?;
-                self.gpu
-                    .stream()
-                    .memcpy_htod(&[tokens[0], p], &mut self.s.step)
-                    .map_err(CudaError::driver(
-                        "copying the decode step's token and position",
-                    ))?;
+            if let Feed::Tokens(tokens) = feed {
+                let want = (Some(tokens[0]), pos);
+                if self.step_on_device != Some(want) {
+                    // pos < n_ctx (checked by `begin`), which fits in u32 (the kernels' indices).
+                    let p = u32::try_from(pos).map_err(|_| {
+                        BackendError::Device(format!("position {pos} does not fit in 32 bits"))
+                    })?;
+                    self.gpu
+                        .stream()
+                        .memcpy_htod(&[tokens[0], p], &mut self.s.step.slice_mut(..2))
+                        .map_err(CudaError::driver(
+                            "copying the decode step's token and position",
+                        ))?;
+                }
             }
-            self.step_on_device = None; // until this step has completed
-            if self.graph.is_none() {
-                self.graph = Some(self.capture_step()?);
+            self.step_on_device = None; // until this step is queued
+            let greedy = usize::from(sample.is_none());
+            if self.graphs[greedy].is_none() {
+                self.graphs[greedy] = Some(self.capture_step(greedy == 1)?);
             }
-            if let Some(g) = &self.graph {
+            if let Some(g) = &self.graphs[greedy] {
                 g.launch()
                     .map_err(CudaError::driver("launching the decode graph"))?;
             }
         } else {
+            let Feed::Tokens(tokens) = feed else {
+                unreachable!("a chosen token is only fed to the decode graph (checked above)")
+            };
             self.step_on_device = None;
             self.run(tokens, pos, Logits::None)?;
             let t = (tokens.len() - 1) % self.opts.max_batch;
@@ -861,17 +944,58 @@ impl CudaBackend {
         }
         let nv = self.cfg.n_vocab;
         let lv = self.s.logits.slice(..nv);
-        let (mut tok, mut step_pos) = self.s.step.split_at_mut(1);
-        let pos_inc = graphed.then_some(&mut step_pos);
+        let (mut next, mut chosen) = self.s.step.split_at_mut(2);
+        let next = graphed.then_some(&mut next);
         match sample {
-            None => ops::argmax(&self.gpu, &lv, &mut self.s.sel, &mut tok, pos_inc)?,
-            Some((p, u)) => ops::sample(&self.gpu, &lv, p, u, &mut tok, pos_inc)?,
+            // The greedy graph ends with this argmax.
+            None if graphed => {}
+            None => ops::argmax(&self.gpu, &lv, &mut self.s.sel, &mut chosen, next)?,
+            Some((p, u)) => ops::sample(&self.gpu, &lv, p, u, &mut chosen, next)?,
         }
-        let id = self.gpu.download(&self.s.step.slice(..1))?[0];
+        let slot =
+            match (0..self.id_slots.len()).find(|i| !self.queued.iter().any(|q| q.slot == *i)) {
+                Some(i) => i,
+                None => {
+                    self.id_slots
+                        .push(self.gpu.host_slot(1, "a chosen token id")?);
+                    self.id_slots.len() - 1
+                }
+            };
+        self.gpu
+            .download_to_slot(&chosen, &mut self.id_slots[slot])?;
+        self.queued.push_back(Queued {
+            slot,
+            pos: pos + n_tok - 1,
+        });
         if graphed {
-            self.step_on_device = Some((id, pos + 1));
+            self.step_on_device = Some((None, pos + 1));
         }
-        self.n_past = pos + tokens.len();
+        self.n_past = pos + n_tok;
+        Ok(())
+    }
+
+    /// The id the oldest step queued by [`CudaBackend::queue_next`] chose (waits for it). A
+    /// device sampler that found no candidate (every logit NaN) is an error, and the steps
+    /// queued after it are dropped with the positions from its own on (they were fed no token).
+    pub fn take_next(&mut self) -> Result<u32, BackendError> {
+        let q = self.queued.pop_front().ok_or_else(|| {
+            BackendError::Device("no decode step is queued: nothing to take".into())
+        })?;
+        let id = self.id_slots[q.slot].wait()?[0];
+        if id as usize >= self.cfg.n_vocab {
+            self.queued.clear();
+            self.step_on_device = None;
+            self.n_past = self.n_past.min(q.pos + 1);
+            return Err(BackendError::Device(format!(
+                "the device chose no token after position {} (id {id:#x}: every logit NaN?)",
+                q.pos
+            )));
+        }
+        if self.queued.is_empty()
+            && let Some((None, p)) = self.step_on_device
+        {
+            self.step_on_device = Some((Some(id), p));
+        }
         Ok(id)
     }
 
@@ -884,14 +1008,29 @@ impl CudaBackend {
     }
 
     /// Captures one decode step (embedding of `s.step[0]` at position `s.step[1]`, every layer,
-    /// output norm, LM head into `s.logits`) as a CUDA graph.
-    fn capture_step(&mut self) -> Result<cudarc::driver::CudaGraph, CudaError> {
+    /// output norm, LM head into `s.logits`) as a CUDA graph; with `argmax`, also the logits'
+    /// argmax into `s.step[2]`, fed to the next step (`s.step[0]`, position advanced).
+    fn capture_step(&mut self, argmax: bool) -> Result<cudarc::driver::CudaGraph, CudaError> {
         // Anything queued before (weights, uploads) runs first, outside the graph.
         self.gpu.synchronize()?;
         self.gpu.begin_capture()?;
         let r = self
             .layers_forward(Input::DeviceStep)
-            .and_then(|()| self.logits_device(0, 1));
+            .and_then(|()| self.logits_device(0, 1))
+            .and_then(|()| {
+                if !argmax {
+                    return Ok(());
+                }
+                let lv = self.s.logits.slice(..self.cfg.n_vocab);
+                let (mut next, mut chosen) = self.s.step.split_at_mut(2);
+                ops::argmax(
+                    &self.gpu,
+                    &lv,
+                    &mut self.s.sel,
+                    &mut chosen,
+                    Some(&mut next),
+                )
+            });
         let g = self.gpu.end_capture();
         r?;
         g
@@ -1126,12 +1265,37 @@ impl Backend for CudaBackend {
         self.begin(tokens, pos)?;
         let out = self.run(tokens, pos, logits)?;
         self.gpu.synchronize()?;
+        // The steps still queued have run: their ids are dropped.
+        self.queued.clear();
         self.n_past = pos + tokens.len();
         Ok(out)
     }
 
     fn reset(&mut self) {
+        self.queued.clear();
         self.n_past = 0;
+    }
+
+    fn greedy_steps(&mut self) -> Option<&mut dyn GreedySteps> {
+        // A chosen token is fed to the next step only by the decode graph.
+        if self.opts.decode_graph {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+impl GreedySteps for CudaBackend {
+    fn queue_greedy(&mut self, token: Option<u32>, pos: usize) -> Result<(), BackendError> {
+        match token {
+            Some(t) => self.queue_next(Feed::Tokens(&[t]), pos, None),
+            None => self.queue_next(Feed::Chosen, pos, None),
+        }
+    }
+
+    fn take_greedy(&mut self) -> Result<u32, BackendError> {
+        self.take_next()
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, sys,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice, sys,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -341,6 +341,40 @@ impl Gpu {
         Ok(d)
     }
 
+    /// A page-locked host buffer of `n` u32 that the device copies results into while the host
+    /// goes on ([`Gpu::download_to_slot`]).
+    pub fn host_slot(&self, n: usize, what: &str) -> Result<HostSlot, CudaError> {
+        // SAFETY: the memory is zeroed below before anything reads it; flags 0: cached (not
+        // write-combined) memory, which the host reads.
+        let mut buf = unsafe { self.ctx.alloc_pinned_with_flags::<u32>(n.max(1), 0) }.map_err(
+            CudaError::driver(format!("allocating {what} (page-locked)")),
+        )?;
+        buf.as_mut_slice()
+            .map_err(CudaError::driver(format!("initializing {what}")))?
+            .fill(0);
+        let done = self
+            .ctx
+            .new_event(None)
+            .map_err(CudaError::driver(format!("creating the event of {what}")))?;
+        Ok(HostSlot { buf, done })
+    }
+
+    /// Queues a copy of `src` into `slot` and returns at once; [`HostSlot::wait`] waits for the
+    /// copy (and for everything queued before it on the stream).
+    pub fn download_to_slot<S: cudarc::driver::DevicePtr<u32>>(
+        &self,
+        src: &S,
+        slot: &mut HostSlot,
+    ) -> Result<(), CudaError> {
+        self.stream
+            .memcpy_dtoh(src, &mut slot.buf)
+            .map_err(CudaError::driver("queuing a copy of results to the host"))?;
+        // Event tracking is off (one stream), so the copy's completion is recorded here.
+        slot.done
+            .record(&self.stream)
+            .map_err(CudaError::driver("recording a copy to the host"))
+    }
+
     /// Copies a device buffer (or view) back to the host.
     pub fn download<T: DeviceRepr + Default + Clone, S: cudarc::driver::DevicePtr<T>>(
         &self,
@@ -352,6 +386,25 @@ impl Gpu {
             .map_err(CudaError::driver("copying results to the host"))?;
         self.synchronize()?;
         Ok(out)
+    }
+}
+
+/// Page-locked host memory that the device copies u32 results into ([`Gpu::download_to_slot`])
+/// and the event recorded after the copy.
+pub struct HostSlot {
+    buf: PinnedHostSlice<u32>,
+    done: cudarc::driver::CudaEvent,
+}
+
+impl HostSlot {
+    /// The values of the last copy queued into this slot (waits for it).
+    pub fn wait(&self) -> Result<&[u32], CudaError> {
+        self.done
+            .synchronize()
+            .map_err(CudaError::driver("waiting for a copy to the host"))?;
+        self.buf
+            .as_slice()
+            .map_err(CudaError::driver("reading a copy to the host"))
     }
 }
 

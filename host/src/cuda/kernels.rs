@@ -115,6 +115,7 @@ pub fn waits_for_previous(name: &str) -> bool {
         || name.starts_with("matvec_")
         || name.starts_with("swiglu_a8_")
         || name.starts_with("attention_decode_")
+        || name == "argmax_f32"
 }
 
 /// Kernel-name suffix of a tensor type (`q4_k`, `f16`, …).

@@ -1496,26 +1496,30 @@ impl SelectScratch {
     }
 }
 
-/// The `pos_inc` argument: a device pointer, or 0 (null) for none.
-fn opt_ptr(gpu: &Gpu, kernel: &'static str, p: Option<&mut CudaViewMut<u32>>) -> Result<u64> {
+/// The `next` argument of the samplers: the `[token, position]` of the next decode step as a
+/// device pointer, or 0 (null) for none.
+fn next_ptr(gpu: &Gpu, kernel: &'static str, p: Option<&mut CudaViewMut<u32>>) -> Result<u64> {
     match p {
         None => Ok(0),
         Some(v) => {
-            ensure(kernel, !v.is_empty(), || "empty position buffer".into())?;
+            ensure(kernel, v.len() >= 2, || {
+                format!("the next step's [token, position] has {} elements", v.len())
+            })?;
             Ok(addr(gpu, &*v))
         }
     }
 }
 
-/// Index of the largest of `x` (ties to the lower index, NaN ignored) into `out[0]`; with
-/// `pos_inc`, also adds 1 to the position there (a decode step replayed from a CUDA graph).
+/// Index of the largest of `x` (ties to the lower index, NaN ignored; `u32::MAX` if every value is
+/// NaN) into `out[0]`; with `next` (the `[token, position]` of the next decode step), also the id
+/// into `next[0]` (0 instead of `u32::MAX`) and 1 added to `next[1]`.
 /// Several blocks share the logits, the last one to finish reduces their results.
 pub fn argmax(
     gpu: &Gpu,
     x: &CudaView<f32>,
     scratch: &mut SelectScratch,
     out: &mut CudaViewMut<u32>,
-    pos_inc: Option<&mut CudaViewMut<u32>>,
+    next: Option<&mut CudaViewMut<u32>>,
 ) -> Result<()> {
     const K: &str = "argmax_f32";
     ensure(K, !x.is_empty() && !out.is_empty(), || {
@@ -1532,7 +1536,7 @@ pub fn argmax(
         block_dim: (1024, 1, 1),
         shared_mem_bytes: 0,
     };
-    let pinc = opt_ptr(gpu, K, pos_inc)?;
+    let pinc = next_ptr(gpu, K, next)?;
     let mut part = scratch.part.as_view_mut();
     let mut done = scratch.done.as_view_mut();
     launch!(gpu, K, cfg, x, &n, &mut part, &mut done, out, &pinc);
@@ -1554,14 +1558,15 @@ pub struct SampleParams {
 pub const MAX_TOP_K: usize = 1024;
 
 /// Draws a token from `x` with top-k, then top-p, at temperature `T`, using the uniform `u` in
-/// `[0, 1)`; the id goes to `out[0]` (and `pos_inc`, if given, advances by 1). See `kernels-gpu/src/sample.rs` for the exact rule.
+/// `[0, 1)`; the id goes to `out[0]` (and with `next`, to the next decode step as in [`argmax`]).
+/// See `kernels-gpu/src/sample.rs` for the exact rule.
 pub fn sample(
     gpu: &Gpu,
     x: &CudaView<f32>,
     p: SampleParams,
     u: f32,
     out: &mut CudaViewMut<u32>,
-    pos_inc: Option<&mut CudaViewMut<u32>>,
+    next: Option<&mut CudaViewMut<u32>>,
 ) -> Result<()> {
     const K: &str = "sample_topk_topp_f32";
     ensure(K, !x.is_empty() && !out.is_empty(), || {
@@ -1590,7 +1595,7 @@ pub fn sample(
         block_dim: (1024, 1, 1),
         shared_mem_bytes: 0,
     };
-    let pinc = opt_ptr(gpu, K, pos_inc)?;
+    let pinc = next_ptr(gpu, K, next)?;
     launch!(gpu, K, cfg, x, &n, &k, &p.top_p, &inv_t, &u, out, &pinc);
     Ok(())
 }
