@@ -35,19 +35,19 @@
 //! 4. values: warp `w` accumulates positions `start + w, + 4, …` (the first 8 rows from step 1,
 //!    then 4 rows loaded together; accumulated in order), lane `l` owning dims
 //!    `dl·l .. dl·l + dl`, `dl = head_dim / 32` (one coalesced access per row).
-//! 5. the warps' sums: with one split the block writes `out[h * head_dim + j] = Σ acc ·
-//!    rcp(Σ sum)` directly (`rcp.approx`, ≤ 1 ulp); otherwise it writes its partial per query
-//!    head, `acc` (head_dim floats) to `part[(h * n_split + s) * head_dim ..]` and `[max, sum]`
-//!    to `part[n_head * n_split * head_dim + 2 (h * n_split + s) ..]`, and the last split of each
-//!    KV head to finish (counted in `done[kvh]`, which it resets to 0) combines them:
-//! 6. thread `s` reads split `s`'s max and sum of every head (one load round trip), the block
-//!    forms the global max and each split's weight `e^(m_s − m)` (shared memory) and the
-//!    denominators; then each thread sums 4 outputs over the splits in order from 16-byte
-//!    loads issued 16 splits at a time (`n_used / 16` round trips per 4 outputs).
+//! 5. the warps' sums: with one split and `defer` = 0 the block writes `out[h * head_dim + j] =
+//!    Σ acc · rcp(Σ sum)` directly (`rcp.approx`, ≤ 1 ulp); otherwise it writes its partial per
+//!    query head, `acc` (head_dim floats) to `part[(h * n_split + s) * head_dim ..]` and
+//!    `[max, sum]` to `part[n_head * n_split * head_dim + 2 (h * n_split + s) ..]`, and ends: the
+//!    partials are combined by the output projection (`matvec_attn_*`, while `n_used ≤ defer`)
+//!    or by `attention_combine` (the next launch; `attention_combine.rs`). The blocks never wait
+//!    for each other (no counted last block: its fence, atomic and serial combine cost more
+//!    than the separate launch, PERF.md change 35).
 //!
 //! Limits: `head_dim` 32, 64 or 128 (a power of two: `head_dim / 8` threads share a position);
 //! `group ≤ 8`; `n_ctx ≤ 128 · DECODE_CHUNK`; `cos_sin` 16-byte aligned (the slots of a split
-//! past its positions load from it, a readable dummy); `done` zeroed before the first launch.
+//! past its positions load from it, a readable dummy); with `defer` > 0, the position needs at
+//! most `defer` splits (the host replays the graph captured with `defer` only there).
 //!
 //! Prefill (`attention_prefill_{f16,f32}`, causal, flash-attention style: key tiles streamed
 //! through shared memory with an online softmax, no `n × n` matrix anywhere), register-tiled like
@@ -227,7 +227,6 @@ unsafe fn attention_decode<C: Chunk4>(
     v_cache: *mut C,
     cos_sin: *const f32,
     part: *mut f32,
-    done: *mut u32,
     out: *mut f32,
     n_kv: u32,
     pos_dev: *const u32,
@@ -243,16 +242,16 @@ unsafe fn attention_decode<C: Chunk4>(
     unsafe {
         match head_dim {
             32 => decode_d::<C, 32>(
-                q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
-                n_pos, group, neox, scale, defer,
+                q, k_new, v_new, k_cache, v_cache, cos_sin, part, out, n_kv, pos_dev, n_ctx, n_pos,
+                group, neox, scale, defer,
             ),
             64 => decode_d::<C, 64>(
-                q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
-                n_pos, group, neox, scale, defer,
+                q, k_new, v_new, k_cache, v_cache, cos_sin, part, out, n_kv, pos_dev, n_ctx, n_pos,
+                group, neox, scale, defer,
             ),
             _ => decode_d::<C, 128>(
-                q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev, n_ctx,
-                n_pos, group, neox, scale, defer,
+                q, k_new, v_new, k_cache, v_cache, cos_sin, part, out, n_kv, pos_dev, n_ctx, n_pos,
+                group, neox, scale, defer,
             ),
         }
     }
@@ -291,7 +290,6 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
     v_cache: *mut C,
     cos_sin: *const f32,
     part: *mut f32,
-    done: *mut u32,
     out: *mut f32,
     n_kv: u32,
     pos_dev: *const u32,
@@ -722,147 +720,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
             }
         }
     }
-    if deferred {
-        return; // `matvec_attn_*` combines the partials
-    }
-    let n_used = n_used as usize;
-
-    // 6. The last used split of this KV head to finish combines them: each block publishes its
-    //    partials (fence), counts itself in done[kvh], and the block that brings the count to
-    //    n_used rescales the partials to the global max.
-    gpu::fence_gpu();
-    gpu::sync_threads(); // every thread's partials are fenced before thread 0 counts the block
-    if t == 0 {
-        // SAFETY: done holds ≥ n_head_kv u32, 0 at launch (the last block resets its slot).
-        let prev = gpu::atomic_add_u32(unsafe { done.add(kvh) }, 1);
-        let last = if prev as usize == n_used - 1 {
-            1.0
-        } else {
-            0.0
-        };
-        // SAFETY: red[0] is this block's scratch.
-        unsafe { *red = last };
-    }
-    gpu::sync_threads();
-    // SAFETY: written by thread 0 before the barrier.
-    if unsafe { *red } == 0.0 {
-        return;
-    }
-    gpu::fence_gpu();
-    // 6a. The weights, every split at once: thread t reads split t's max and sum of every head
-    //     (n_used ≤ DECODE_CHUNK = THREADS: one load round trip), the block's max per head (warp
-    //     maxima through acc_s, free since step 5), the weight e^(m_s − m) of each split into
-    //     sc, and the denominators Σ weight · sum (warp sums through acc_s, added in warp order).
-    const _: () = assert!(DECODE_CHUNK == THREADS && 8 * DECODE_MAX_GROUP <= 32 * DECODE_WARPS);
-    let wred = acc_s; // [DECODE_WARPS][G] maxima, then [DECODE_WARPS][G] sums (≤ 4 · 1 · 32)
-    let s = t;
-    let mut mx = [f32::NEG_INFINITY; G];
-    let mut sm = [0.0f32; G];
-    for hh in 0..G {
-        if hh < grp && s < n_used {
-            let at = ms_base + 2 * ((kvh * grp + hh) * n_split + s);
-            // SAFETY: s < n_used ≤ n_split; fenced by its writer before the count.
-            unsafe {
-                mx[hh] = gpu::load_cg(part.add(at));
-                sm[hh] = gpu::load_cg(part.add(at + 1));
-            }
-        }
-    }
-    let mut wm = mx;
-    let mut m = 16;
-    while m > 0 {
-        for v in wm.iter_mut() {
-            *v = v.max(gpu::shfl_xor(*v, m));
-        }
-        m >>= 1;
-    }
-    if lane == 0 {
-        for (hh, &v) in wm.iter().enumerate() {
-            // SAFETY: warp · G + hh < DECODE_WARPS · G ≤ the size of acc_s.
-            unsafe { *wred.add(warp * G + hh) = v };
-        }
-    }
-    gpu::sync_threads();
-    let mut dp = [0.0f32; G];
-    for hh in 0..G {
-        if hh < grp {
-            let mut gm = f32::NEG_INFINITY;
-            for w in 0..DECODE_WARPS {
-                // SAFETY: as above.
-                gm = gm.max(unsafe { *wred.add(w * G + hh) });
-            }
-            let e = if s < n_used {
-                gpu::exp(mx[hh] - gm)
-            } else {
-                0.0
-            };
-            // SAFETY: hh < grp, s < DECODE_CHUNK.
-            unsafe { *sc.add(hh * DECODE_CHUNK + s) = e };
-            dp[hh] = e * sm[hh];
-        }
-    }
-    let mut m = 16;
-    while m > 0 {
-        for v in dp.iter_mut() {
-            *v += gpu::shfl_xor(*v, m);
-        }
-        m >>= 1;
-    }
-    if lane == 0 {
-        for (hh, &v) in dp.iter().enumerate() {
-            // SAFETY: (DECODE_WARPS + warp) · G + hh < 2 · DECODE_WARPS · G ≤ the size of acc_s.
-            unsafe { *wred.add((DECODE_WARPS + warp) * G + hh) = v };
-        }
-    }
-    gpu::sync_threads();
-    // 6b. out = Σ_s weight_s · partial_s / den: thread t takes the 4 outputs 4 o .. 4 o + 4 of
-    //     o = t, t + THREADS (grp · D / 4 ≤ 2 · THREADS), summing the splits in order from vector
-    //     loads issued CB at a time (the last split's row repeated past n_used: unconditional
-    //     loads).
-    const CB: usize = 16;
-    const _: () = assert!(DECODE_CHUNK.is_multiple_of(CB));
-    let q4 = D / 4;
-    let mut o = t;
-    while o < grp * q4 {
-        let (hh, j4) = (o / q4, 4 * (o % q4));
-        let mut den = 0.0f32;
-        for w in 0..DECODE_WARPS {
-            // SAFETY: as above.
-            den += unsafe { *wred.add((DECODE_WARPS + w) * G + hh) };
-        }
-        let row0 = (kvh * grp + hh) * n_split;
-        let mut num = [0.0f32; 4];
-        let mut s0 = 0;
-        while s0 < n_used {
-            let mut v = [[0.0f32; 4]; CB];
-            for (u, x) in v.iter_mut().enumerate() {
-                let s = core::cmp::min(s0 + u, n_used - 1);
-                // SAFETY: row0 + s < n_head · n_split: a row of D floats, j4 + 4 ≤ D, 16-byte
-                // aligned (D a multiple of 4, the allocation 256-byte aligned).
-                *x = unsafe { gpu::load_cg4(part.add((row0 + s) * D + j4)) };
-            }
-            // Past n_used the weight is 0 (6a wrote all DECODE_CHUNK slots), the row finite: the
-            // sums are unchanged, with no branch.
-            for (u, x) in v.iter().enumerate() {
-                // SAFETY: hh < grp; s0 + u < DECODE_CHUNK (s0 < n_used ≤ DECODE_CHUNK, and s0
-                // and DECODE_CHUNK are multiples of CB).
-                let e = unsafe { *sc.add(hh * DECODE_CHUNK + s0 + u) };
-                for (a, &xv) in num.iter_mut().zip(x) {
-                    *a = fma(e, xv, *a);
-                }
-            }
-            s0 += CB;
-        }
-        for (k, &a) in num.iter().enumerate() {
-            // SAFETY: out holds n_head * D floats.
-            unsafe { *out.add((kvh * grp + hh) * D + j4 + k) = a / den };
-        }
-        o += THREADS;
-    }
-    if t == 0 {
-        // SAFETY: every used block of this KV head has counted itself; none touches done again.
-        unsafe { *done.add(kvh) = 0 };
-    }
+    // The output projection (`defer`) or `attention_combine` combines the partials.
 }
 
 /// Four consecutive floats, for 16-byte loads and stores.
@@ -1297,7 +1155,6 @@ macro_rules! attention_kernels {
             v_cache: *mut $t,
             cos_sin: *const f32,
             part: *mut f32,
-            done: *mut u32,
             out: *mut f32,
             n_kv: u32,
             pos_dev: *const u32,
@@ -1313,7 +1170,7 @@ macro_rules! attention_kernels {
             // SAFETY: forwarded contract.
             unsafe {
                 attention_decode(
-                    q, k_new, v_new, k_cache, v_cache, cos_sin, part, done, out, n_kv, pos_dev,
+                    q, k_new, v_new, k_cache, v_cache, cos_sin, part, out, n_kv, pos_dev,
                     n_ctx, n_pos, head_dim, group, neox, scale, defer,
                 )
             }

@@ -104,6 +104,8 @@ mod test_rng {
 #[cfg(target_arch = "nvptx64")]
 pub mod attention;
 #[cfg(target_arch = "nvptx64")]
+pub mod attention_combine;
+#[cfg(target_arch = "nvptx64")]
 pub mod dequant;
 #[cfg(target_arch = "nvptx64")]
 pub mod elementwise;

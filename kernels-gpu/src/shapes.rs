@@ -61,6 +61,15 @@ pub const fn decode_plan(n_kv: u32, n_split: u32) -> (u32, u32) {
     };
     (chunk, n_kv.div_ceil(chunk))
 }
+/// Threads per block of `attention_combine` (one block per query head): enough that each
+/// thread sums at most 16 of `DECODE_CHUNK` splits at head_dim 128.
+pub const COMBINE_THREADS: usize = 256;
+/// Dynamic shared memory of `attention_combine`, bytes: the warps' maxima, `[lanes][head_dim]`
+/// sums (`4 · COMBINE_THREADS` floats for any head_dim) and the lanes' denominators (at most
+/// `COMBINE_THREADS / 8`, at head_dim 32).
+pub const COMBINE_SMEM_BYTES: usize =
+    4 * (COMBINE_THREADS / 32 + 4 * COMBINE_THREADS + COMBINE_THREADS / 8);
+
 /// Warps per decode block.
 pub const DECODE_WARPS: usize = DECODE_THREADS / 32;
 

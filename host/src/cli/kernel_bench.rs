@@ -677,7 +677,9 @@ impl Bench<'_> {
                             scratch,
                             &mut dout.as_view_mut(),
                             false,
-                        )
+                        )?;
+                        // The splits' partials into the output (a second launch).
+                        ops::attention_combine(g, scratch, &mut dout.as_view_mut())
                     }
                 };
                 run(&mut dout, &mut scratch)?;

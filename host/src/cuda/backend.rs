@@ -232,10 +232,11 @@ pub struct CudaBackend {
     rope: RopeTable,
     s: Scratch,
     n_past: usize,
-    /// The captured decode step ([`CudaOptions::decode_graph`]): `[0]` ends with the logits (a
-    /// sampler launched after it chooses), `[1]` with their argmax fed to the next step (greedy
-    /// steps: one graph launch per step). Each captured at its first use.
-    graphs: [Option<cudarc::driver::CudaGraph>; 2],
+    /// The captured decode step ([`CudaOptions::decode_graph`]), `[greedy + 2 · short]`: it ends
+    /// with the logits (a sampler launched after it chooses) or with their argmax fed to the next
+    /// step (`greedy`: one graph launch per step); `short` for the positions whose attention the
+    /// output projection combines (`ops::decode_defers`). Each captured at its first use.
+    graphs: [Option<cudarc::driver::CudaGraph>; 4],
     /// What `s.step` holds once the queued work has run: the next decode step's token (`None`:
     /// chosen by a queued step, not yet read) and position; `None` when unknown.
     step_on_device: Option<(Option<u32>, usize)>,
@@ -515,7 +516,7 @@ impl CudaBackend {
             rope,
             s,
             n_past: 0,
-            graphs: [None, None],
+            graphs: [None, None, None, None],
             step_on_device: None,
             id_slots: Vec::new(),
             queued: std::collections::VecDeque::new(),
@@ -556,7 +557,7 @@ impl CudaBackend {
     fn layers_forward(&mut self, input: Input) -> Result<(), CudaError> {
         let t = match input {
             Input::Host(chunk, _) => chunk.len(),
-            Input::DeviceStep => 1,
+            Input::DeviceStep { .. } => 1,
         };
         let c = &self.cfg;
         let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
@@ -564,6 +565,11 @@ impl CudaBackend {
         let s = &mut self.s;
         let (ids, rest) = s.step.split_at_mut(1);
         let step_pos = rest.slice(..1);
+        // Whether a decode's output projection may combine the attention's splits.
+        let short = match input {
+            Input::Host(_, pos) => ops::decode_defers(pos + 1, self.opts.n_ctx),
+            Input::DeviceStep { short } => short,
+        };
         let pos = match input {
             Input::Host(chunk, pos) => {
                 gpu.stream()
@@ -573,7 +579,7 @@ impl CudaBackend {
                     .lookup(gpu, &s.ids.slice(..t), &mut s.x.slice_mut(..t * d))?;
                 Pos::Host(pos)
             }
-            Input::DeviceStep => {
+            Input::DeviceStep { .. } => {
                 self.tok_embd
                     .lookup(gpu, &ids.as_view(), &mut s.x.slice_mut(..d))?;
                 Pos::Device(&step_pos)
@@ -648,10 +654,9 @@ impl CudaBackend {
             let v = s.v.slice(..t * kvd);
             let mut out = s.attn.slice_mut(..t * qd);
             let dec = &mut s.dec;
-            // Decode: at short contexts the attention leaves its per-split partials and the
-            // output projection combines them as it reads them (one less step on the critical
-            // path: no counted last block).
-            let defer = t == 1 && lin.fuse && ops::matvec_attn_supported(&l.wo);
+            // Decode: the attention leaves its per-split partials; at short contexts the output
+            // projection combines them as it reads them, otherwise `attention_combine` does.
+            let defer = t == 1 && short && lin.fuse && ops::matvec_attn_supported(&l.wo);
             match &mut self.kv {
                 KvCache::F16(ls) => {
                     step.run(&mut ls[li], &mut q, &mut k, &v, dec, &mut out, defer)?
@@ -659,6 +664,9 @@ impl CudaBackend {
                 KvCache::F32(ls) => {
                     step.run(&mut ls[li], &mut q, &mut k, &v, dec, &mut out, defer)?
                 }
+            }
+            if t == 1 && !defer {
+                ops::attention_combine(gpu, &s.dec, &mut s.attn.slice_mut(..qd))?;
             }
             if defer {
                 ops::matvec_attn(
@@ -925,11 +933,13 @@ impl CudaBackend {
                 }
             }
             self.step_on_device = None; // until this step is queued
-            let greedy = usize::from(sample.is_none());
-            if self.graphs[greedy].is_none() {
-                self.graphs[greedy] = Some(self.capture_step(greedy == 1)?);
+            let greedy = sample.is_none();
+            let short = ops::decode_defers(pos + 1, self.opts.n_ctx);
+            let which = usize::from(greedy) + 2 * usize::from(short);
+            if self.graphs[which].is_none() {
+                self.graphs[which] = Some(self.capture_step(greedy, short)?);
             }
-            if let Some(g) = &self.graphs[greedy] {
+            if let Some(g) = &self.graphs[which] {
                 g.launch()
                     .map_err(CudaError::driver("launching the decode graph"))?;
             }
@@ -1009,13 +1019,19 @@ impl CudaBackend {
 
     /// Captures one decode step (embedding of `s.step[0]` at position `s.step[1]`, every layer,
     /// output norm, LM head into `s.logits`) as a CUDA graph; with `argmax`, also the logits'
-    /// argmax into `s.step[2]`, fed to the next step (`s.step[0]`, position advanced).
-    fn capture_step(&mut self, argmax: bool) -> Result<cudarc::driver::CudaGraph, CudaError> {
+    /// argmax into `s.step[2]`, fed to the next step (`s.step[0]`, position advanced). A `short`
+    /// graph is for positions where the output projection combines the attention's splits
+    /// (`ops::decode_defers`) and only replayed there.
+    fn capture_step(
+        &mut self,
+        argmax: bool,
+        short: bool,
+    ) -> Result<cudarc::driver::CudaGraph, CudaError> {
         // Anything queued before (weights, uploads) runs first, outside the graph.
         self.gpu.synchronize()?;
         self.gpu.begin_capture()?;
         let r = self
-            .layers_forward(Input::DeviceStep)
+            .layers_forward(Input::DeviceStep { short })
             .and_then(|()| self.logits_device(0, 1))
             .and_then(|()| {
                 if !argmax {
@@ -1042,8 +1058,10 @@ impl CudaBackend {
 enum Input<'a> {
     /// Token ids from the host at positions `pos ..`.
     Host(&'a [u32], usize),
-    /// One token and its position in device memory (`s.step`): the replayable decode step.
-    DeviceStep,
+    /// One token and its position in device memory (`s.step`): the replayable decode step, for
+    /// positions where the attention may leave its combine to the output projection (`short`:
+    /// `ops::decode_defers`) or for any.
+    DeviceStep { short: bool },
 }
 
 /// RoPE, KV append and attention of one layer for `t` tokens at `pos ..`: decode (`t = 1`: one

@@ -14,6 +14,7 @@ pub const KERNELS: &[&str] = &[
     "rope_f32",
     "kv_append_f16",
     "kv_append_f32",
+    "attention_combine",
     "attention_decode_f16",
     "attention_decode_f32",
     "attention_prefill_f16",
@@ -115,6 +116,7 @@ pub fn waits_for_previous(name: &str) -> bool {
         || name.starts_with("matvec_")
         || name.starts_with("swiglu_a8_")
         || name.starts_with("attention_decode_")
+        || name == "attention_combine"
         || name == "argmax_f32"
 }
 

@@ -410,9 +410,9 @@ pub fn decode_splits(n_ctx: usize) -> usize {
         .clamp(1, DECODE_CHUNK)
 }
 
-/// Whether an [`attention_decode`] launched with `defer` over `n_kv` positions of an `n_ctx`
-/// cache leaves the combine of its splits to [`matvec_attn`] (at most `DECODE_DEFER_SPLITS`
-/// used splits), as the kernels decide it on the device.
+/// Whether a decode over `n_kv` positions of an `n_ctx` cache may leave the combine of its
+/// attention's splits to the output projection ([`attention_decode`] with `defer`, then
+/// [`matvec_attn`]): it uses at most `DECODE_DEFER_SPLITS` splits, as the kernels plan it.
 pub fn decode_defers(n_kv: usize, n_ctx: usize) -> bool {
     let n_split = decode_splits(n_ctx) as u32;
     let (_, n_used) = kernels_gpu::shapes::decode_plan(n_kv.clamp(1, n_ctx) as u32, n_split);
@@ -420,11 +420,9 @@ pub fn decode_defers(n_kv: usize, n_ctx: usize) -> bool {
 }
 
 /// Scratch of decode attention for contexts up to `n_ctx`: the per-split partials
-/// (`n_head * n_split * (head_dim + 2)` floats) and the per-head count of finished splits
-/// (zeroed once; the kernel leaves it zeroed).
+/// (`n_head * n_split * (head_dim + 2)` floats).
 pub struct DecodeScratch {
     pub part: CudaSlice<f32>,
-    pub done: CudaSlice<u32>,
     n_head: usize,
     head_dim: usize,
     n_ctx: usize,
@@ -440,10 +438,8 @@ impl DecodeScratch {
             n_head * decode_splits(n_ctx) * (head_dim + 2),
             "attention partials",
         )?;
-        let done = gpu.upload(&vec![0u32; n_head], "attention split counters")?;
         Ok(DecodeScratch {
             part,
-            done,
             n_head,
             head_dim,
             n_ctx,
@@ -453,7 +449,7 @@ impl DecodeScratch {
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        4 * (self.part.len() + self.done.len())
+        4 * self.part.len()
     }
 }
 
@@ -483,11 +479,13 @@ pub struct NewToken<'a> {
 /// Decode step of one layer (reference: `cpu::rope` on q and k, the KV append, then
 /// `cpu::attention` with one query): RoPE on the new token's query and key at its position
 /// (`at`), its key and value written to the cache there, and its attention over the cache
-/// positions up to it, into `out`. One launch: the context is split across blocks and the last
-/// block of each head combines the splits — unless `defer` and the position's context takes at
-/// most `DECODE_DEFER_SPLITS` splits: then the blocks only leave their partials in `scratch`, and
-/// `out` is not written; the output projection must then be [`matvec_attn`] (which reads
-/// whichever the attention left, by the plan recorded in `scratch`).
+/// positions up to it. One launch: the context is split across blocks, each leaving its partial
+/// in `scratch`; with one split and no `defer` the block writes `out` itself. The partials are
+/// combined by [`attention_combine`] (launched next, into `out`), or with `defer` by the output
+/// projection, which must then be [`matvec_attn`] (it reads the plan recorded in `scratch`):
+/// `defer` is for positions that need at most `DECODE_DEFER_SPLITS` splits
+/// ([`decode_defers`]) — checked here for a host position; a device position must be one (the
+/// backend replays the graph captured with `defer` only at those).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode<T: KvElem>(
     gpu: &Gpu,
@@ -533,6 +531,12 @@ pub fn attention_decode<T: KvElem>(
                     "position {} is past the RoPE table's {}",
                     n_kv - 1,
                     tok.rope.n_pos
+                )
+            })?;
+            ensure(kname, !defer || decode_defers(n_kv, s.n_ctx), || {
+                format!(
+                    "{n_kv} positions need more than {} splits: the output projection cannot combine them (defer)",
+                    kernels_gpu::shapes::DECODE_DEFER_SPLITS
                 )
             })?;
             (n_kv, 0u64)
@@ -619,10 +623,42 @@ pub fn attention_decode<T: KvElem>(
         "the RoPE table must be 16-byte aligned".into()
     })?;
     let mut part = scratch.part.as_view_mut();
-    let mut done = scratch.done.as_view_mut();
     launch!(
-        gpu, kname, cfg, q, tok.k, tok.v, &mut kc, &mut vc, &table, &mut part, &mut done, out,
-        &args.0, &pdev, &args.1, &args.2, &args.3, &args.4, &args.5, &args.6, &args.7
+        gpu, kname, cfg, q, tok.k, tok.v, &mut kc, &mut vc, &table, &mut part, out, &args.0, &pdev,
+        &args.1, &args.2, &args.3, &args.4, &args.5, &args.6, &args.7
+    );
+    Ok(())
+}
+
+/// The output of the [`attention_decode`] last queued with `scratch` (without `defer`) from its
+/// splits' partials, into `out` (`n_head · head_dim`): nothing to do when the position used one
+/// split (the attention wrote `out`). Decided on the device from the same position, by the plan
+/// the attention recorded.
+pub fn attention_combine(
+    gpu: &Gpu,
+    scratch: &DecodeScratch,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    const K: &str = "attention_combine";
+    let (plan, pdev) = scratch.last.ok_or_else(|| CudaError::Shape {
+        kernel: K,
+        problem: "no decode attention was queued with this scratch".into(),
+    })?;
+    let [n_kv, n_ctx, n_split, head_dim, n_head, defer] = plan;
+    ensure(K, defer == 0, || {
+        "the attention left its partials to the output projection (defer)".into()
+    })?;
+    ensure(K, out.len() == (n_head * head_dim) as usize, || {
+        format!("out {} must be {n_head} x {head_dim}", out.len())
+    })?;
+    let cfg = LaunchConfig {
+        grid_dim: (n_head, 1, 1),
+        block_dim: (kernels_gpu::shapes::COMBINE_THREADS as u32, 1, 1),
+        shared_mem_bytes: kernels_gpu::shapes::COMBINE_SMEM_BYTES as u32,
+    };
+    let part = scratch.part.as_view();
+    launch!(
+        gpu, K, cfg, &part, &pdev, &n_kv, &n_ctx, &n_split, &head_dim, out
     );
     Ok(())
 }
