@@ -45,7 +45,7 @@
 //!    than the separate launch, PERF.md change 35).
 //!
 //! Limits: `head_dim` 32, 64 or 128 (a power of two: `head_dim / 8` threads share a position);
-//! `group ≤ 8`; `n_ctx ≤ 128 · DECODE_CHUNK`; `cos_sin` 16-byte aligned (the slots of a split
+//! `group ≤ 8`; `n_ctx ≤ DECODE_CHUNK · shapes::decode_max_splits(head_dim)`; `cos_sin` 16-byte aligned (the slots of a split
 //! past its positions load from it, a readable dummy); with `defer` > 0, the position needs at
 //! most `defer` splits (the host replays the graph captured with `defer` only there).
 //!

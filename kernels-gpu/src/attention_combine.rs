@@ -19,12 +19,13 @@
 //! launch).
 //!
 //! Launch: grid = (n_head, 1, 1), block = (`COMBINE_THREADS`, 1, 1), dynamic shared memory
-//! `shapes::COMBINE_SMEM_BYTES`. Limits: `head_dim` 32, 64 or 128; `n_split ≤ DECODE_CHUNK`;
+//! `shapes::COMBINE_SMEM_BYTES`. Limits: `head_dim` 32, 64 or 128;
+//! `n_split ≤ shapes::decode_max_splits(head_dim)`;
 //! `part` 16-byte aligned; the attention launched with `defer` = 0 (with one split it wrote
 //! `out`).
 
 use crate::gpu;
-use crate::shapes::{COMBINE_THREADS, DECODE_CHUNK, decode_plan};
+use crate::shapes::{COMBINE_MAX_PER, COMBINE_THREADS, decode_plan};
 
 /// `[f(0), f(1), …, f(15)]` written out: constant indices, so the arrays stay in registers
 /// (`core::array::from_fn` or a loop over 16 elements becomes a loop over an array in local
@@ -93,9 +94,9 @@ unsafe fn combine<const D: usize>(
     out: *mut f32,
 ) {
     const T: usize = COMBINE_THREADS;
-    // Splits per thread: at most DECODE_CHUNK / lanes (lanes = T / (D / 4) ≥ T / 32).
-    const MAX_PER: usize = DECODE_CHUNK * 32 / T;
-    const _: () = assert!(MAX_PER <= 16);
+    // Splits per thread: at most n_split / lanes ≤ COMBINE_MAX_PER (the launcher's limit).
+    const MAX_PER: usize = COMBINE_MAX_PER;
+    const _: () = assert!(MAX_PER == 16, "the loads below are written out for 16");
     let q4 = D / 4;
     let lanes = T / q4;
     // The position is written before the step: read before the wait.

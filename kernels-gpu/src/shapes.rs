@@ -61,9 +61,18 @@ pub const fn decode_plan(n_kv: u32, n_split: u32) -> (u32, u32) {
     };
     (chunk, n_kv.div_ceil(chunk))
 }
-/// Threads per block of `attention_combine` (one block per query head): enough that each
-/// thread sums at most 16 of `DECODE_CHUNK` splits at head_dim 128.
+/// Threads per block of `attention_combine` (one block per query head).
 pub const COMBINE_THREADS: usize = 256;
+/// Most splits one `attention_combine` thread sums (its loads all in flight together).
+pub const COMBINE_MAX_PER: usize = 16;
+
+/// Most splits of decode attention for `head_dim`: what `attention_combine` sums
+/// (`COMBINE_MAX_PER` per lane of splits, `COMBINE_THREADS / (head_dim / 4)` lanes): 512, 256
+/// and 128 for head_dim 32, 64 and 128. With at most `DECODE_CHUNK` positions per split, the
+/// longest context is `DECODE_CHUNK` times this.
+pub const fn decode_max_splits(head_dim: usize) -> usize {
+    COMBINE_MAX_PER * COMBINE_THREADS * 4 / head_dim
+}
 /// Dynamic shared memory of `attention_combine`, bytes: the warps' maxima, `[lanes][head_dim]`
 /// sums (`4 · COMBINE_THREADS` floats for any head_dim) and the lanes' denominators (at most
 /// `COMBINE_THREADS / 8`, at head_dim 32).

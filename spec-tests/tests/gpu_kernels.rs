@@ -276,7 +276,9 @@ fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
 /// `matvec_attn` (a 64-row legacy-type `Wo` chosen by the seed, into a residual) against the f64
 /// product of the CPU attention's output. With `defer`, contexts of at most
 /// `DECODE_DEFER_SPLITS` used splits leave the combine to `matvec_attn` (the attention writes no
-/// output: checked), longer ones combine in the attention as without it.
+/// output: checked); otherwise `attention_combine` combines the splits (a host position asking
+/// to defer beyond is refused). The cache holds 4096 positions, or `n_kv` if more (up to
+/// `decode_max_splits(head_dim)` splits of 32).
 fn attention_decode_case<T: TestElem + PartialEq>(
     (n_head, n_head_kv, head_dim): (usize, usize, usize),
     n_kv: usize,
@@ -288,7 +290,7 @@ fn attention_decode_case<T: TestElem + PartialEq>(
     let s = KvShape {
         n_head_kv,
         head_dim,
-        n_ctx: 4096,
+        n_ctx: n_kv.max(4096),
     };
     // Positions 0 .. n_kv − 1 in the cache; the new token at n_kv − 1 comes as projections
     // before RoPE (the kernel rotates q and k and writes the new k, v to the cache).
@@ -319,7 +321,7 @@ fn attention_decode_case<T: TestElem + PartialEq>(
     let mut scratch = ops::DecodeScratch::new(&g, n_head, head_dim, s.n_ctx).unwrap();
     let dpos = upload(&g, &[pos as u32]);
     let (dq, dk, dv) = (upload(&g, &q), upload(&g, &kn), upload(&g, &vn));
-    let deferred = defer && ops::decode_defers(n_kv, s.n_ctx);
+    let deferred = defer && ops::decode_defers(n_kv, s.n_ctx, head_dim);
     // The output projection: resid + Wo · attention (f64 from the CPU's attention output), its
     // bound the attention's tolerance carried through |Wo| plus the matvec's own.
     let wo_ty = [GgmlType::Q5_0, GgmlType::Q4_1, GgmlType::Q8_0][(seed % 3) as usize];
@@ -563,6 +565,10 @@ fn attention_on_the_qwen_shapes() {
         attention_decode_case::<u16>((14, 2, 64), n_kv, true, 10 + i as u64);
     }
     attention_decode_case::<f32>((14, 2, 64), 100, false, 20);
+    // More than 128 splits (a 4224- and a 16000-position cache: 132 and 256 splits of at most
+    // 32 and 63 positions).
+    attention_decode_case::<u16>((14, 2, 64), 4224, false, 21);
+    attention_decode_case::<u16>((14, 2, 64), 16000, true, 22);
     attention_prefill_case::<u16>((9, 3, 64), (0, 512), 5);
     // Every head_dim the prefill kernel is instantiated for (32, 64, 96, 128: tiles of 32 keys,
     // 16 at 128), with partial query and key tiles and a chunk after earlier positions.

@@ -309,7 +309,7 @@ impl CudaBackend {
         gpu.set_pdl(opts.pdl);
         opts.n_ctx = opts.n_ctx.clamp(1, cfg.n_ctx_train);
         opts.max_batch = opts.max_batch.clamp(1, opts.n_ctx);
-        let max_ctx = kernels_gpu::shapes::DECODE_CHUNK * kernels_gpu::shapes::DECODE_CHUNK;
+        let max_ctx = ops::decode_max_ctx(cfg.head_dim);
         if opts.n_ctx > max_ctx {
             return Err(BackendError::Device(format!(
                 "a context of {} positions was asked for; the GPU decode attention supports at most {max_ctx}",
@@ -379,7 +379,7 @@ impl CudaBackend {
         .unwrap_or(0);
         let scratch_f32 = b * (3 * cfg.n_embd + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.n_ff)
             + LOGIT_ROWS * cfg.n_vocab
-            + cfg.n_head * ops::decode_splits(opts.n_ctx) * (cfg.head_dim + 2)
+            + cfg.n_head * ops::decode_splits(opts.n_ctx, cfg.head_dim) * (cfg.head_dim + 2)
             + 2 * ops::ARGMAX_MAX_BLOCKS
             + max_w;
         // f16 scratch: decoded weights and activations, three f16 per value for F16x3.
@@ -567,7 +567,7 @@ impl CudaBackend {
         let step_pos = rest.slice(..1);
         // Whether a decode's output projection may combine the attention's splits.
         let short = match input {
-            Input::Host(_, pos) => ops::decode_defers(pos + 1, self.opts.n_ctx),
+            Input::Host(_, pos) => ops::decode_defers(pos + 1, self.opts.n_ctx, c.head_dim),
             Input::DeviceStep { short } => short,
         };
         let pos = match input {
@@ -934,7 +934,7 @@ impl CudaBackend {
             }
             self.step_on_device = None; // until this step is queued
             let greedy = sample.is_none();
-            let short = ops::decode_defers(pos + 1, self.opts.n_ctx);
+            let short = ops::decode_defers(pos + 1, self.opts.n_ctx, self.cfg.head_dim);
             let which = usize::from(greedy) + 2 * usize::from(short);
             if self.graphs[which].is_none() {
                 self.graphs[which] = Some(self.capture_step(greedy, short)?);

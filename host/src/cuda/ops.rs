@@ -400,21 +400,27 @@ fn check_heads(kernel: &'static str, n_head: usize, s: KvShape) -> Result<usize>
 /// Most positions per split of decode attention (the shared-memory score buffer).
 pub const DECODE_CHUNK: usize = kernels_gpu::shapes::DECODE_CHUNK;
 
-/// Splits of decode attention for a cache of `n_ctx` positions: one per
-/// `DECODE_MIN_CHUNK` positions, at most [`DECODE_CHUNK`] (so none holds more than
-/// [`DECODE_CHUNK`] positions up to `DECODE_CHUNK²`). Many splits keep many blocks busy at long
+/// Splits of decode attention for a cache of `n_ctx` positions and heads of `head_dim`: one per
+/// `DECODE_MIN_CHUNK` positions, at most `shapes::decode_max_splits(head_dim)` (so that a split
+/// holds at most `DECODE_MIN_CHUNK` positions up to that many times `DECODE_MIN_CHUNK`, and at
+/// most [`DECODE_CHUNK`] up to [`decode_max_ctx`]). Many splits keep many blocks busy at long
 /// contexts; the kernel uses only as many as hold `DECODE_MIN_CHUNK` positions each.
-pub fn decode_splits(n_ctx: usize) -> usize {
+pub fn decode_splits(n_ctx: usize, head_dim: usize) -> usize {
     n_ctx
         .div_ceil(kernels_gpu::shapes::DECODE_MIN_CHUNK)
-        .clamp(1, DECODE_CHUNK)
+        .clamp(1, kernels_gpu::shapes::decode_max_splits(head_dim))
+}
+
+/// The longest context decode attention takes for heads of `head_dim`.
+pub fn decode_max_ctx(head_dim: usize) -> usize {
+    DECODE_CHUNK * kernels_gpu::shapes::decode_max_splits(head_dim)
 }
 
 /// Whether a decode over `n_kv` positions of an `n_ctx` cache may leave the combine of its
 /// attention's splits to the output projection ([`attention_decode`] with `defer`, then
 /// [`matvec_attn`]): it uses at most `DECODE_DEFER_SPLITS` splits, as the kernels plan it.
-pub fn decode_defers(n_kv: usize, n_ctx: usize) -> bool {
-    let n_split = decode_splits(n_ctx) as u32;
+pub fn decode_defers(n_kv: usize, n_ctx: usize, head_dim: usize) -> bool {
+    let n_split = decode_splits(n_ctx, head_dim) as u32;
     let (_, n_used) = kernels_gpu::shapes::decode_plan(n_kv.clamp(1, n_ctx) as u32, n_split);
     n_used as usize <= kernels_gpu::shapes::DECODE_DEFER_SPLITS
 }
@@ -435,7 +441,7 @@ pub struct DecodeScratch {
 impl DecodeScratch {
     pub fn new(gpu: &Gpu, n_head: usize, head_dim: usize, n_ctx: usize) -> Result<DecodeScratch> {
         let part = gpu.alloc::<f32>(
-            n_head * decode_splits(n_ctx) * (head_dim + 2),
+            n_head * decode_splits(n_ctx, head_dim) * (head_dim + 2),
             "attention partials",
         )?;
         Ok(DecodeScratch {
@@ -533,7 +539,7 @@ pub fn attention_decode<T: KvElem>(
                     tok.rope.n_pos
                 )
             })?;
-            ensure(kname, !defer || decode_defers(n_kv, s.n_ctx), || {
+            ensure(kname, !defer || decode_defers(n_kv, s.n_ctx, d), || {
                 format!(
                     "{n_kv} positions need more than {} splits: the output projection cannot combine them (defer)",
                     kernels_gpu::shapes::DECODE_DEFER_SPLITS
@@ -559,16 +565,15 @@ pub fn attention_decode<T: KvElem>(
             )
         },
     )?;
-    let n_split = decode_splits(bound);
+    let n_split = decode_splits(bound, d);
     ensure(kname, d.is_power_of_two(), || {
         format!("head_dim {d}: decode attention takes 32, 64 or 128")
     })?;
-    ensure(kname, n_split <= kernels_gpu::shapes::DECODE_CHUNK, || {
+    ensure(kname, s.n_ctx <= decode_max_ctx(d), || {
         format!(
-            "a {}-position cache needs {n_split} splits; decode attention combines at most {} (contexts up to {} positions)",
+            "a {}-position cache is longer than decode attention takes at head_dim {d} ({} positions)",
             s.n_ctx,
-            kernels_gpu::shapes::DECODE_CHUNK,
-            kernels_gpu::shapes::DECODE_CHUNK * kernels_gpu::shapes::DECODE_CHUNK
+            decode_max_ctx(d)
         )
     })?;
     ensure(
