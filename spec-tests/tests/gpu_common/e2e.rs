@@ -340,8 +340,15 @@ pub const FAST_REL_L2: f64 = 1e-2;
 /// The bar of the configurations with 8-bit FFN activations in decode (`CudaOptions::ffn_a8`):
 /// the normed FFN input and the SwiGLU output rounded to 8 bits per block of 32 (≈ 2^-8 of the
 /// block's largest value), as llama.cpp's integer matvecs do; prefill positions stay at the f32
-/// arithmetic of the other runs.
-pub const A8_REL_L2: f64 = 2e-2;
+/// arithmetic of the other runs. Why 3e-2: that rounding alone moves single decode positions
+/// that far. The CPU's own 8-bit activations (the same blocks, in every matvec) against its exact
+/// arithmetic, on the 64 decode positions of this schedule: SmolLM2 median 9.8e-3, max 3.5e-2
+/// (5 positions above 2e-2), qwen median 1.4e-2, max 4.8e-2. The GPU (FFN only) measured max
+/// 2.2e-2 on SmolLM2 (position 563) and 2.4e-2 on qwen after the attention's split combine moved
+/// to its own kernel (2026-11-28), where the reference-precision runs of the same schedule stay
+/// within 1e-6 of the CPU: a different rounding order of the splits, amplified by which
+/// activations round up or down. The median and p99 (≈ 3e-4 and ≈ 9e-3) are printed with it.
+pub const A8_REL_L2: f64 = 3e-2;
 
 /// The whole check on one model. Each GPU configuration is compared at every position (none
 /// skipped) with the CPU run of the same KV-cache precision:
