@@ -278,14 +278,12 @@ impl Session {
             timings: t,
         })
     }
-}
 
-impl Session {
-    /// Greedy decoding through the backend's [`crate::backend::GreedySteps`], one step ahead: the step that runs
-    /// the accepted token `next` is queued, then (when another token may follow) the step fed
-    /// the token that one chooses, and only then is `next`'s successor read, so the device runs
-    /// the next step while the host streams this one's text. A step queued ahead of a stop ran:
-    /// its token is in the cache like every other token run.
+    /// Greedy decoding through the backend's [`crate::backend::GreedySteps`], one step ahead:
+    /// the step that runs the accepted token `next` is queued, then (when another token may
+    /// follow) the step fed the token that one chooses, and only then is `next`'s successor read,
+    /// so the device runs the next step while the host streams this one's text. A step queued
+    /// ahead of a stop ran: its token is in the cache like every other token run.
     fn decode_pipelined(
         &mut self,
         mut next: u32,

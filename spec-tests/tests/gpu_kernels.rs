@@ -369,36 +369,17 @@ fn attention_decode_case<T: TestElem + PartialEq>(
             rope: &table,
             style,
         };
+        let mut launch = |defer: bool| {
+            let o = &mut out.as_view_mut();
+            ops::attention_decode(&g, tok, &mut cache, s, n_head, at, &mut scratch, o, defer)
+        };
         if defer && !deferred && !device {
             // Past the short contexts the output projection cannot combine the splits: a host
             // position asking for it is refused before anything runs.
-            let e = ops::attention_decode(
-                &g,
-                tok,
-                &mut cache,
-                s,
-                n_head,
-                at,
-                &mut scratch,
-                &mut out.as_view_mut(),
-                true,
-            )
-            .unwrap_err()
-            .to_string();
+            let e = launch(true).unwrap_err().to_string();
             assert!(e.contains("(defer)"), "{e}");
         }
-        ops::attention_decode(
-            &g,
-            tok,
-            &mut cache,
-            s,
-            n_head,
-            at,
-            &mut scratch,
-            &mut out.as_view_mut(),
-            deferred,
-        )
-        .unwrap();
+        launch(deferred).unwrap();
         if !deferred {
             // The splits' partials into the output (nothing to do for one split).
             ops::attention_combine(&g, &scratch, &mut out.as_view_mut()).unwrap();

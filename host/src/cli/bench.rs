@@ -18,14 +18,14 @@
 //!   value seen (sampled after loading and after each test), with the backend's own buffers by
 //!   kind; on the CPU the process's peak resident set.
 //!
-//! With `--device cuda` the tgN steps run as greedy generation runs (`host run`, `Session::generate`
-//! through `GreedySteps`): the first token random, each later one the previous step's greedy
-//! choice, fed to the next step on the device; the host queues each step before it reads the
-//! previous step's id (one token id copied back per step, each read before the next is queued
-//! behind it). `--sync-steps` runs them one at a time instead, each fed a random token from the
-//! host and waited for (`CudaBackend::forward_next`), as llama-bench does. The first token uses
-//! `forward_next` (greedy on the device); the other devices take the last row's logits (and
-//! choose the first token by argmax on the host).
+//! With `--device cuda` the tgN steps run as greedy generation runs (`host run --temp 0`,
+//! `Session::generate` through `GreedySteps`): the first token random, each later one the
+//! previous step's greedy choice, fed to the next step on the device; one token id copied back
+//! per step, and the host reads step k's id only after it has queued step k + 1. `--sync-steps`
+//! runs them one at a time instead, each fed a random token from the host and waited for
+//! (`CudaBackend::forward_next`), as llama-bench does. The first token uses `forward_next`
+//! (greedy on the device); the other devices take the last row's logits (and choose the first
+//! token by argmax on the host).
 
 use std::io::Write;
 use std::sync::Arc;
