@@ -1640,3 +1640,62 @@ pub fn sample(
     launch!(gpu, K, cfg, x, &n, &k, &p.top_p, &inv_t, &u, out, &pinc);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernels_gpu::shapes::{
+        COMBINE_MAX_PER, COMBINE_THREADS, DECODE_DEFER_SPLITS, DECODE_MIN_CHUNK, decode_max_splits,
+        decode_plan,
+    };
+
+    /// The split plan of decode attention stays inside what its kernels take: at most
+    /// `DECODE_CHUNK` positions per split (the score buffer), at most `COMBINE_MAX_PER` splits per
+    /// thread of `attention_combine`, `DECODE_MIN_CHUNK` positions per split while the cache
+    /// allows, and the output projection combining exactly the contexts `decode_defers` names.
+    #[test]
+    fn decode_plans_fit_the_attention_and_its_combine() {
+        for d in [32, 64, 128] {
+            let lanes = COMBINE_THREADS / (d / 4);
+            assert_eq!(
+                decode_max_splits(d),
+                lanes * COMBINE_MAX_PER,
+                "head_dim {d}"
+            );
+            let max_ctx = decode_max_ctx(d);
+            for n_ctx in [
+                1, 31, 32, 33, 128, 129, 4096, 4224, 8192, 8193, 20000, max_ctx,
+            ] {
+                if n_ctx > max_ctx {
+                    continue;
+                }
+                let n_split = decode_splits(n_ctx, d);
+                assert!(n_split <= decode_max_splits(d));
+                for n_kv in [1, 2, 32, 33, 128, 129, n_ctx / 2, n_ctx - 1, n_ctx] {
+                    if n_kv == 0 || n_kv > n_ctx {
+                        continue;
+                    }
+                    let (chunk, n_used) = decode_plan(n_kv as u32, n_split as u32);
+                    let (chunk, n_used) = (chunk as usize, n_used as usize);
+                    let at = format!("head_dim {d}, n_ctx {n_ctx}, n_kv {n_kv}");
+                    assert!(chunk <= DECODE_CHUNK && n_used <= n_split, "{at}");
+                    assert!(
+                        n_used * chunk >= n_kv && (n_used - 1) * chunk < n_kv,
+                        "{at}"
+                    );
+                    assert!(n_used.div_ceil(lanes) <= COMBINE_MAX_PER, "{at}");
+                    if n_ctx <= DECODE_MIN_CHUNK * decode_max_splits(d) {
+                        assert_eq!(chunk, DECODE_MIN_CHUNK, "{at}");
+                    }
+                    assert_eq!(
+                        decode_defers(n_kv, n_ctx, d),
+                        n_used <= DECODE_DEFER_SPLITS,
+                        "{at}"
+                    );
+                    let short = n_kv <= DECODE_DEFER_SPLITS * DECODE_MIN_CHUNK;
+                    assert_eq!(decode_defers(n_kv, n_ctx, d), short, "{at}");
+                }
+            }
+        }
+    }
+}
