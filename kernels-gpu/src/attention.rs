@@ -312,7 +312,7 @@ unsafe fn decode_d<C: Chunk4, const D: usize>(
             core::arch::nvptx::_grid_dim_y(),
         )
     };
-    // Positions are u32 (n_ctx ≤ DECODE_CHUNK²), offsets usize.
+    // Positions are u32 (n_ctx ≤ DECODE_CHUNK · decode_max_splits(D)), offsets usize.
     // SAFETY: pos_dev is null or one readable u32 (launcher contract).
     let n_kv = unsafe { decode_n_kv(n_kv, pos_dev, n_ctx) };
     let pos = n_kv - 1;

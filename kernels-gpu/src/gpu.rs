@@ -303,7 +303,7 @@ pub fn atomic_add_u32(p: *mut u32, v: u32) -> u32 {
 
 /// `__threadfence()`: this thread's global-memory writes are visible to the whole device before
 /// any of its later writes (`membar.gl`). Used before announcing a finished block through an
-/// atomic counter ("the last block to finish combines").
+/// atomic counter ("the last block to finish reduces": the argmax).
 #[inline(always)]
 pub fn fence_gpu() {
     // SAFETY: a memory barrier has no other effect.

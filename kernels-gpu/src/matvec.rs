@@ -264,7 +264,7 @@ impl Acts for Normed {
 /// `M = max_s m_s`, over the `n_used ≤ DECODE_DEFER_SPLITS` used splits in order — the
 /// attention's own combine (the same `exp` and fused multiply-adds; the division as one IEEE
 /// reciprocal and products), done where the output projection reads its activations instead of
-/// by a counted last block.
+/// by a separate launch (`attention_combine`, for longer contexts).
 /// Layout as the attention writes it: `acc_s` at `part[(h · n_split + s) · D ..]`, `[m_s, sum_s]`
 /// at `ms[2 (h · n_split + s) ..]`.
 struct Combined {

@@ -43,9 +43,9 @@ pub const DECODE_MIN_CHUNK: usize = 32;
 /// Most query heads per KV head in decode attention.
 pub const DECODE_MAX_GROUP: usize = 8;
 /// Most used splits of decode attention whose partials the output projection combines itself
-/// (`matvec_attn_*`, launched with this value as `defer`): the attention then ends once its blocks
-/// have written their partials, with no counted last block and no combine (contexts up to
-/// `DECODE_DEFER_SPLITS · DECODE_MIN_CHUNK` = 128 positions).
+/// (`matvec_attn_*`, after an attention launched with this value as `defer`), with no
+/// `attention_combine` launch in between (contexts up to `DECODE_DEFER_SPLITS · DECODE_MIN_CHUNK`
+/// = 128 positions).
 pub const DECODE_DEFER_SPLITS: usize = 4;
 
 /// The split plan of decode attention for `n_kv` positions over a grid of `n_split` splits:

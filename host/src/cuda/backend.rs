@@ -205,7 +205,7 @@ struct Scratch {
     /// Activations as f16 for the GEMM path.
     x16: CudaSlice<u16>,
     logits: CudaSlice<f32>,
-    /// Decode attention's partials and split counters.
+    /// Decode attention's per-split partials.
     dec: DecodeScratch,
     /// The device argmax's partials and counter.
     sel: SelectScratch,
