@@ -199,11 +199,8 @@ struct Scratch {
     /// `[d, s]` pairs of one token.
     hq: CudaSlice<u8>,
     hqd: CudaSlice<f32>,
-    /// A decoded weight matrix for the GEMM path (f32 elements; the f16 path uses it as u16).
-    wdeq32: CudaSlice<f32>,
-    wdeq16: CudaSlice<u16>,
-    /// Activations as f16 for the GEMM path.
-    x16: CudaSlice<u16>,
+    /// The GEMM path's decoded weights and f16 activations.
+    gemm: GemmScratch,
     logits: CudaSlice<f32>,
     /// Decode attention's per-split partials.
     dec: DecodeScratch,
@@ -213,6 +210,14 @@ struct Scratch {
     /// chose, `[2]` (the sampler of a graph-replayed step also writes the next token to `[0]` and
     /// advances `[1]`).
     step: CudaSlice<u32>,
+}
+
+/// Scratch of the GEMM path (`T > 1`, [`Linear::run`]): a decoded weight matrix, f32 or f16
+/// (as hi/lo pairs for the split-f16 GEMM), and the activations as f16.
+struct GemmScratch {
+    w32: CudaSlice<f32>,
+    w16: CudaSlice<u16>,
+    x16: CudaSlice<u16>,
 }
 
 /// Rows of logits computed per LM-head GEMM when all rows are asked for.
@@ -477,23 +482,26 @@ impl CudaBackend {
             h: a32(b * cfg.n_ff, "activations")?,
             hq: gpu.alloc::<u8>(cfg.n_ff, "8-bit activations")?,
             hqd: a32(cfg.n_ff.div_ceil(16), "8-bit activation scales")?,
-            wdeq32: a32(
-                if matches!(opts.gemm, GemmKind::F16F32 | GemmKind::F16x3) {
-                    1
-                } else {
-                    max_w
-                },
-                "decoded weights",
-            )?,
-            wdeq16: gpu.alloc::<u16>(
-                if matches!(opts.gemm, GemmKind::F16F32 | GemmKind::F16x3) {
-                    f16_factor * max_w
-                } else {
-                    1
-                },
-                "decoded weights",
-            )?,
-            x16: gpu.alloc::<u16>(f16_factor * b.max(LOGIT_ROWS) * widest, "f16 activations")?,
+            gemm: GemmScratch {
+                w32: a32(
+                    if matches!(opts.gemm, GemmKind::F16F32 | GemmKind::F16x3) {
+                        1
+                    } else {
+                        max_w
+                    },
+                    "decoded weights",
+                )?,
+                w16: gpu.alloc::<u16>(
+                    if matches!(opts.gemm, GemmKind::F16F32 | GemmKind::F16x3) {
+                        f16_factor * max_w
+                    } else {
+                        1
+                    },
+                    "decoded weights",
+                )?,
+                x16: gpu
+                    .alloc::<u16>(f16_factor * b.max(LOGIT_ROWS) * widest, "f16 activations")?,
+            },
             logits: a32(LOGIT_ROWS * cfg.n_vocab, "logits")?,
             dec: DecodeScratch::new(&gpu, cfg.n_head, cfg.head_dim, opts.n_ctx)?,
             sel: SelectScratch::new(&gpu)?,
@@ -628,16 +636,7 @@ impl CudaBackend {
                     (&l.wv, s.v.slice_mut(..t * kvd), l.bv.as_ref()),
                 ] {
                     let mut y = y;
-                    lin.run_bias(
-                        w,
-                        &xn,
-                        &mut y,
-                        t,
-                        bias,
-                        &mut s.wdeq32,
-                        &mut s.wdeq16,
-                        &mut s.x16,
-                    )?;
+                    lin.run_bias(w, &xn, &mut y, t, bias, &mut s.gemm)?;
                 }
             }
             let step = AttnStep {
@@ -683,9 +682,7 @@ impl CudaBackend {
                     &mut s.x.slice_mut(..t * d),
                     &mut s.proj.slice_mut(..t * d),
                     t,
-                    &mut s.wdeq32,
-                    &mut s.wdeq16,
-                    &mut s.x16,
+                    &mut s.gemm,
                 )?;
             }
 
@@ -742,19 +739,9 @@ impl CudaBackend {
                     &xn,
                     &mut s.gate.slice_mut(..t * ff),
                     t,
-                    &mut s.wdeq32,
-                    &mut s.wdeq16,
-                    &mut s.x16,
+                    &mut s.gemm,
                 )?;
-                lin.run(
-                    &l.up,
-                    &xn,
-                    &mut s.up.slice_mut(..t * ff),
-                    t,
-                    &mut s.wdeq32,
-                    &mut s.wdeq16,
-                    &mut s.x16,
-                )?;
+                lin.run(&l.up, &xn, &mut s.up.slice_mut(..t * ff), t, &mut s.gemm)?;
                 ops::swiglu(
                     gpu,
                     &s.gate.slice(..t * ff),
@@ -768,9 +755,7 @@ impl CudaBackend {
                 &mut s.x.slice_mut(..t * d),
                 &mut s.proj.slice_mut(..t * d),
                 t,
-                &mut s.wdeq32,
-                &mut s.wdeq16,
-                &mut s.x16,
+                &mut s.gemm,
             )?;
         }
         Ok(())
@@ -812,12 +797,16 @@ impl CudaBackend {
         let mut lv = s.logits.slice_mut(..m * nv);
         match &self.lm_head {
             LmHead::F16(w) => {
-                ops::f32_to_f16(gpu, &s.xn.slice(..m * d), &mut s.x16.slice_mut(..m * d))?;
+                ops::f32_to_f16(
+                    gpu,
+                    &s.xn.slice(..m * d),
+                    &mut s.gemm.x16.slice_mut(..m * d),
+                )?;
                 gemm(
                     gpu,
                     GemmKind::F16F32,
                     &w.as_view(),
-                    &s.x16.slice(..m * d),
+                    &s.gemm.x16.slice(..m * d),
                     &mut lv,
                     nv,
                     d,
@@ -1152,7 +1141,6 @@ struct Linear<'a> {
 impl Linear<'_> {
     /// `y = x Wᵀ + bias` (the bias broadcast over the `t` rows); for `t = 1` the bias is added
     /// inside the matvec (one launch, the same f32 addition).
-    #[allow(clippy::too_many_arguments)]
     fn run_bias(
         &self,
         w: &DeviceTensor,
@@ -1160,9 +1148,7 @@ impl Linear<'_> {
         y: &mut CudaViewMut<f32>,
         t: usize,
         bias: Option<&CudaSlice<f32>>,
-        wdeq32: &mut CudaSlice<f32>,
-        wdeq16: &mut CudaSlice<u16>,
-        x16: &mut CudaSlice<u16>,
+        g: &mut GemmScratch,
     ) -> Result<(), CudaError> {
         if t == 1 && self.fuse {
             let bv = bias.map(|b| b.as_view());
@@ -1172,7 +1158,7 @@ impl Linear<'_> {
             };
             return ops::matvec_with(self.gpu, w, x, y, out);
         }
-        self.run(w, x, y, t, wdeq32, wdeq16, x16)?;
+        self.run(w, x, y, t, g)?;
         if let Some(b) = bias {
             ops::add(self.gpu, y, &b.as_view())?;
         }
@@ -1181,7 +1167,6 @@ impl Linear<'_> {
 
     /// `resid += x Wᵀ`; for `t = 1` inside the matvec, otherwise through `tmp` and an add (the
     /// same f32 additions either way).
-    #[allow(clippy::too_many_arguments)]
     fn run_residual(
         &self,
         w: &DeviceTensor,
@@ -1189,27 +1174,22 @@ impl Linear<'_> {
         resid: &mut CudaViewMut<f32>,
         tmp: &mut CudaViewMut<f32>,
         t: usize,
-        wdeq32: &mut CudaSlice<f32>,
-        wdeq16: &mut CudaSlice<u16>,
-        x16: &mut CudaSlice<u16>,
+        g: &mut GemmScratch,
     ) -> Result<(), CudaError> {
         if t == 1 && self.fuse {
             return ops::matvec_with(self.gpu, w, x, resid, MatvecOut::Accumulate);
         }
-        self.run(w, x, tmp, t, wdeq32, wdeq16, x16)?;
+        self.run(w, x, tmp, t, g)?;
         ops::add(self.gpu, resid, &tmp.as_view())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         w: &DeviceTensor,
         x: &CudaView<f32>,
         y: &mut CudaViewMut<f32>,
         t: usize,
-        wdeq32: &mut CudaSlice<f32>,
-        wdeq16: &mut CudaSlice<u16>,
-        x16: &mut CudaSlice<u16>,
+        g: &mut GemmScratch,
     ) -> Result<(), CudaError> {
         if t == 1 {
             return ops::matvec(self.gpu, w, x, y);
@@ -1217,15 +1197,15 @@ impl Linear<'_> {
         let (n, k) = (w.rows, w.cols);
         match self.kind {
             GemmKind::F16x3 => {
-                let mut wd = wdeq16.slice_mut(..3 * n * k);
+                let mut wd = g.w16.slice_mut(..3 * n * k);
                 ops::dequant(self.gpu, w, None, DequantOut::F16x3(&mut wd))?;
-                let mut xs = x16.slice_mut(..3 * t * k);
+                let mut xs = g.x16.slice_mut(..3 * t * k);
                 ops::f32_to_f16x3(self.gpu, x, k, &mut xs)?;
                 gemm(
                     self.gpu,
                     GemmKind::F16x3,
-                    &wdeq16.slice(..3 * n * k),
-                    &x16.slice(..3 * t * k),
+                    &g.w16.slice(..3 * n * k),
+                    &g.x16.slice(..3 * t * k),
                     y,
                     n,
                     k,
@@ -1233,15 +1213,15 @@ impl Linear<'_> {
                 )
             }
             GemmKind::F16F32 => {
-                let mut wd = wdeq16.slice_mut(..n * k);
+                let mut wd = g.w16.slice_mut(..n * k);
                 ops::dequant(self.gpu, w, None, DequantOut::F16(&mut wd))?;
-                let mut xh = x16.slice_mut(..t * k);
+                let mut xh = g.x16.slice_mut(..t * k);
                 ops::f32_to_f16(self.gpu, x, &mut xh)?;
                 gemm(
                     self.gpu,
                     GemmKind::F16F32,
-                    &wdeq16.slice(..n * k),
-                    &x16.slice(..t * k),
+                    &g.w16.slice(..n * k),
+                    &g.x16.slice(..t * k),
                     y,
                     n,
                     k,
@@ -1249,9 +1229,9 @@ impl Linear<'_> {
                 )
             }
             kind => {
-                let mut wd = wdeq32.slice_mut(..n * k);
+                let mut wd = g.w32.slice_mut(..n * k);
                 ops::dequant(self.gpu, w, None, DequantOut::F32(&mut wd))?;
-                gemm(self.gpu, kind, &wdeq32.slice(..n * k), x, y, n, k, t)
+                gemm(self.gpu, kind, &g.w32.slice(..n * k), x, y, n, k, t)
             }
         }
     }
@@ -1370,14 +1350,24 @@ impl CudaBackend {
         let s = &self.s;
         let scratch = s.ids.num_bytes()
             + [
-                &s.x, &s.xn, &s.q, &s.k, &s.v, &s.attn, &s.proj, &s.gate, &s.up, &s.h, &s.wdeq32,
+                &s.x,
+                &s.xn,
+                &s.q,
+                &s.k,
+                &s.v,
+                &s.attn,
+                &s.proj,
+                &s.gate,
+                &s.up,
+                &s.h,
+                &s.gemm.w32,
                 &s.logits,
             ]
             .iter()
             .map(|b| b.num_bytes())
             .sum::<usize>()
-            + s.wdeq16.num_bytes()
-            + s.x16.num_bytes()
+            + s.gemm.w16.num_bytes()
+            + s.gemm.x16.num_bytes()
             + s.dec.bytes()
             + s.step.num_bytes()
             + (2 * ops::ARGMAX_MAX_BLOCKS + 1) * 4
