@@ -1003,6 +1003,21 @@ fn normed_input_ok(
     x_aligned(gpu, k, name, inp.weight)
 }
 
+/// The input and output of a fused gate/up launch (`matvec_swiglu`, `swiglu_a8`): the normed
+/// input for the gate's columns ([`normed_input_ok`]) and one `h` value per gate row.
+fn gate_up_io_ok(
+    gpu: &Gpu,
+    k: &'static str,
+    gate: &DeviceTensor,
+    inp: &NormedInput,
+    h: &CudaViewMut<f32>,
+) -> Result<()> {
+    normed_input_ok(gpu, k, &gate.name, inp, gate.cols)?;
+    ensure(k, h.len() == gate.rows, || {
+        format!("{}: h {} for {} rows", gate.name, h.len(), gate.rows)
+    })
+}
+
 /// `h = silu(Wg xn) · (Wu xn)` with `xn` the RMSNorm of `inp` (see [`NormedInput`]), in one
 /// launch: the FFN norm, gate, up and SwiGLU. Legacy block types only (see
 /// [`matvec_swiglu_supported`]).
@@ -1026,10 +1041,7 @@ pub fn matvec_swiglu(
             gate.name, gate.ty, gate.rows, gate.cols, up.name, up.ty, up.rows, up.cols
         )
     })?;
-    normed_input_ok(gpu, k, &gate.name, &inp, gate.cols)?;
-    ensure(k, h.len() == gate.rows, || {
-        format!("{}: h {} for {} rows", gate.name, h.len(), gate.rows)
-    })?;
+    gate_up_io_ok(gpu, k, gate, &inp, h)?;
     let (rows, cols) = (to_u32(k, "rows", gate.rows)?, to_u32(k, "cols", gate.cols)?);
     let cfg = LaunchConfig {
         grid_dim: (gate.rows.div_ceil(MATVEC_ROWS) as u32, 1, 1),
@@ -1121,10 +1133,7 @@ pub fn swiglu_a8(
             gate.name, gate.ty, gate.rows, gate.cols, up.name, up.ty, up.rows, up.cols
         )
     })?;
-    normed_input_ok(gpu, k, &gate.name, &inp, gate.cols)?;
-    ensure(k, h.len() == gate.rows, || {
-        format!("{}: h {} for {} rows", gate.name, h.len(), gate.rows)
-    })?;
+    gate_up_io_ok(gpu, k, gate, &inp, h)?;
     a8_ok(
         k,
         &gate.name,
