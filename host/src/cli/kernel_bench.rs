@@ -49,6 +49,13 @@ use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
 use crate::quant::{ActKind, QuantizedVec};
 
+/// A random matrix for a benchmark row: its bytes, its values, and its device copies.
+struct BenchMatrix {
+    bytes: Vec<u8>,
+    deq: Vec<f32>,
+    ws: Vec<DeviceTensor>,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Benchmark name (see the module docs), or `all`, or `ceiling` (only the ceilings), or
@@ -457,6 +464,21 @@ impl Bench<'_> {
         (2 * self.ceil.l2_bytes).div_ceil(bytes.max(1)).clamp(1, 64)
     }
 
+    /// A random matrix ([`Self::random_matrix`]: its bytes and values) on the device as
+    /// [`Self::copies`] copies, which a timed loop rotates through.
+    fn weight_copies(
+        &mut self,
+        t: GgmlType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<BenchMatrix, Box<dyn std::error::Error>> {
+        let (bytes, deq) = self.random_matrix(t, rows, cols)?;
+        let ws = (0..self.copies(bytes.len()))
+            .map(|_| DeviceTensor::upload(self.gpu, "bench", t, rows, cols, &bytes))
+            .collect::<Result<_, _>>()?;
+        Ok(BenchMatrix { bytes, deq, ws })
+    }
+
     fn one(
         &mut self,
         name: &str,
@@ -721,11 +743,8 @@ impl Bench<'_> {
                 // against the dequantized row and activations in f64.
                 let t_ty = parse_type(ty.unwrap_or("q6_k"))?;
                 let (rows, cols) = (sh(0, 896), sh(1, 4864));
-                let (bytes, deq) = self.random_matrix(t_ty, rows, cols)?;
-                let nc = self.copies(bytes.len());
-                let ws: Vec<DeviceTensor> = (0..nc)
-                    .map(|_| DeviceTensor::upload(g, "bench", t_ty, rows, cols, &bytes))
-                    .collect::<Result<_, _>>()?;
+                let BenchMatrix { bytes, deq, ws } = self.weight_copies(t_ty, rows, cols)?;
+                let nc = ws.len();
                 let x = self.rand(cols, 3.0);
                 let xv =
                     QuantizedVec::new(ActKind::Q8, &x).map_err(|e| format!("matvec_a8: {e}"))?;
@@ -759,11 +778,8 @@ impl Bench<'_> {
             "matvec" | "dequant" => {
                 let t_ty = parse_type(ty.unwrap_or("q5_0"))?;
                 let (rows, cols) = (sh(0, 4864), sh(1, 896));
-                let (bytes, deq) = self.random_matrix(t_ty, rows, cols)?;
-                let nc = self.copies(bytes.len());
-                let ws: Vec<DeviceTensor> = (0..nc)
-                    .map(|_| DeviceTensor::upload(g, "bench", t_ty, rows, cols, &bytes))
-                    .collect::<Result<_, _>>()?;
+                let BenchMatrix { bytes, deq, ws } = self.weight_copies(t_ty, rows, cols)?;
+                let nc = ws.len();
                 let x = self.rand(cols, 3.0);
                 let dx = self.up(&x)?;
                 if name == "matvec" {
@@ -1001,11 +1017,8 @@ impl Bench<'_> {
         t: usize,
     ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
         let g = self.gpu;
-        let (bytes, deq) = self.random_matrix(ty, n, k)?;
-        let nc = self.copies(bytes.len());
-        let ws: Vec<DeviceTensor> = (0..nc)
-            .map(|_| DeviceTensor::upload(g, "bench", ty, n, k, &bytes))
-            .collect::<Result<_, _>>()?;
+        let BenchMatrix { bytes, deq, ws } = self.weight_copies(ty, n, k)?;
+        let nc = ws.len();
         let x = self.rand(t * k, 2.0);
         let dx = self.up(&x)?;
         let rows_checked = t.min((1usize << 26) / (n * k)).max(1);
