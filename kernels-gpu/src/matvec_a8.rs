@@ -58,36 +58,6 @@ unsafe fn stage_row(src: *const u8, len: usize) -> *const u8 {
     p
 }
 
-/// The start of both row kernels: the block's row (`None` past the matrix: block-uniform, so the
-/// barriers of `block_sum` are reached by all or none), its `nb = cols / ELEMS` blocks of
-/// `bytes` staged ([`stage_row`], which also waits for the previous kernel), and the epilogue's
-/// operand: `(row, nb, staged row, operand)`.
-///
-/// # Safety
-/// `w` holds `rows` rows of `cols / ELEMS` blocks of `bytes`; `y` (and `add` when `mode` is ADD)
-/// hold `rows` floats.
-#[inline(always)]
-unsafe fn row_start<const ELEMS: usize>(
-    w: *const u8,
-    bytes: usize,
-    y: *mut f32,
-    rows: u32,
-    cols: u32,
-    add: *const f32,
-    mode: u32,
-) -> Option<(usize, usize, *const u8, f32)> {
-    let row = gpu::block_x() as usize;
-    if row >= rows as usize {
-        return None;
-    }
-    let nb = cols as usize / ELEMS;
-    // SAFETY: row < rows: inside W.
-    let wr = unsafe { stage_row(w.add(row * nb * bytes), nb * bytes) };
-    // SAFETY: row < rows; y (and add) hold rows floats; stage_row has waited.
-    let operand = unsafe { Epilogue::new(y, row, add, mode) }.load();
-    Some((row, nb, wr, operand))
-}
-
 /// Legacy types: the layout of `matvec_legacy`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -101,12 +71,15 @@ unsafe fn matvec_a8_legacy<B: LegacyQ8>(
     add: *const f32,
     mode: u32,
 ) {
-    // SAFETY: forwarded contract.
-    let Some((row, nb, wr, operand)) =
-        (unsafe { row_start::<32>(w, B::BYTES, y, rows, cols, add, mode) })
-    else {
-        return;
-    };
+    let row = gpu::block_x() as usize;
+    if row >= rows as usize {
+        return; // block-uniform: the barriers of block_sum are reached by all or none
+    }
+    let nb = cols as usize / 32;
+    // SAFETY: row < rows: inside W.
+    let wr = unsafe { stage_row(w.add(row * nb * B::BYTES), nb * B::BYTES) };
+    // SAFETY: row < rows; y (and add) hold rows floats; stage_row has waited.
+    let operand = unsafe { Epilogue::new(y, row, add, mode) }.load();
     let lane = gpu::lane() as usize;
     let q = lane % 4;
     let (w0, w1) = (B::x_word(q, 0), B::x_word(q, 1));
@@ -159,12 +132,15 @@ unsafe fn matvec_a8_k<B: KQ8>(
     add: *const f32,
     mode: u32,
 ) {
-    // SAFETY: forwarded contract.
-    let Some((row, nb, wr, operand)) =
-        (unsafe { row_start::<256>(w, B::BYTES, y, rows, cols, add, mode) })
-    else {
-        return;
-    };
+    let row = gpu::block_x() as usize;
+    if row >= rows as usize {
+        return; // block-uniform
+    }
+    let nb = cols as usize / 256;
+    // SAFETY: row < rows: inside W.
+    let wr = unsafe { stage_row(w.add(row * nb * B::BYTES), nb * B::BYTES) };
+    // SAFETY: row < rows; y (and add) hold rows floats; stage_row has waited.
+    let operand = unsafe { Epilogue::new(y, row, add, mode) }.load();
     let lane = gpu::lane() as usize;
     let (p0, p1) = (B::x_pos(lane, 0), B::x_pos(lane, 1));
     let mut acc = 0.0f32;
