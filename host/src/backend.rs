@@ -11,6 +11,7 @@
 use thiserror::Error;
 
 use crate::model::Config;
+use crate::sample::SamplerConfig;
 
 /// Which logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,26 +81,36 @@ pub trait Backend {
     /// Empties the KV cache.
     fn reset(&mut self);
 
-    /// Greedy decoding that runs ahead of the host, where the backend has it (see
-    /// [`GreedySteps`]); `None` otherwise.
-    fn greedy_steps(&mut self) -> Option<&mut dyn GreedySteps> {
+    /// Decoding that runs ahead of the host, the next token chosen on the device, where the
+    /// backend has it (see [`DeviceSteps`]); `None` otherwise.
+    fn device_steps(&mut self) -> Option<&mut dyn DeviceSteps> {
         None
     }
 }
 
-/// Greedy decoding the backend runs without the host between steps: each queued step chooses
-/// its successor itself (the argmax of its last logits, ties to the lower id, NaN never chosen:
-/// [`crate::sample::argmax`]) and the following step can take that choice as its input where it
-/// is computed, so the host queues step `k + 1` before it reads step `k`'s choice and the device
-/// never waits for the host. The cache semantics are those of [`Backend::forward`], counted from
-/// the moment a step is queued.
-pub trait GreedySteps {
+/// Decoding the backend runs without the host between steps: each queued step chooses its
+/// successor itself — by the host sampler's rule ([`crate::sample::choose`]) with the uniform draw
+/// the host hands it, greedy (the argmax, ties to the lower id, NaN never chosen) until
+/// [`DeviceSteps::set_rule`] says otherwise — and the following step can take that choice as its
+/// input where it is computed, so the host queues step `k + 1` before it reads step `k`'s choice
+/// and the device never waits for the host. The cache semantics are those of
+/// [`Backend::forward`], counted from the moment a step is queued.
+pub trait DeviceSteps {
+    /// Whether the steps can choose by `cfg` exactly (a backend may not take every setting: the
+    /// caller then samples on the host from the logits).
+    fn can_choose(&self, cfg: &SamplerConfig) -> bool;
+
+    /// The rule the steps queued from now on choose by; `history` is the sequence so far (prompt
+    /// and generated tokens: the repetition penalty reads its tail, and each choice joins it).
+    fn set_rule(&mut self, cfg: &SamplerConfig, history: &[u32]) -> Result<(), BackendError>;
+
     /// Queues the forward of one token at `pos` — `Some(id)` from the host, or `None`: the
-    /// choice of the step queued last, which ran at `pos − 1` — and its greedy choice.
-    fn queue_greedy(&mut self, token: Option<u32>, pos: usize) -> Result<(), BackendError>;
+    /// choice of the step queued last, which ran at `pos − 1` — and its choice, drawn with the
+    /// uniform `u` in `[0, 1)` (unused when greedy).
+    fn queue_step(&mut self, token: Option<u32>, pos: usize, u: f64) -> Result<(), BackendError>;
 
     /// The choice of the oldest queued step (waits for it).
-    fn take_greedy(&mut self) -> Result<u32, BackendError>;
+    fn take_step(&mut self) -> Result<u32, BackendError>;
 }
 
 /// The checks every backend makes before a forward: tokens present and in the vocabulary, `pos`

@@ -215,8 +215,7 @@ impl Session {
         let mut sample_time = Duration::ZERO;
         let mut decode_time = Duration::ZERO;
         let c = sampler.config();
-        let on_device = c.is_greedy() && (c.repeat_penalty == 1.0 || c.repeat_last_n == 0);
-        let pipelined = on_device && self.backend.greedy_steps().is_some();
+        let pipelined = self.backend.device_steps().is_some_and(|s| s.can_choose(c));
         let run = if opts.max_tokens == 0 {
             Ok(StopReason::MaxTokens)
         } else if pipelined {
@@ -224,7 +223,15 @@ impl Session {
             let first = sampler.sample(&logits, &acc.history);
             sample_time += ts.elapsed();
             first.map_err(GenerateError::from).and_then(|first| {
-                self.decode_pipelined(first, opts, token_bytes, &mut acc, &mut t, &mut decode_time)
+                self.decode_pipelined(
+                    first,
+                    sampler,
+                    opts,
+                    token_bytes,
+                    &mut acc,
+                    &mut t,
+                    &mut decode_time,
+                )
             })
         } else {
             let mut step = || -> Result<StopReason, GenerateError> {
@@ -279,14 +286,19 @@ impl Session {
         })
     }
 
-    /// Greedy decoding through the backend's [`crate::backend::GreedySteps`], one step ahead:
-    /// the step that runs the accepted token `next` is queued, then (when another token may
-    /// follow) the step fed the token that one chooses, and only then is `next`'s successor read,
-    /// so the device runs the next step while the host streams this one's text. A step queued
-    /// ahead of a stop ran: its token is in the cache like every other token run.
+    /// Decoding through the backend's [`crate::backend::DeviceSteps`], one step ahead: the step
+    /// that runs the accepted token `next` is queued, then (when another token may follow) the
+    /// step fed the token that one chooses, and only then is `next`'s successor read, so the
+    /// device runs the next step while the host streams this one's text. Each step is handed the
+    /// uniform draw `sampler` would make for it, in the same order, so the tokens are the host
+    /// loop's (up to the rounding of the device's arithmetic at an interval's edge); a draw for a
+    /// step queued ahead of a stop is given back. A step queued ahead of a stop ran: its token is
+    /// in the cache like every other token run.
+    #[allow(clippy::too_many_arguments)]
     fn decode_pipelined(
         &mut self,
         mut next: u32,
+        sampler: &mut Sampler,
         opts: &GenerateOptions,
         token_bytes: Option<TokenBytes<'_>>,
         acc: &mut Accepted<'_>,
@@ -294,13 +306,16 @@ impl Session {
         decode_time: &mut Duration,
     ) -> Result<StopReason, GenerateError> {
         let n_ctx = self.backend.capacity();
-        let Some(steps) = self.backend.greedy_steps() else {
+        let Some(steps) = self.backend.device_steps() else {
             return Err(GenerateError::Backend(BackendError::Device(
-                "the backend has no device-side greedy decoding".into(),
+                "the backend has no device-side decoding".into(),
             )));
         };
+        let greedy = sampler.config().is_greedy();
+        let draw = |s: &mut Sampler| if greedy { 0.0 } else { s.draw() };
         // Whether the step of `next` is already queued (fed on the device).
         let mut ahead = false;
+        let mut rule_set = false;
         let stop = loop {
             if let Some(stop) = acc.accept(next, opts, token_bytes) {
                 break stop;
@@ -310,8 +325,13 @@ impl Session {
                 break StopReason::ContextFull;
             }
             let td = Instant::now();
+            if !rule_set {
+                // The history so far ends with `next`, the first token the device runs.
+                steps.set_rule(sampler.config(), &acc.history)?;
+                rule_set = true;
+            }
             if !ahead {
-                steps.queue_greedy(Some(next), pos)?;
+                steps.queue_step(Some(next), pos, draw(sampler))?;
             }
             self.cached.push(next);
             t.decode_tokens += 1;
@@ -319,16 +339,19 @@ impl Session {
             // at max_tokens or a full context (known now), or as a stop (known later).
             ahead = acc.generated.len() + 1 < opts.max_tokens && pos + 2 <= n_ctx;
             if ahead {
-                steps.queue_greedy(None, pos + 1)?;
+                steps.queue_step(None, pos + 1, draw(sampler))?;
             }
-            next = steps.take_greedy()?;
+            next = steps.take_step()?;
             *decode_time += td.elapsed();
         };
         if ahead {
-            // The step of the stopping token ran; its choice is not needed.
+            // The step of the stopping token ran; its choice is not needed, nor its draw.
             self.cached.push(next);
             t.decode_tokens += 1;
-            steps.take_greedy()?;
+            steps.take_step()?;
+            if !greedy {
+                sampler.undraw();
+            }
         }
         Ok(stop)
     }

@@ -121,6 +121,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// Steps back over the last [`Rng::next_u64`].
+    fn back(&mut self) {
+        self.0 = self.0.wrapping_sub(0x9e37_79b9_7f4a_7c15);
+    }
+
     /// Uniform in [0, 1) with 53 random bits.
     fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -157,79 +162,148 @@ impl Sampler {
     }
 
     /// Picks the next token. `history` is the sequence so far (prompt and generated tokens); the
-    /// repetition penalty reads its tail.
+    /// repetition penalty reads its tail. Draws one uniform from the generator unless greedy.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32, SampleError> {
-        if logits.is_empty() {
-            return Err(SampleError::Empty);
-        }
-        let c = &self.cfg;
-        self.cand.clear();
-        self.cand
-            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        if c.repeat_penalty != 1.0 && c.repeat_last_n > 0 {
-            let tail = &history[history.len().saturating_sub(c.repeat_last_n)..];
-            let mut seen = std::collections::HashSet::new();
-            for &t in tail {
-                if let Some(e) = self.cand.get_mut(t as usize)
-                    && seen.insert(t)
-                {
-                    e.1 = if e.1 > 0.0 {
-                        e.1 / c.repeat_penalty
-                    } else {
-                        e.1 * c.repeat_penalty
-                    };
-                }
-            }
-        }
-        if c.is_greedy() {
-            let l: Vec<f32> = self.cand.iter().map(|e| e.1).collect();
-            return argmax(&l).ok_or(SampleError::Empty);
-        }
-        // NaN logits can never be drawn.
-        self.cand.retain(|e| !e.1.is_nan());
-        if self.cand.is_empty() {
-            return Err(SampleError::Empty);
-        }
-        // Sorted by logit, descending; ties by id so the order is fully determined.
-        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if c.top_k > 0 && c.top_k < self.cand.len() {
-            self.cand.select_nth_unstable_by(c.top_k - 1, by_logit);
-            self.cand.truncate(c.top_k);
-        }
-        self.cand.sort_unstable_by(by_logit);
-        if c.top_p < 1.0 || c.min_p > 0.0 {
-            let probs = softmax_f64(self.cand.iter().map(|e| e.1));
-            let mut keep = self.cand.len();
-            if c.top_p < 1.0 {
-                let mut cum = 0.0;
-                for (i, p) in probs.iter().enumerate() {
-                    cum += p;
-                    if cum >= c.top_p as f64 {
-                        keep = keep.min(i + 1);
-                        break;
-                    }
-                }
-            }
-            if c.min_p > 0.0 {
-                let floor = probs[0] * c.min_p as f64;
-                let n = probs.iter().take_while(|&&p| p >= floor).count().max(1);
-                keep = keep.min(n);
-            }
-            self.cand.truncate(keep);
-        }
-        let t = c.temperature;
-        let probs = softmax_f64(self.cand.iter().map(|e| e.1 / t));
-        let r = self.rng.next_f64();
-        let mut cum = 0.0;
-        for (e, p) in self.cand.iter().zip(&probs) {
-            cum += p;
-            if r < cum {
-                return Ok(e.0);
-            }
-        }
-        // Rounding left `cum` a hair under 1: the last candidate.
-        Ok(self.cand.last().map(|e| e.0).unwrap_or(0))
+        let u = if self.cfg.is_greedy() {
+            0.0
+        } else {
+            self.draw()
+        };
+        choose_into(&self.cfg, logits, history, u, &mut self.cand)
     }
+
+    /// The uniform in `[0, 1)` that the next [`Sampler::sample`] would draw, taken from the
+    /// generator: for a sampler that runs elsewhere by the same rule ([`choose`],
+    /// `crate::backend::DeviceSteps`).
+    pub fn draw(&mut self) -> f64 {
+        self.rng.next_f64()
+    }
+
+    /// Gives the last [`Sampler::draw`] back: the generator is where it was before it.
+    pub fn undraw(&mut self) {
+        self.rng.back();
+    }
+}
+
+/// The token `cfg`'s chain (see the module docs) picks from `logits` after `history`, with the
+/// uniform draw `u` in `[0, 1)` (unused when greedy): what [`Sampler::sample`] returns when its
+/// generator yields `u`.
+pub fn choose(
+    cfg: &SamplerConfig,
+    logits: &[f32],
+    history: &[u32],
+    u: f64,
+) -> Result<u32, SampleError> {
+    choose_into(cfg, logits, history, u, &mut Vec::new())
+}
+
+fn choose_into(
+    c: &SamplerConfig,
+    logits: &[f32],
+    history: &[u32],
+    u: f64,
+    cand: &mut Vec<(u32, f32)>,
+) -> Result<u32, SampleError> {
+    let kept = candidates_into(c, logits, history, cand)?;
+    if c.is_greedy() {
+        return Ok(kept);
+    }
+    let t = c.temperature;
+    let probs = softmax_f64(cand.iter().map(|e| e.1 / t));
+    let mut cum = 0.0;
+    for (e, p) in cand.iter().zip(&probs) {
+        cum += p;
+        if u < cum {
+            return Ok(e.0);
+        }
+    }
+    // Rounding left `cum` a hair under 1: the last candidate.
+    Ok(cand.last().map(|e| e.0).unwrap_or(0))
+}
+
+/// The candidates `cfg`'s chain draws from, most likely first, with their probabilities at the
+/// temperature (they sum to 1): for checking another implementation of the draw. Greedy: the one
+/// token, probability 1.
+pub fn candidates(
+    cfg: &SamplerConfig,
+    logits: &[f32],
+    history: &[u32],
+) -> Result<Vec<(u32, f64)>, SampleError> {
+    let mut cand = Vec::new();
+    let kept = candidates_into(cfg, logits, history, &mut cand)?;
+    if cfg.is_greedy() {
+        return Ok(vec![(kept, 1.0)]);
+    }
+    let t = cfg.temperature;
+    let probs = softmax_f64(cand.iter().map(|e| e.1 / t));
+    Ok(cand.iter().map(|e| e.0).zip(probs).collect())
+}
+
+/// Steps 1–5 of the chain into `cand` (sorted, most likely first); returns the argmax when greedy
+/// (then `cand` is not filtered), else the first candidate.
+fn candidates_into(
+    c: &SamplerConfig,
+    logits: &[f32],
+    history: &[u32],
+    cand: &mut Vec<(u32, f32)>,
+) -> Result<u32, SampleError> {
+    if logits.is_empty() {
+        return Err(SampleError::Empty);
+    }
+    cand.clear();
+    cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+    if c.repeat_penalty != 1.0 && c.repeat_last_n > 0 {
+        let tail = &history[history.len().saturating_sub(c.repeat_last_n)..];
+        let mut seen = std::collections::HashSet::new();
+        for &t in tail {
+            if let Some(e) = cand.get_mut(t as usize)
+                && seen.insert(t)
+            {
+                e.1 = if e.1 > 0.0 {
+                    e.1 / c.repeat_penalty
+                } else {
+                    e.1 * c.repeat_penalty
+                };
+            }
+        }
+    }
+    if c.is_greedy() {
+        let l: Vec<f32> = cand.iter().map(|e| e.1).collect();
+        return argmax(&l).ok_or(SampleError::Empty);
+    }
+    // NaN logits can never be drawn.
+    cand.retain(|e| !e.1.is_nan());
+    if cand.is_empty() {
+        return Err(SampleError::Empty);
+    }
+    // Sorted by logit, descending; ties by id so the order is fully determined.
+    let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if c.top_k > 0 && c.top_k < cand.len() {
+        cand.select_nth_unstable_by(c.top_k - 1, by_logit);
+        cand.truncate(c.top_k);
+    }
+    cand.sort_unstable_by(by_logit);
+    if c.top_p < 1.0 || c.min_p > 0.0 {
+        let probs = softmax_f64(cand.iter().map(|e| e.1));
+        let mut keep = cand.len();
+        if c.top_p < 1.0 {
+            let mut cum = 0.0;
+            for (i, p) in probs.iter().enumerate() {
+                cum += p;
+                if cum >= c.top_p as f64 {
+                    keep = keep.min(i + 1);
+                    break;
+                }
+            }
+        }
+        if c.min_p > 0.0 {
+            let floor = probs[0] * c.min_p as f64;
+            let n = probs.iter().take_while(|&&p| p >= floor).count().max(1);
+            keep = keep.min(n);
+        }
+        cand.truncate(keep);
+    }
+    Ok(cand[0].0)
 }
 
 fn softmax_f64(x: impl Iterator<Item = f32> + Clone) -> Vec<f64> {
@@ -354,6 +428,66 @@ mod tests {
         .unwrap();
         assert_eq!(s.sample(&logits, &[0]).unwrap(), 1);
         assert_eq!(s.sample(&logits, &[2]).unwrap(), 0);
+    }
+
+    #[test]
+    fn sample_is_choose_with_the_generators_draw_and_undraw_steps_back() {
+        let logits: Vec<f32> = (0..60)
+            .map(|i| ((i * 13) % 17) as f32 * 0.4 - 2.0)
+            .collect();
+        let c = SamplerConfig {
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 0.9,
+            min_p: 0.02,
+            repeat_penalty: 1.2,
+            repeat_last_n: 4,
+            seed: 5,
+        };
+        // Tokens 13, 30 and 47 have the largest logit (4.4).
+        let history = [3u32, 30, 30, 13, 47];
+        let mut s = Sampler::new(c.clone()).unwrap();
+        let mut twin = Sampler::new(c.clone()).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let u = twin.draw();
+            let id = s.sample(&logits, &history).unwrap();
+            assert_eq!(id, choose(&c, &logits, &history, u).unwrap());
+            seen.insert(id);
+        }
+        assert!(seen.len() > 2, "{seen:?}");
+        let a = twin.draw();
+        twin.undraw();
+        assert_eq!(twin.draw(), a);
+        // The candidates: most likely first, probabilities summing to 1, and `choose` picks the
+        // one whose interval holds u.
+        let cand = candidates(&c, &logits, &history).unwrap();
+        assert!(cand.len() > 1 && cand.len() <= 20);
+        assert!((cand.iter().map(|e| e.1).sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(cand.windows(2).all(|w| w[0].1 >= w[1].1));
+        let mut lo = 0.0;
+        for &(id, p) in &cand {
+            let mid = lo + p / 2.0;
+            assert_eq!(choose(&c, &logits, &history, mid).unwrap(), id);
+            lo += p;
+        }
+        // The penalty moved token 13 (in the window of 4).
+        let plain = SamplerConfig {
+            repeat_penalty: 1.0,
+            ..c.clone()
+        };
+        let p_of = |cfg: &SamplerConfig, id| {
+            candidates(cfg, &logits, &history)
+                .unwrap()
+                .iter()
+                .find(|e| e.0 == id)
+                .map(|e| e.1)
+        };
+        assert!(p_of(&c, 13).unwrap() < p_of(&plain, 13).unwrap());
+        assert_eq!(
+            candidates(&SamplerConfig::default(), &logits, &[]).unwrap(),
+            vec![(argmax(&logits).unwrap(), 1.0)]
+        );
     }
 
     #[test]

@@ -139,6 +139,49 @@ pub fn shfl_idx(v: f32, src: u32) -> f32 {
     f32::from_bits(r)
 }
 
+/// The value of `v` held by the lane `delta` below this one; lanes below `delta` keep their own
+/// (all 32 lanes must participate).
+#[inline(always)]
+pub fn shfl_up_u32(v: u32, delta: u32) -> u32 {
+    let r: u32;
+    // SAFETY: `shfl.sync` with the full member mask only exchanges registers within the warp.
+    unsafe {
+        asm!("shfl.sync.up.b32 {r}, {v}, {d}, 0x0, 0xffffffff;",
+             r = out(reg32) r, v = in(reg32) v, d = in(reg32) delta,
+             options(nomem, nostack, preserves_flags));
+    }
+    r
+}
+
+/// Inclusive prefix sum over the lanes of a warp (lane `l` gets lanes `0..=l`; all 32 lanes must
+/// participate).
+#[inline(always)]
+pub fn warp_scan_u32(mut v: u32) -> u32 {
+    let mut d = 1;
+    while d < 32 {
+        let o = shfl_up_u32(v, d);
+        if lane() >= d {
+            v += o;
+        }
+        d <<= 1;
+    }
+    v
+}
+
+/// [`warp_scan_u32`] for f32 (the additions in a fixed order).
+#[inline(always)]
+pub fn warp_scan_f32(mut v: f32) -> f32 {
+    let mut d = 1;
+    while d < 32 {
+        let o = f32::from_bits(shfl_up_u32(v.to_bits(), d));
+        if lane() >= d {
+            v += o;
+        }
+        d <<= 1;
+    }
+    v
+}
+
 /// Block-wide sum; every thread gets the result. `blockDim.x` must be a multiple of 32 (≤ 1024)
 /// and every thread of the block must call it (it contains barriers).
 #[inline(always)]

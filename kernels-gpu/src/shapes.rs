@@ -135,3 +135,33 @@ pub const SMEM_DEFAULT_MAX: usize = 48 * 1024;
 /// Most columns `swiglu_a8_*` takes (unstaged, its shared memory then stays under 48 KB).
 pub const SWIGLU_A8_MAX_COLS: usize = 32768;
 const _: () = assert!(swiglu_a8_smem_bytes(SWIGLU_A8_MAX_COLS, 0, false) <= SMEM_DEFAULT_MAX);
+
+/// Threads per block of the samplers (`argmax_f32`, `sample_f32`).
+pub const SAMPLE_THREADS: usize = 1024;
+/// Largest `top_k` of `sample_f32` (one candidate per thread in its final scan).
+pub const SAMPLE_MAX_TOP_K: usize = SAMPLE_THREADS;
+/// Candidate slots of `sample_f32`'s final sort: every block's `top_k` candidates together (a
+/// power of two, 8-byte keys in shared memory).
+pub const SAMPLE_CAND: usize = 2048;
+/// Most blocks of `sample_f32`.
+pub const SAMPLE_MAX_BLOCKS: usize = 64;
+/// Longest repetition-penalty window of `sample_f32` (its tokens are checked for repeats in
+/// shared memory, one per thread).
+pub const SAMPLE_MAX_HISTORY: usize = SAMPLE_THREADS;
+
+/// Blocks of `sample_f32` for `n` logits and `top_k` (`1 ≤ top_k ≤ SAMPLE_MAX_TOP_K`): each block
+/// selects the `top_k` largest of its share, and all of theirs must fit `SAMPLE_CAND`; at least
+/// a thousand logits per block.
+pub const fn sample_blocks(n: usize, top_k: usize) -> usize {
+    let by_cand = SAMPLE_CAND / top_k;
+    let by_n = n.div_ceil(SAMPLE_THREADS);
+    let g = if by_cand < by_n { by_cand } else { by_n };
+    let g = if g < SAMPLE_MAX_BLOCKS {
+        g
+    } else {
+        SAMPLE_MAX_BLOCKS
+    };
+    if g < 1 { 1 } else { g }
+}
+
+const _: () = assert!(SAMPLE_CAND >= 2 * SAMPLE_MAX_TOP_K && SAMPLE_CAND.is_power_of_two());

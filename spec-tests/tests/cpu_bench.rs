@@ -42,6 +42,7 @@ fn args(model: &TempFile, p: &[usize], n: &[usize], d: &[usize]) -> Args {
         ffn_f32: false,
         no_pdl: false,
         sync_steps: false,
+        sampled: false,
         json: false,
     }
 }

@@ -1,21 +1,22 @@
 //! The generation session, sampling and perplexity on tiny models with the CPU backend: greedy
 //! generation equals a hand-written argmax loop, prefix reuse changes nothing but the work done,
 //! every stop condition, seeded determinism, and perplexity against a direct computation; the
-//! pipelined greedy loop (a backend with `GreedySteps`, here the CPU backend behind a queue)
-//! generates what the host-sampled loop generates under every stop condition.
+//! pipelined loop (a backend with `DeviceSteps`, here the CPU backend behind a queue choosing by
+//! the host sampler's rule) generates what the host-sampled loop generates under every stop
+//! condition, greedy and sampled.
 
 use std::sync::Arc;
 
 use fixtures::tiny::{TinySpec, build_bytes};
 use std::collections::VecDeque;
 
-use host::backend::{Backend, BackendError, GreedySteps, Logits};
+use host::backend::{Backend, BackendError, DeviceSteps, Logits};
 use host::cli::perplexity;
 use host::cpu::{Arith, CpuBackend, CpuOptions};
 use host::generate::{GenerateError, GenerateOptions, Session, StopReason};
 use host::gguf::{GgmlType, Gguf};
 use host::model::Arch;
-use host::sample::{Sampler, SamplerConfig, argmax};
+use host::sample::{Sampler, SamplerConfig, argmax, choose};
 
 fn backend(arch: Arch, n_ctx: usize) -> CpuBackend {
     let g = Gguf::from_bytes(build_bytes(&TinySpec::new(arch, GgmlType::Q8_0))).unwrap();
@@ -196,14 +197,19 @@ fn stop_strings_end_generation_and_the_text_streams() {
     assert_eq!(g.text, free.text[..cut]);
 }
 
-/// The CPU backend with `GreedySteps`: a queued step runs at once and its argmax waits in a queue
-/// (what a GPU does later, in order); `None` feeds the last queued step's choice.
+/// The CPU backend with `DeviceSteps`: a queued step runs at once and its choice (the host
+/// sampler's rule with the draw it is handed) waits in a queue (what a GPU does later, in order);
+/// `None` feeds the last queued step's choice. Like the GPU it takes no `top_k` of 0 (the
+/// caller then samples on the host).
 struct Ahead {
     inner: CpuBackend,
     chosen: VecDeque<u32>,
     /// The last queued step's choice and the position it is fed at.
     last: Option<(u32, usize)>,
-    steps: usize,
+    rule: SamplerConfig,
+    /// The sequence the steps chose after (the penalty's window), as `set_rule` gave it plus
+    /// every choice since.
+    history: Vec<u32>,
 }
 
 impl Backend for Ahead {
@@ -229,26 +235,38 @@ impl Backend for Ahead {
         self.last = None;
         self.inner.reset();
     }
-    fn greedy_steps(&mut self) -> Option<&mut dyn GreedySteps> {
+    fn device_steps(&mut self) -> Option<&mut dyn DeviceSteps> {
         Some(self)
     }
 }
 
-impl GreedySteps for Ahead {
-    fn queue_greedy(&mut self, token: Option<u32>, pos: usize) -> Result<(), BackendError> {
+impl DeviceSteps for Ahead {
+    fn can_choose(&self, cfg: &SamplerConfig) -> bool {
+        cfg.is_greedy() || cfg.top_k > 0
+    }
+    fn set_rule(&mut self, cfg: &SamplerConfig, history: &[u32]) -> Result<(), BackendError> {
+        if !self.can_choose(cfg) {
+            return Err(BackendError::Device(format!("not on the device: {cfg:?}")));
+        }
+        self.rule = cfg.clone();
+        self.history = history.to_vec();
+        Ok(())
+    }
+    fn queue_step(&mut self, token: Option<u32>, pos: usize, u: f64) -> Result<(), BackendError> {
         let t = match (token, self.last) {
             (Some(t), _) => t,
             (None, Some((c, p))) if p == pos => c,
             (None, _) => return Err(BackendError::Device(format!("nothing chosen for {pos}"))),
         };
         let l = self.inner.forward(&[t], pos, Logits::Last)?;
-        let c = argmax(&l).unwrap();
+        let c = choose(&self.rule, &l, &self.history, u)
+            .map_err(|e| BackendError::Device(e.to_string()))?;
+        self.history.push(c);
         self.chosen.push_back(c);
         self.last = Some((c, pos + 1));
-        self.steps += 1;
         Ok(())
     }
-    fn take_greedy(&mut self) -> Result<u32, BackendError> {
+    fn take_step(&mut self) -> Result<u32, BackendError> {
         self.chosen
             .pop_front()
             .ok_or_else(|| BackendError::Device("nothing queued".into()))
@@ -256,106 +274,150 @@ impl GreedySteps for Ahead {
 }
 
 #[test]
-fn pipelined_greedy_generates_what_the_host_loop_generates() {
+fn pipelined_decoding_generates_what_the_host_loop_generates() {
     let text_of = |id: u32| vec![b'a' + (id % 26) as u8];
     let ahead = |n_ctx| Ahead {
         inner: backend(Arch::Qwen2, n_ctx),
         chosen: VecDeque::new(),
         last: None,
-        steps: 0,
+        rule: SamplerConfig::default(),
+        history: Vec::new(),
     };
-    let free = Session::new(Box::new(backend(Arch::Qwen2, 64)))
-        .generate(
-            &PROMPT,
-            &mut Sampler::greedy(),
-            &opts(12),
-            Some(&text_of),
-            &mut no_text,
-        )
-        .unwrap();
-    let stop = free.text[5..7].to_string();
-    let cases: Vec<(usize, GenerateOptions)> = vec![
-        (64, opts(12)),
-        (64, opts(1)),
-        (64, opts(0)),
-        (
-            64,
-            GenerateOptions {
-                eog: vec![free.generated_ids[4]],
-                ..opts(12)
-            },
-        ),
-        (
-            64,
-            GenerateOptions {
-                eog: vec![free.generated_ids[0]],
-                ..opts(12)
-            },
-        ),
-        (
-            64,
-            GenerateOptions {
-                stop_strings: vec![stop],
-                ..opts(12)
-            },
-        ),
-        (10, opts(50)),
-        (8, opts(50)),
+    let sampled = SamplerConfig {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        seed: 3,
+        ..SamplerConfig::default()
+    };
+    let rules = [
+        SamplerConfig::default(),
+        sampled.clone(),
+        SamplerConfig {
+            temperature: 1.5,
+            top_k: 7,
+            top_p: 0.6,
+            min_p: 0.0,
+            repeat_penalty: 1.3,
+            repeat_last_n: 5,
+            seed: 11,
+        },
+        // Greedy after a penalty.
+        SamplerConfig {
+            repeat_penalty: 1.3,
+            ..SamplerConfig::default()
+        },
     ];
-    for (i, (n_ctx, o)) in cases.into_iter().enumerate() {
-        let mut host = Session::new(Box::new(backend(Arch::Qwen2, n_ctx)));
-        let want = host
+    for (r, rule) in rules.iter().enumerate() {
+        let free = Session::new(Box::new(backend(Arch::Qwen2, 64)))
             .generate(
                 &PROMPT,
-                &mut Sampler::greedy(),
-                &o,
+                &mut Sampler::new(rule.clone()).unwrap(),
+                &opts(12),
                 Some(&text_of),
                 &mut no_text,
             )
             .unwrap();
-        let mut piped = Session::new(Box::new(ahead(n_ctx)));
-        let mut streamed = String::new();
-        let got = piped
+        let stop = free.text[5..7].to_string();
+        let cases: Vec<(usize, GenerateOptions)> = vec![
+            (64, opts(12)),
+            (64, opts(1)),
+            (64, opts(0)),
+            (
+                64,
+                GenerateOptions {
+                    eog: vec![free.generated_ids[4]],
+                    ..opts(12)
+                },
+            ),
+            (
+                64,
+                GenerateOptions {
+                    eog: vec![free.generated_ids[0]],
+                    ..opts(12)
+                },
+            ),
+            (
+                64,
+                GenerateOptions {
+                    stop_strings: vec![stop],
+                    ..opts(12)
+                },
+            ),
+            (10, opts(50)),
+            (8, opts(50)),
+        ];
+        for (i, (n_ctx, o)) in cases.into_iter().enumerate() {
+            let mut host = Session::new(Box::new(backend(Arch::Qwen2, n_ctx)));
+            let mut host_sampler = Sampler::new(rule.clone()).unwrap();
+            let want = host
+                .generate(&PROMPT, &mut host_sampler, &o, Some(&text_of), &mut no_text)
+                .unwrap();
+            let mut piped = Session::new(Box::new(ahead(n_ctx)));
+            let mut piped_sampler = Sampler::new(rule.clone()).unwrap();
+            let mut streamed = String::new();
+            let got = piped
+                .generate(
+                    &PROMPT,
+                    &mut piped_sampler,
+                    &o,
+                    Some(&text_of),
+                    &mut |t: &str| streamed.push_str(t),
+                )
+                .unwrap();
+            let case = format!("rule {r}, case {i}");
+            assert_eq!(got.generated_ids, want.generated_ids, "{case}");
+            assert_eq!(got.stop, want.stop, "{case}");
+            assert_eq!((&got.text, &streamed), (&want.text, &want.text), "{case}");
+            // The sampler's generator is where the host loop left it (a draw for a step queued
+            // ahead of the stop was given back): the next generation draws the same.
+            assert_eq!(piped_sampler.draw(), host_sampler.draw(), "{case}");
+            // The cache it reports is what the backend holds: the host loop's, plus at most the
+            // stopping token, whose step was queued ahead.
+            let held = piped.cached().to_vec();
+            assert_eq!(held.len(), piped.backend().n_past(), "{case}");
+            assert!(held.starts_with(host.cached()), "{case}");
+            assert!(held.len() <= host.cached().len() + 1, "{case}");
+            assert_eq!(held[..PROMPT.len()], PROMPT, "{case}");
+            assert!(
+                want.generated_ids.starts_with(&held[PROMPT.len()..]),
+                "{case}"
+            );
+            assert_eq!(
+                got.timings.decode_tokens,
+                held.len() - PROMPT.len(),
+                "{case}"
+            );
+        }
+    }
+    // The sampled rules draw differently from greedy (the comparison above is not vacuous), and
+    // the penalty changes the greedy choice.
+    let ids = |rule: &SamplerConfig| {
+        Session::new(Box::new(ahead(64)))
             .generate(
                 &PROMPT,
-                &mut Sampler::greedy(),
-                &o,
-                Some(&text_of),
-                &mut |t: &str| streamed.push_str(t),
+                &mut Sampler::new(rule.clone()).unwrap(),
+                &opts(12),
+                None,
+                &mut no_text,
             )
-            .unwrap();
-        assert_eq!(got.generated_ids, want.generated_ids, "case {i}");
-        assert_eq!(got.stop, want.stop, "case {i}");
-        assert_eq!((&got.text, &streamed), (&want.text, &want.text), "case {i}");
-        // The cache it reports is what the backend holds: the host loop's, plus at most the
-        // stopping token, whose step was queued ahead.
-        let held = piped.cached().to_vec();
-        assert_eq!(held.len(), piped.backend().n_past(), "case {i}");
-        assert!(held.starts_with(host.cached()), "case {i}");
-        assert!(held.len() <= host.cached().len() + 1, "case {i}");
-        assert_eq!(held[..PROMPT.len()], PROMPT, "case {i}");
-        assert!(
-            want.generated_ids.starts_with(&held[PROMPT.len()..]),
-            "case {i}"
-        );
-        assert_eq!(
-            got.timings.decode_tokens,
-            held.len() - PROMPT.len(),
-            "case {i}"
-        );
-    }
-    // A repetition penalty is applied on the host, so that configuration takes the host loop:
-    // the same ids as a plain backend, which differ from the unpenalized greedy ones (the
-    // device's argmax would have given those).
-    let cfg = SamplerConfig {
-        repeat_penalty: 1.3,
-        ..SamplerConfig::default()
+            .unwrap()
+            .generated_ids
+    };
+    let greedy = ids(&rules[0]);
+    assert_ne!(ids(&rules[1]), greedy);
+    assert_ne!(ids(&rules[3]), greedy);
+    // A rule the backend does not take (top-k off; `set_rule` refuses it) runs the host loop.
+    let off = SamplerConfig {
+        top_k: 0,
+        ..sampled
     };
     let mut piped = Session::new(Box::new(ahead(64)));
     let got = piped
         .generate(
             &PROMPT,
-            &mut Sampler::new(cfg.clone()).unwrap(),
+            &mut Sampler::new(off.clone()).unwrap(),
             &opts(6),
             None,
             &mut no_text,
@@ -364,14 +426,13 @@ fn pipelined_greedy_generates_what_the_host_loop_generates() {
     let want = Session::new(Box::new(backend(Arch::Qwen2, 64)))
         .generate(
             &PROMPT,
-            &mut Sampler::new(cfg).unwrap(),
+            &mut Sampler::new(off).unwrap(),
             &opts(6),
             None,
             &mut no_text,
         )
         .unwrap();
     assert_eq!(got.generated_ids, want.generated_ids);
-    assert_ne!(got.generated_ids, free.generated_ids[..6]);
 }
 
 #[test]

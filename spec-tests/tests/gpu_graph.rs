@@ -12,10 +12,11 @@
 //! argmax; rewinding (the device holds a stale token and position, which must be replaced) and
 //! device-side sampling give the same ids with and without the graph.
 //!
-//! Pipelined greedy decoding (`GreedySteps`: each step queued before the previous one's choice is
-//! read, and fed that choice on the device) chooses the same ids as the chain of `forward_next`
-//! calls, and `Session::generate` through it generates what the host-sampled loop (graph off,
-//! logits copied back) generates, stopping at the same token with the cache it reports.
+//! Pipelined decoding (`DeviceSteps`: each step queued before the previous one's choice is read,
+//! and fed that choice on the device) chooses the same ids as the chain of `forward_next` calls,
+//! and `Session::generate` through it generates what the host-sampled loop (graph off, logits
+//! copied back) generates, greedy and sampled (the device sampler handed the host generator's
+//! draws), stopping at the same token with the cache it reports.
 
 mod gpu_common;
 
@@ -25,7 +26,7 @@ use host::cuda::ops::SampleParams;
 use host::cuda::{CudaBackend, CudaOptions};
 use host::generate::{GenerateOptions, Session, StopReason};
 use host::gguf::Gguf;
-use host::sample::Sampler;
+use host::sample::{Sampler, SamplerConfig};
 
 /// Index of the largest logit, ties to the lower index (the device argmax's rule).
 fn argmax(x: &[f32]) -> u32 {
@@ -107,12 +108,17 @@ fn graph_case(header: &str) {
     // `plain` is at n + 48; forward rewinds it: its cache up to n + 11 holds the same tokens.
     assert_eq!(a, argmax(&l), "{header}: teacher-forced step");
 
-    // Device-side sampling through the graph: the same draw as without it.
+    // Device-side sampling through the graph, with a repetition penalty over a window of recent
+    // tokens: the same draw as without it.
     let p = SampleParams {
         top_k: 40,
         top_p: 0.9,
+        min_p: 0.05,
         temperature: 0.8,
+        repeat_penalty: 1.3,
     };
+    graph.set_window(&ids[..12], 16).unwrap();
+    plain.set_window(&ids[..12], 16).unwrap();
     for (k, u) in [0.1f32, 0.5, 0.93].into_iter().enumerate() {
         let pos = n + 12 + k;
         let tok = ids[12 + k];
@@ -148,30 +154,30 @@ fn pipeline_case(header: &str) {
     let first = piped.forward_next(&prompt, 0, None).unwrap();
     assert_eq!(first, want[0], "{header}: after the prompt");
     let steps = piped
-        .greedy_steps()
-        .expect("the graph decodes greedily on the device");
-    steps.queue_greedy(Some(first), n).unwrap();
+        .device_steps()
+        .expect("the graph decodes on the device");
+    steps.queue_step(Some(first), n, 0.0).unwrap();
     let mut got = vec![first];
     for i in 1..40 {
-        steps.queue_greedy(None, n + i).unwrap();
-        got.push(steps.take_greedy().unwrap());
+        steps.queue_step(None, n + i, 0.0).unwrap();
+        got.push(steps.take_step().unwrap());
     }
-    got.push(steps.take_greedy().unwrap());
+    got.push(steps.take_step().unwrap());
     assert_eq!(got, want[..41], "{header}: pipelined vs one step at a time");
     assert_eq!(piped.n_past(), n + 40);
     // Nothing queued: nothing to take; a chosen token is only fed at the next position.
-    let steps = piped.greedy_steps().unwrap();
-    assert!(steps.take_greedy().is_err());
-    assert!(steps.queue_greedy(None, n + 10).is_err());
-    assert!(steps.queue_greedy(None, n + 40).is_ok());
+    let steps = piped.device_steps().unwrap();
+    assert!(steps.take_step().is_err());
+    assert!(steps.queue_step(None, n + 10, 0.0).is_err());
+    assert!(steps.queue_step(None, n + 40, 0.0).is_ok());
     assert_eq!(
-        steps.take_greedy().unwrap(),
+        steps.take_step().unwrap(),
         want[41],
         "{header}: the step after a take"
     );
 
     // Session::generate: through the pipeline (graph on) and the host-sampled loop (graph off).
-    let run = |graph: bool, eog: Vec<u32>| {
+    let run_with = |graph: bool, eog: Vec<u32>, rule: SamplerConfig| {
         let b = CudaBackend::load(
             &g,
             CudaOptions {
@@ -189,7 +195,7 @@ fn pipeline_case(header: &str) {
         let out = session
             .generate(
                 &prompt,
-                &mut Sampler::greedy(),
+                &mut Sampler::new(rule).unwrap(),
                 &gen_opts,
                 None,
                 &mut |_| {},
@@ -197,6 +203,7 @@ fn pipeline_case(header: &str) {
             .unwrap();
         (out, session)
     };
+    let run = |graph: bool, eog: Vec<u32>| run_with(graph, eog, SamplerConfig::default());
     let (a, sa) = run(true, vec![]);
     let (b, sb) = run(false, vec![]);
     assert_eq!(a.generated_ids, b.generated_ids, "{header}: generate");
@@ -221,17 +228,48 @@ fn pipeline_case(header: &str) {
     assert_eq!(sa.cached().len(), sa.backend().n_past());
     assert_eq!(sa.cached()[..n], prompt[..]);
     assert_eq!(sa.cached()[n..], a.generated_ids[..sa.cached().len() - n]);
+
+    // Sampled (`host run`'s default chain, and with a repetition penalty): the device sampler,
+    // handed the host generator's draws, generates what the host sampler does from the logits.
+    for rule in [
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            seed: 7,
+            ..SamplerConfig::default()
+        },
+        SamplerConfig {
+            temperature: 1.2,
+            top_k: 200,
+            top_p: 0.9,
+            min_p: 0.0,
+            repeat_penalty: 1.3,
+            repeat_last_n: 64,
+            seed: 8,
+        },
+        SamplerConfig {
+            repeat_penalty: 1.5,
+            ..SamplerConfig::default()
+        },
+    ] {
+        let (a, sa) = run_with(true, vec![], rule.clone());
+        let (b, _) = run_with(false, vec![], rule.clone());
+        assert_eq!(a.generated_ids, b.generated_ids, "{header}: {rule:?}");
+        assert_eq!(sa.cached().len(), sa.backend().n_past());
+    }
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
-fn qwen_twin_pipelined_greedy_equals_one_step_at_a_time() {
+fn qwen_twin_pipelined_decoding_equals_one_step_at_a_time() {
     pipeline_case("qwen2.5-coder-0.5b-instruct-q4_k_m.header.gguf");
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
-fn smollm2_twin_pipelined_greedy_equals_one_step_at_a_time() {
+fn smollm2_twin_pipelined_decoding_equals_one_step_at_a_time() {
     pipeline_case("smollm2-135m-instruct-q4_1.header.gguf");
 }
 

@@ -27,8 +27,10 @@
 //!   (`kernels-gpu/src/split.rs`), the f32 accumulation of `3k` products on tensor cores the rest
 //!   (measured ≤ 7e-6 of max|y| for the f16 GEMM, docs/CUBLAS.md) — and its worst error at most
 //!   1/10 of the plain f16 GEMM's on the same data (a bound the plain GEMM cannot meet).
-//! - `argmax`: the same index. `sample`: the drawn id's interval (by the CPU's sort-based
-//!   computation in f64) contains `u` up to 1e-5 of the kept mass.
+//! - `argmax`: the same index. `sample`: the drawn id is among the host sampler's candidates
+//!   (`host::sample::candidates`: penalty, top-k, top-p, min-p in f64) and its interval of their
+//!   probabilities contains `u` up to 1e-5; the penalized logits equal the host's bit for bit; the
+//!   choice joins the penalty window.
 
 mod gpu_common;
 
@@ -44,6 +46,7 @@ use host::cuda::ops::{
 };
 use host::gguf::GgmlType;
 use host::model::RopeStyle;
+use host::sample::{SamplerConfig, candidates};
 use proptest::prelude::*;
 
 fn cfg(cases: u32) -> ProptestConfig {
@@ -914,6 +917,27 @@ fn argmax_of_nan_logits_feeds_a_valid_row() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("[token, position]"), "{e}");
+    // The sampler too: "none", token 0 fed, the window unchanged.
+    let mut dx = upload(&g, &x);
+    let mut next = upload(&g, &[77u32, 9]);
+    let mut ring = upload(&g, &[1u32, 42]);
+    ops::sample(
+        &g,
+        &mut dx.as_view_mut(),
+        SampleParams {
+            repeat_penalty: 1.2,
+            ..SampleParams::top_k_top_p(40, 0.9, 0.8)
+        },
+        0.5,
+        Some(&mut ring.as_view_mut()),
+        &mut sel,
+        &mut out.as_view_mut(),
+        Some(&mut next.as_view_mut()),
+    )
+    .unwrap();
+    assert_eq!(download(&g, &out)[0], u32::MAX);
+    assert_eq!(download(&g, &next), vec![0, 10]);
+    assert_eq!(download(&g, &ring), vec![1, 42]);
 }
 
 /// Host argmax: largest value, ties to the lower index, NaN ignored.
@@ -968,44 +992,89 @@ proptest! {
 
     #[test]
     #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
-    fn sample_topk_topp_draws_from_the_cpu_interval(
-        n in prop::sample::select(&[151936usize, 49152, 1500][..]),
+    fn sample_draws_from_the_host_chains_interval(
+        n in prop::sample::select(&[151936usize, 49152, 1500, 3][..]),
         top_k in prop::sample::select(&[1usize, 2, 40, 1024][..]),
-        top_p in prop::sample::select(&[1.0f32, 0.9, 0.5, 0.05][..]),
-        temperature in prop::sample::select(&[1.0f32, 0.7, 1.5][..]),
+        top_p in prop::sample::select(&[1.0f32, 0.95, 0.5, 0.05][..]),
+        min_p in prop::sample::select(&[0.0f32, 0.05, 0.3][..]),
+        temperature in prop::sample::select(&[1.0f32, 0.8, 1.5][..]),
+        penalty in prop::sample::select(&[1.0f32, 1.3, 0.7][..]),
+        window in prop::sample::select(&[1usize, 5, 64, 1024][..]),
+        ties in any::<bool>(),
         u in 0.0f32..1.0,
         seed in any::<u64>(),
     ) {
         let g = gpu();
         let mut rng = Rng::new(seed);
-        let x = random(&mut rng, n, 8.0);
-        // CPU reference: sort by (logit desc, index asc), keep top_k, weights in f64, shortest
-        // prefix reaching top_p of the mass, then the interval containing u x that prefix.
-        let mut idx: Vec<u32> = (0..n as u32).collect();
-        idx.sort_by(|&a, &b| x[b as usize].total_cmp(&x[a as usize]).then(a.cmp(&b)));
-        idx.truncate(top_k);
-        let lmax = x[idx[0] as usize] as f64;
-        let w: Vec<f64> = idx.iter().map(|&i| ((x[i as usize] as f64 - lmax) / temperature as f64).exp()).collect();
-        let total: f64 = w.iter().sum();
-        let mut cum = Vec::with_capacity(w.len());
-        let mut c = 0.0;
-        for &wi in &w { c += wi; cum.push(c); }
-        let r = cum.iter().position(|&c| c >= top_p as f64 * total).map_or(top_k, |i| i + 1);
-        let mass = cum[r - 1];
-        let target = u as f64 * mass;
-        let mut out = poisoned(&g, 1, u32::MAX);
-        let p = SampleParams { top_k, top_p, temperature };
+        let top_k = top_k.min(n);
+        let mut x = random(&mut rng, n, 8.0);
+        if ties {
+            // Few distinct values: ties at the top-k cut, decided by the lower index.
+            for v in &mut x {
+                *v = (*v * 0.5).round();
+            }
+        }
+        // A history whose tail repeats tokens, some of them among the likeliest.
+        let mut by_logit: Vec<u32> = (0..n as u32).collect();
+        by_logit.sort_by(|&a, &b| x[b as usize].total_cmp(&x[a as usize]).then(a.cmp(&b)));
+        let history: Vec<u32> = (0..70)
+            .map(|i| if i % 3 == 0 { by_logit[(i / 3) % n.min(8)] } else { (rng.next_u64() % n as u64) as u32 })
+            .collect();
+        let cfg = SamplerConfig {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty: penalty,
+            repeat_last_n: window,
+            seed: 0,
+        };
+        // The host chain's candidates, most likely first, with their probabilities.
+        let cand = candidates(&cfg, &x, &history).unwrap();
+        let tail = &history[history.len() - history.len().min(window)..];
+        let mut ring = vec![tail.len() as u32];
+        ring.extend_from_slice(tail);
+        ring.resize(1 + window, u32::MAX);
+        let mut dring = upload(&g, &ring);
+        let mut dx = upload(&g, &x);
+        let mut sel = ops::SelectScratch::new(&g).unwrap();
+        let mut out = poisoned(&g, 1, u32::MAX - 1);
         let mut next = upload(&g, &[u32::MAX, 7u32]);
-        ops::sample(&g, &upload(&g, &x).as_view(), p, u, &mut out.as_view_mut(), Some(&mut next.as_view_mut())).unwrap();
+        let p = SampleParams { top_k, top_p, min_p, temperature, repeat_penalty: penalty };
+        ops::sample(
+            &g, &mut dx.as_view_mut(), p, u, Some(&mut dring.as_view_mut()), &mut sel,
+            &mut out.as_view_mut(), Some(&mut next.as_view_mut()),
+        ).unwrap();
         let got = download(&g, &out)[0];
         prop_assert_eq!(download(&g, &next), vec![got, 8]);
-        let pos = idx[..r].iter().position(|&i| i == got);
-        prop_assert!(pos.is_some(), "drew {} outside the kept {} candidates", got, r);
-        let j = pos.unwrap();
-        let lo = if j == 0 { 0.0 } else { cum[j - 1] };
-        let tol = 1e-5 * mass;
-        prop_assert!(lo - tol <= target && target <= cum[j] + tol,
-            "drew rank {} (interval [{}, {}]) for target {} (u={}, mass {})", j, lo, cum[j], target, u, mass);
+        let j = cand.iter().position(|c| c.0 == got);
+        prop_assert!(j.is_some(), "drew {} outside the host's {} candidates", got, cand.len());
+        let j = j.unwrap();
+        let lo: f64 = cand[..j].iter().map(|c| c.1).sum();
+        let hi = lo + cand[j].1;
+        let tol = 1e-5;
+        prop_assert!(lo - tol <= u as f64 && u as f64 <= hi + tol,
+            "drew rank {} (interval [{}, {}]) for u = {}", j, lo, hi, u);
+        // The penalty was applied in place, to each window token once.
+        let mut want_x = x.clone();
+        if penalty != 1.0 {
+            let mut seen = std::collections::HashSet::new();
+            for &t in tail {
+                if seen.insert(t) {
+                    let v = &mut want_x[t as usize];
+                    *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
+                }
+            }
+        }
+        let got_x = download(&g, &dx);
+        prop_assert!(got_x.iter().zip(&want_x).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "the logits after the penalty");
+        // The choice joined the window.
+        let c = ring[0] as usize;
+        let ring_after = download(&g, &dring);
+        prop_assert_eq!(ring_after[1 + c % window], got);
+        let c1 = if c + 1 >= 2 * window { c + 1 - window } else { c + 1 };
+        prop_assert_eq!(ring_after[0] as usize, c1);
     }
 }
 
@@ -1204,20 +1273,39 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("rms_norm_f32"), "{e}");
-    let e = ops::sample(
-        &g,
-        &x.as_view(),
-        SampleParams {
-            top_k: 2000,
-            top_p: 1.0,
-            temperature: 1.0,
-        },
-        0.5,
-        &mut poisoned(&g, 1, 0u32).as_view_mut(),
-        None,
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("sample_topk_topp_f32"), "{e}");
+    let mut sel = ops::SelectScratch::new(&g).unwrap();
+    let mut xm = upload(&g, &vec![0.5f32; 4096]);
+    for (p, why) in [
+        (SampleParams::top_k_top_p(2000, 1.0, 1.0), "top_k 2000"),
+        (
+            SampleParams {
+                min_p: 1.5,
+                ..SampleParams::top_k_top_p(4, 1.0, 1.0)
+            },
+            "min_p 1.5",
+        ),
+        (
+            SampleParams {
+                repeat_penalty: 1.3,
+                ..SampleParams::top_k_top_p(4, 1.0, 1.0)
+            },
+            "needs the window",
+        ),
+    ] {
+        let e = ops::sample(
+            &g,
+            &mut xm.as_view_mut(),
+            p,
+            0.5,
+            None,
+            &mut sel,
+            &mut poisoned(&g, 1, 0u32).as_view_mut(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sample_f32") && e.contains(why), "{e}");
+    }
     // Decode attention: head_dim 96 and a group of 16 query heads per KV head are refused by name
     // before anything is launched.
     for (n_head, n_head_kv, head_dim, why) in

@@ -19,13 +19,15 @@
 //!   kind; on the CPU the process's peak resident set.
 //!
 //! With `--device cuda` the tgN steps run as greedy generation runs (`host run --temp 0`,
-//! `Session::generate` through `GreedySteps`): the first token random, each later one the
+//! `Session::generate` through `DeviceSteps`): the first token random, each later one the
 //! previous step's greedy choice, fed to the next step on the device; one token id copied back
 //! per step, and the host reads step k's id only after it has queued step k + 1. `--sync-steps`
 //! runs them one at a time instead, each fed a random token from the host and waited for
 //! (`CudaBackend::forward_next`), as llama-bench does. The first token uses `forward_next`
 //! (greedy on the device); the other devices take the last row's logits (and choose the first
-//! token by argmax on the host).
+//! token by argmax on the host). `--sampled` makes the CUDA tgN steps choose by `host run`'s
+//! default sampling chain on the device (`tgN sampled`), each handed its draw from a seeded
+//! generator as `Session::generate` does.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -35,12 +37,13 @@ use thiserror::Error;
 
 use super::CliResult;
 use super::run::{Device, model_path};
-use crate::backend::{Backend, GreedySteps, Logits};
+use crate::backend::{Backend, DeviceSteps, Logits};
 use crate::cpu::{Arith, CpuBackend, CpuOptions};
 use crate::cuda::backend::MemoryUse;
 use crate::cuda::{CudaBackend, CudaOptions};
 use crate::gguf::{Gguf, Value};
 use crate::model::Config;
+use crate::sample::{Sampler, SamplerConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -89,6 +92,11 @@ pub struct Args {
     /// before the next is queued (llama-bench's flow), instead of the generation loop's.
     #[arg(long)]
     pub sync_steps: bool,
+    /// CUDA: the tgN steps choose by `host run`'s default sampling chain (temperature 0.8, top-k
+    /// 40, top-p 0.95, min-p 0.05) on the device instead of greedily; the tests are named
+    /// `tgN sampled`.
+    #[arg(long)]
+    pub sampled: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -158,7 +166,12 @@ enum Kind {
 /// `forward_next`).
 enum Target {
     Any(Box<dyn Backend>),
-    Cuda { b: Box<CudaBackend>, sync: bool },
+    Cuda {
+        b: Box<CudaBackend>,
+        sync: bool,
+        /// The sampler whose draws the device's tg steps get (`--sampled`); greedy without.
+        sampler: Option<Sampler>,
+    },
 }
 
 impl Target {
@@ -187,21 +200,29 @@ impl Target {
             (Kind::Pp, t) => {
                 t.backend().forward(tokens, depth, Logits::Last)?;
             }
-            (Kind::Tg, Target::Cuda { b, sync: true }) => {
+            (Kind::Tg, Target::Cuda { b, sync: true, .. }) => {
                 for (i, &tok) in tokens.iter().enumerate() {
                     std::hint::black_box(b.forward_next(&[tok], depth + i, None)?);
                 }
             }
-            (Kind::Tg, Target::Cuda { b, sync: false }) => {
+            (
+                Kind::Tg,
+                Target::Cuda {
+                    b,
+                    sync: false,
+                    sampler,
+                },
+            ) => {
                 // As `Session::generate` decodes: each step queued before the previous step's
                 // choice is read, and fed that choice on the device.
+                let mut draw = || sampler.as_mut().map_or(0.0, |s| s.draw());
                 if let Some(&first) = tokens.first() {
-                    b.queue_greedy(Some(first), depth)?;
+                    b.queue_step(Some(first), depth, draw())?;
                     for i in 1..tokens.len() {
-                        b.queue_greedy(None, depth + i)?;
-                        std::hint::black_box(b.take_greedy()?);
+                        b.queue_step(None, depth + i, draw())?;
+                        std::hint::black_box(b.take_step()?);
                     }
-                    std::hint::black_box(b.take_greedy()?);
+                    std::hint::black_box(b.take_step()?);
                 }
             }
             (Kind::Tg, Target::Any(b)) => {
@@ -210,6 +231,7 @@ impl Target {
                 }
             }
             (Kind::Ttft, Target::Cuda { b, .. }) => {
+                // Greedy: the first token's choice (as llama-bench's first token).
                 std::hint::black_box(b.forward_next(tokens, depth, None)?);
             }
             (Kind::Ttft, Target::Any(b)) => {
@@ -253,6 +275,8 @@ struct Measured {
     depth: usize,
     /// tok/s (pp, tg) or seconds (ttft), one per repetition.
     samples: Vec<f64>,
+    /// tg steps sampled on the device (`--sampled`).
+    sampled: bool,
 }
 
 impl Measured {
@@ -260,6 +284,7 @@ impl Measured {
     fn name(&self) -> String {
         let base = match self.kind {
             Kind::Pp | Kind::Ttft => format!("pp{}", self.n),
+            Kind::Tg if self.sampled => format!("tg{} sampled", self.n),
             Kind::Tg => format!("tg{}", self.n),
         };
         if self.depth > 0 {
@@ -598,9 +623,24 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
         match loaded {
             Ok((m, b)) => {
                 device_mem = Some(m);
+                let mut b = Box::new(b);
+                let sampler = if args.sampled {
+                    let cfg = SamplerConfig {
+                        temperature: 0.8,
+                        top_k: 40,
+                        top_p: 0.95,
+                        min_p: 0.05,
+                        ..SamplerConfig::default()
+                    };
+                    b.set_rule(&cfg, &[])?;
+                    Some(Sampler::new(cfg).map_err(|e| e.to_string())?)
+                } else {
+                    None
+                };
                 Target::Cuda {
-                    b: Box::new(b),
+                    b,
                     sync: args.sync_steps,
+                    sampler,
                 }
             }
             Err(e) if args.device == Device::Auto => {
@@ -640,6 +680,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
                 n,
                 depth,
                 samples,
+                sampled: args.sampled && matches!(target, Target::Cuda { sync: false, .. }),
             };
             if kind == Kind::Ttft {
                 ttft.push(m);
@@ -776,6 +817,7 @@ mod tests {
             ffn_f32: false,
             no_pdl: false,
             sync_steps: false,
+            sampled: false,
             json: false,
         }
     }
@@ -837,6 +879,7 @@ mod tests {
                 n,
                 depth,
                 samples: vec![],
+                sampled: false,
             }
             .name()
         };

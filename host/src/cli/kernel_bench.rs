@@ -920,7 +920,7 @@ impl Bench<'_> {
             "argmax" | "sample" => {
                 let n = sh(0, 151936);
                 let x = self.rand(n, 10.0);
-                let dx = self.up(&x)?;
+                let mut dx = self.up(&x)?;
                 let mut dout = g.alloc::<u32>(1, "bench")?;
                 let mut sel = ops::SelectScratch::new(g)?;
                 if name == "argmax" {
@@ -942,29 +942,42 @@ impl Bench<'_> {
                         verdict((got != want) as u8 as f64, 0.0),
                     ));
                 } else {
-                    let p = SampleParams {
-                        top_k: sh(1, 40),
-                        top_p: 0.9,
+                    // `host run`'s default chain (no penalty: the logits stay as uploaded).
+                    let cfg = crate::sample::SamplerConfig {
                         temperature: 0.8,
+                        top_k: sh(1, 40),
+                        top_p: 0.95,
+                        min_p: 0.05,
+                        ..Default::default()
                     };
-                    ops::sample(g, &dx.as_view(), p, 0.37, &mut dout.as_view_mut(), None)?;
-                    let got = self.down(&dout)?[0] as usize;
-                    let mut idx: Vec<usize> = (0..n).collect();
-                    idx.sort_by(|&a, &b| x[b].total_cmp(&x[a]).then(a.cmp(&b)));
-                    let ok = idx[..p.top_k].contains(&got);
+                    let p = SampleParams {
+                        top_k: cfg.top_k,
+                        top_p: cfg.top_p,
+                        min_p: cfg.min_p,
+                        temperature: cfg.temperature,
+                        repeat_penalty: 1.0,
+                    };
+                    let mut dxm = dx.as_view_mut();
+                    let (mut o, sel) = (dout.as_view_mut(), &mut sel);
+                    ops::sample(g, &mut dxm, p, 0.37, None, sel, &mut o, None)?;
+                    let got = self.down(&dout)?[0];
+                    let kept = crate::sample::candidates(&cfg, &x, &[])
+                        .map_err(|e| format!("the host sampler: {e}"))?;
+                    let ok = kept.iter().any(|c| c.0 == got);
                     let t = time(g, reps, || {
-                        ops::sample(g, &dx.as_view(), p, 0.37, &mut dout.as_view_mut(), None)
+                        let mut o = dout.as_view_mut();
+                        ops::sample(g, &mut dx.as_view_mut(), p, 0.37, None, sel, &mut o, None)
                     })?;
                     out.push(self.row(
                         name,
-                        &format!("n={n} top_k={} top_p=0.9", p.top_k),
+                        &format!("n={n} top_k={} top_p=0.95 min_p=0.05", p.top_k),
                         t,
                         (4 * n) as f64,
                         0.0,
                         if ok {
-                            "check ok (drawn id among the top-k)".into()
+                            "check ok (drawn id among the host chain's candidates)".into()
                         } else {
-                            "CHECK FAILED (drawn id not in the top-k)".into()
+                            "CHECK FAILED (drawn id not among the host chain's candidates)".into()
                         },
                     ));
                 }

@@ -34,9 +34,10 @@ use super::ops::{
     self, DecodeAt, DecodeScratch, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut,
     NormedInput, Pos, RopeTable, SampleParams, SelectScratch,
 };
-use crate::backend::{Backend, BackendError, GreedySteps, Logits, check_forward};
+use crate::backend::{Backend, BackendError, DeviceSteps, Logits, check_forward};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{Config, Weights};
+use crate::sample::SamplerConfig;
 
 /// Settings of a [`CudaBackend`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -204,8 +205,11 @@ struct Scratch {
     logits: CudaSlice<f32>,
     /// Decode attention's per-split partials.
     dec: DecodeScratch,
-    /// The device argmax's partials and counter.
+    /// The device samplers' partials and counter.
     sel: SelectScratch,
+    /// The repetition-penalty window of the device sampler, `[count, tokens; MAX_HISTORY]`
+    /// ([`CudaBackend::set_window`]).
+    window: CudaSlice<u32>,
     /// The decode step's input in device memory, `[token, position]`, and the id the last step
     /// chose, `[2]` (the sampler of a graph-replayed step also writes the next token to `[0]` and
     /// advances `[1]`).
@@ -249,6 +253,11 @@ pub struct CudaBackend {
     id_slots: Vec<super::device::HostSlot>,
     /// The steps queued and not yet taken, oldest first.
     queued: std::collections::VecDeque<Queued>,
+    /// Tokens the sampler's penalty window holds ([`CudaBackend::set_window`]; 0: none set).
+    window_cap: usize,
+    /// How [`DeviceSteps::queue_step`] chooses: `None` greedy (the argmax the greedy graph ends
+    /// with), else the device sampler with these settings.
+    rule: Option<SampleParams>,
 }
 
 /// A decode step queued by [`CudaBackend::queue_next`]: the slot its id is copied into and the
@@ -505,6 +514,7 @@ impl CudaBackend {
             logits: a32(LOGIT_ROWS * cfg.n_vocab, "logits")?,
             dec: DecodeScratch::new(&gpu, cfg.n_head, cfg.head_dim, opts.n_ctx)?,
             sel: SelectScratch::new(&gpu)?,
+            window: gpu.upload(&[0u32; 1 + ops::MAX_HISTORY], "the penalty window")?,
             step: gpu.upload(
                 &[0u32, 0, 0],
                 "the decode step's token, position and choice",
@@ -528,6 +538,8 @@ impl CudaBackend {
             step_on_device: None,
             id_slots: Vec::new(),
             queued: std::collections::VecDeque::new(),
+            window_cap: 0,
+            rule: None,
         })
     }
 
@@ -848,8 +860,10 @@ impl CudaBackend {
     }
 
     /// Forward pass whose last row's next token is chosen on the device: greedy (`sample` =
-    /// `None`) or top-k/top-p with the uniform draw `u`. Copies back one token id, not the
-    /// logits. A single-token step replays the captured decode graph
+    /// `None`) or by the sampler's chain with the uniform draw `u` ([`ops::sample`]; its
+    /// repetition penalty applies to the window [`CudaBackend::set_window`] set, which each
+    /// choice joins). Copies back one token id, not the logits. A single-token step replays the
+    /// captured decode graph
     /// ([`CudaOptions::decode_graph`]); the token and position it reads are uploaded only when
     /// the device does not already hold them (it does when `tokens` is the id the previous step
     /// returned, at the next position). Steps still queued by [`CudaBackend::queue_next`] run
@@ -942,14 +956,40 @@ impl CudaBackend {
             self.logits_device(t, 1)?;
         }
         let nv = self.cfg.n_vocab;
-        let lv = self.s.logits.slice(..nv);
         let (mut next, mut chosen) = self.s.step.split_at_mut(2);
         let next = graphed.then_some(&mut next);
         match sample {
             // The greedy graph ends with this argmax.
             None if graphed => {}
-            None => ops::argmax(&self.gpu, &lv, &mut self.s.sel, &mut chosen, next)?,
-            Some((p, u)) => ops::sample(&self.gpu, &lv, p, u, &mut chosen, next)?,
+            None => {
+                let lv = self.s.logits.slice(..nv);
+                ops::argmax(&self.gpu, &lv, &mut self.s.sel, &mut chosen, next)?
+            }
+            Some((p, u)) => {
+                let mut lv = self.s.logits.slice_mut(..nv);
+                let mut window = self.s.window.slice_mut(..1 + self.window_cap);
+                let window =
+                    (p.repeat_penalty != 1.0 && self.window_cap > 0).then_some(&mut window);
+                let p = SampleParams {
+                    // Without a window the penalty has nothing to apply to.
+                    repeat_penalty: if window.is_some() {
+                        p.repeat_penalty
+                    } else {
+                        1.0
+                    },
+                    ..p
+                };
+                ops::sample(
+                    &self.gpu,
+                    &mut lv,
+                    p,
+                    u,
+                    window,
+                    &mut self.s.sel,
+                    &mut chosen,
+                    next,
+                )?
+            }
         }
         let slot =
             match (0..self.id_slots.len()).find(|i| !self.queued.iter().any(|q| q.slot == *i)) {
@@ -970,6 +1010,28 @@ impl CudaBackend {
             self.step_on_device = Some((None, pos + 1));
         }
         self.n_past = pos + n_tok;
+        Ok(())
+    }
+
+    /// Sets the device sampler's repetition-penalty window to the last `cap` of `tokens` (at most
+    /// [`ops::MAX_HISTORY`]; 0 empties it). Each sampled choice joins it, the oldest token leaving.
+    /// Steps still queued run first.
+    pub fn set_window(&mut self, tokens: &[u32], cap: usize) -> Result<(), BackendError> {
+        if cap > ops::MAX_HISTORY {
+            return Err(BackendError::Device(format!(
+                "a repetition-penalty window of {cap} tokens: the device sampler takes at most {}",
+                ops::MAX_HISTORY
+            )));
+        }
+        let tail = &tokens[tokens.len() - tokens.len().min(cap)..];
+        let mut w = Vec::with_capacity(1 + tail.len());
+        w.push(tail.len() as u32);
+        w.extend_from_slice(tail);
+        self.gpu
+            .stream()
+            .memcpy_htod(&w, &mut self.s.window.slice_mut(..w.len()))
+            .map_err(CudaError::driver("copying the repetition-penalty window"))?;
+        self.window_cap = cap;
         Ok(())
     }
 
@@ -999,7 +1061,7 @@ impl CudaBackend {
     }
 
     /// The logits the last [`CudaBackend::forward_next`] computed (for tests: the graph-replayed
-    /// step leaves them on the device).
+    /// step leaves them on the device), after the repetition penalty when it sampled with one.
     pub fn next_logits(&self) -> Result<Vec<f32>, BackendError> {
         Ok(self
             .gpu
@@ -1274,7 +1336,7 @@ impl Backend for CudaBackend {
         self.n_past = 0;
     }
 
-    fn greedy_steps(&mut self) -> Option<&mut dyn GreedySteps> {
+    fn device_steps(&mut self) -> Option<&mut dyn DeviceSteps> {
         // A chosen token is fed to the next step only by the decode graph.
         if self.opts.decode_graph {
             Some(self)
@@ -1284,15 +1346,60 @@ impl Backend for CudaBackend {
     }
 }
 
-impl GreedySteps for CudaBackend {
-    fn queue_greedy(&mut self, token: Option<u32>, pos: usize) -> Result<(), BackendError> {
+impl DeviceSteps for CudaBackend {
+    fn can_choose(&self, cfg: &SamplerConfig) -> bool {
+        let penalty = cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0;
+        cfg.validate().is_ok()
+            && (cfg.is_greedy() || (1..=ops::MAX_TOP_K.min(self.cfg.n_vocab)).contains(&cfg.top_k))
+            && (!penalty || cfg.repeat_last_n <= ops::MAX_HISTORY)
+    }
+
+    fn set_rule(&mut self, cfg: &SamplerConfig, history: &[u32]) -> Result<(), BackendError> {
+        if !self.can_choose(cfg) {
+            return Err(BackendError::Device(format!(
+                "the device sampler does not take {cfg:?} (top-k 1..={}, a penalty window of at \
+                 most {} tokens)",
+                ops::MAX_TOP_K,
+                ops::MAX_HISTORY
+            )));
+        }
+        let penalty = cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0;
+        self.rule = if cfg.is_greedy() && !penalty {
+            None
+        } else {
+            Some(if cfg.is_greedy() {
+                // The argmax after the penalty: the sampler's first candidate.
+                SampleParams {
+                    top_k: 1,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                    temperature: 1.0,
+                    repeat_penalty: cfg.repeat_penalty,
+                }
+            } else {
+                SampleParams {
+                    top_k: cfg.top_k,
+                    top_p: cfg.top_p,
+                    min_p: cfg.min_p,
+                    temperature: cfg.temperature,
+                    repeat_penalty: if penalty { cfg.repeat_penalty } else { 1.0 },
+                }
+            })
+        };
+        self.set_window(history, if penalty { cfg.repeat_last_n } else { 0 })
+    }
+
+    fn queue_step(&mut self, token: Option<u32>, pos: usize, u: f64) -> Result<(), BackendError> {
+        // The largest f32 below 1: an f64 just under 1 must not round up to it.
+        let u = (u as f32).min(1.0 - f32::EPSILON / 2.0);
+        let choice = self.rule.map(|p| (p, u));
         match token {
-            Some(t) => self.queue_next(Feed::Tokens(&[t]), pos, None),
-            None => self.queue_next(Feed::Chosen, pos, None),
+            Some(t) => self.queue_next(Feed::Tokens(&[t]), pos, choice),
+            None => self.queue_next(Feed::Chosen, pos, choice),
         }
     }
 
-    fn take_greedy(&mut self) -> Result<u32, BackendError> {
+    fn take_step(&mut self) -> Result<u32, BackendError> {
         self.take_next()
     }
 }

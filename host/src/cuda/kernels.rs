@@ -20,7 +20,7 @@ pub const KERNELS: &[&str] = &[
     "attention_prefill_f16",
     "attention_prefill_f32",
     "argmax_f32",
-    "sample_topk_topp_f32",
+    "sample_f32",
     "matvec_f32",
     "matvec_f16",
     "matvec_bf16",
@@ -118,6 +118,7 @@ pub fn waits_for_previous(name: &str) -> bool {
         || name.starts_with("attention_decode_")
         || name == "attention_combine"
         || name == "argmax_f32"
+        || name == "sample_f32"
 }
 
 /// Kernel-name suffix of a tensor type (`q4_k`, `f16`, …).

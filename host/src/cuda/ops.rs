@@ -1530,8 +1530,17 @@ pub const ARGMAX_MAX_BLOCKS: usize = 1024;
 /// Loads per thread `argmax_f32` issues together (`kernels-gpu/src/sample.rs`).
 const ARGMAX_UNROLL: usize = 8;
 
-/// Scratch of the device argmax: one (value, index) pair per block and the count of finished
-/// blocks (zeroed once; the kernel leaves it zeroed).
+/// Words of [`SelectScratch`]'s partials: the argmax's (value, index) pair per block, or
+/// `sample_f32`'s 8-byte candidates.
+const SELECT_PART_WORDS: usize = {
+    let a = 2 * ARGMAX_MAX_BLOCKS;
+    let s = 2 * kernels_gpu::shapes::SAMPLE_CAND;
+    if a > s { a } else { s }
+};
+
+/// Scratch of the device samplers: the blocks' partial results (the argmax's (value, index) pair
+/// per block, `sample_f32`'s candidates) and the count of finished blocks (zeroed once; the
+/// kernels leave it zeroed).
 pub struct SelectScratch {
     part: CudaSlice<u32>,
     done: CudaSlice<u32>,
@@ -1540,8 +1549,8 @@ pub struct SelectScratch {
 impl SelectScratch {
     pub fn new(gpu: &Gpu) -> Result<SelectScratch> {
         Ok(SelectScratch {
-            part: gpu.alloc::<u32>(2 * ARGMAX_MAX_BLOCKS, "argmax partials")?,
-            done: gpu.upload(&[0u32], "argmax counter")?,
+            part: gpu.alloc::<u32>(SELECT_PART_WORDS, "sampler partials")?,
+            done: gpu.upload(&[0u32], "sampler counter")?,
         })
     }
 }
@@ -1593,35 +1602,62 @@ pub fn argmax(
     Ok(())
 }
 
-/// Top-k / top-p sampling parameters for [`sample`].
+/// The settings of [`sample`]: the host sampler's chain (`crate::sample`), as the device runs it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleParams {
-    /// Candidates kept by rank, 1..=1024.
+    /// Candidates kept by rank, `1..=SAMPLE_MAX_TOP_K` (1: greedy, after the penalty).
     pub top_k: usize,
-    /// Cumulative probability kept (0 < top_p ≤ 1).
+    /// Cumulative probability kept (0 < top_p ≤ 1; 1 = off).
     pub top_p: f32,
-    /// Softmax temperature (> 0).
+    /// Least probability relative to the most likely candidate (0 ≤ min_p ≤ 1; 0 = off).
+    pub min_p: f32,
+    /// Softmax temperature of the draw (> 0).
     pub temperature: f32,
+    /// Repetition penalty on the tokens of the window (> 0; 1 = off).
+    pub repeat_penalty: f32,
+}
+
+impl SampleParams {
+    /// Top-k and top-p at `temperature`, nothing else.
+    pub fn top_k_top_p(top_k: usize, top_p: f32, temperature: f32) -> SampleParams {
+        SampleParams {
+            top_k,
+            top_p,
+            min_p: 0.0,
+            temperature,
+            repeat_penalty: 1.0,
+        }
+    }
 }
 
 /// Largest `top_k` the device sampler takes.
-pub const MAX_TOP_K: usize = 1024;
+pub const MAX_TOP_K: usize = kernels_gpu::shapes::SAMPLE_MAX_TOP_K;
+/// Longest repetition-penalty window the device sampler takes.
+pub const MAX_HISTORY: usize = kernels_gpu::shapes::SAMPLE_MAX_HISTORY;
 
-/// Draws a token from `x` with top-k, then top-p, at temperature `T`, using the uniform `u` in
-/// `[0, 1)`; the id goes to `out[0]` (and with `next`, to the next decode step as in [`argmax`]).
-/// See `kernels-gpu/src/sample.rs` for the exact rule.
+/// Draws a token from the logits `x` by the host sampler's chain (`crate::sample::Sampler`): the
+/// repetition penalty on the tokens of `window` (`[count, tokens; cap]`, see
+/// `kernels-gpu/src/sample.rs`; applied to `x` in place; the chosen id is appended), top-k, top-p
+/// and min-p on the probabilities at temperature 1, then the draw at `p.temperature` with the
+/// uniform `u` in `[0, 1)`. The id goes to `out[0]` (and with `next`, to the next decode step as
+/// in [`argmax`]); `u32::MAX` when every logit is NaN.
+#[allow(clippy::too_many_arguments)]
 pub fn sample(
     gpu: &Gpu,
-    x: &CudaView<f32>,
+    x: &mut CudaViewMut<f32>,
     p: SampleParams,
     u: f32,
+    window: Option<&mut CudaViewMut<u32>>,
+    scratch: &mut SelectScratch,
     out: &mut CudaViewMut<u32>,
     next: Option<&mut CudaViewMut<u32>>,
 ) -> Result<()> {
-    const K: &str = "sample_topk_topp_f32";
+    const K: &str = "sample_f32";
     ensure(K, !x.is_empty() && !out.is_empty(), || {
         "empty input or output".into()
     })?;
+    let n = to_u32(K, "n", x.len())?;
+    ensure(K, n < u32::MAX, || "too many logits".into())?;
     ensure(K, (1..=MAX_TOP_K.min(x.len())).contains(&p.top_k), || {
         format!(
             "top_k {} must be in 1..={}",
@@ -1632,21 +1668,70 @@ pub fn sample(
     ensure(K, p.top_p > 0.0 && p.top_p <= 1.0, || {
         format!("top_p {} must be in (0, 1]", p.top_p)
     })?;
+    ensure(K, (0.0..=1.0).contains(&p.min_p), || {
+        format!("min_p {} must be in [0, 1]", p.min_p)
+    })?;
     ensure(K, p.temperature > 0.0 && p.temperature.is_finite(), || {
         format!("temperature {} must be positive", p.temperature)
     })?;
+    ensure(
+        K,
+        p.repeat_penalty > 0.0 && p.repeat_penalty.is_finite(),
+        || format!("repeat penalty {} must be positive", p.repeat_penalty),
+    )?;
     ensure(K, (0.0..1.0).contains(&u), || {
         format!("u = {u} must be in [0, 1)")
     })?;
-    let n = to_u32(K, "n", x.len())?;
-    let (k, inv_t) = (p.top_k as u32, 1.0 / p.temperature);
+    let (ring, cap) = match window {
+        Some(w) => {
+            ensure(K, (2..=MAX_HISTORY + 1).contains(&w.len()), || {
+                format!(
+                    "the penalty window has {} elements: [count, tokens] with 1..={MAX_HISTORY} tokens",
+                    w.len()
+                )
+            })?;
+            (addr(gpu, &*w), w.len() as u32 - 1)
+        }
+        None => {
+            ensure(K, p.repeat_penalty == 1.0, || {
+                format!(
+                    "a repeat penalty of {} needs the window of recent tokens",
+                    p.repeat_penalty
+                )
+            })?;
+            (0, 0)
+        }
+    };
+    let blocks = kernels_gpu::shapes::sample_blocks(x.len(), p.top_k);
     let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (1024, 1, 1),
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (kernels_gpu::shapes::SAMPLE_THREADS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
+    let k = p.top_k as u32;
+    let inv_t = 1.0 / p.temperature;
     let pinc = next_ptr(gpu, K, next)?;
-    launch!(gpu, K, cfg, x, &n, &k, &p.top_p, &inv_t, &u, out, &pinc);
+    let mut part = scratch.part.as_view_mut();
+    let mut done = scratch.done.as_view_mut();
+    launch!(
+        gpu,
+        K,
+        cfg,
+        x,
+        &n,
+        &k,
+        &p.top_p,
+        &p.min_p,
+        &inv_t,
+        &p.repeat_penalty,
+        &u,
+        &ring,
+        &cap,
+        &mut part,
+        &mut done,
+        out,
+        &pinc
+    );
     Ok(())
 }
 
