@@ -16,8 +16,8 @@
 //!   of each float (NaN lowest), and one over the inverted index when ties at the cut are more than
 //!   needed — and writes them as `key << 32 | !index` (64-bit keys that order by logit, then by
 //!   lower index). The last block to finish (counted in `done`, which it resets) bitonic-sorts the
-//!   `G · top_k` candidates in shared memory, scans their weights in a fixed order, cuts and draws,
-//!   and appends the id to the window.
+//!   `G · top_k` candidates (in shared memory, the short strides in registers across a warp),
+//!   scans their weights in a fixed order, cuts and draws, and appends the id to the window.
 //!
 //! Both write the id to `out[0]` and, when `next` is non-null (the `[token, position]` of the next
 //! decode step, replayed from a CUDA graph), `next[0]` = the id (0 when it is `u32::MAX`, "none":
@@ -337,6 +337,80 @@ fn block_select(lo: usize, hi: usize, rank: u32, keys: &impl Fn(usize) -> Option
     r
 }
 
+/// [`gpu::shfl_xor_u32`] of a u64.
+#[inline(always)]
+fn shfl_xor_u64(v: u64, m: u32) -> u64 {
+    let lo = gpu::shfl_xor_u32(v as u32, m) as u64;
+    let hi = gpu::shfl_xor_u32((v >> 32) as u32, m) as u64;
+    (hi << 32) | lo
+}
+
+/// Bitonic sort of the shared slots `cand[0..p]`, descending (`p` a power of two,
+/// `2 ≤ p ≤ 2 · THREADS`; every thread of the block calls it). Comparator strides of 64 slots and
+/// more exchange through shared memory, a barrier each; the smaller ones in registers, thread `t`
+/// holding slots `2t` and `2t + 1` and its partner at stride `s ≥ 2` being lane `t ^ s/2` of
+/// its own warp — a barrier per merge size instead of one per stride.
+#[inline(always)]
+fn sort_desc(cand: *mut u64, p: usize) {
+    let t = gpu::thread_x() as usize;
+    let own = 2 * t < p;
+    let mut size = 2;
+    while size <= p {
+        let mut stride = size / 2;
+        while stride >= 64 {
+            let mut c = t;
+            while c < p / 2 {
+                let lo = 2 * stride * (c / stride) + c % stride;
+                let hi = lo + stride;
+                let desc = (lo & size) == 0;
+                // SAFETY: lo < hi < p ≤ CAND; each comparator pair is owned by one thread.
+                unsafe {
+                    let (a, b) = (*cand.add(lo), *cand.add(hi));
+                    if (a < b) == desc {
+                        *cand.add(lo) = b;
+                        *cand.add(hi) = a;
+                    }
+                }
+                c += THREADS;
+            }
+            gpu::sync_threads();
+            stride /= 2;
+        }
+        // SAFETY: 2t + 1 < p when `own`; the previous stage ended with a barrier.
+        let (mut a, mut b) = if own {
+            unsafe { (*cand.add(2 * t), *cand.add(2 * t + 1)) }
+        } else {
+            (0, 0)
+        };
+        // The pair's direction: descending where the merge block's index bit `size` is clear.
+        let desc = (2 * t) & size == 0;
+        while stride >= 1 {
+            if stride == 1 {
+                if (a < b) == desc {
+                    core::mem::swap(&mut a, &mut b);
+                }
+            } else {
+                let m = (stride / 2) as u32;
+                let (oa, ob) = (shfl_xor_u64(a, m), shfl_xor_u64(b, m));
+                // The lower slot of a pair keeps the larger key when descending.
+                let keep_max = desc == ((2 * t) & stride == 0);
+                a = if keep_max { a.max(oa) } else { a.min(oa) };
+                b = if keep_max { b.max(ob) } else { b.min(ob) };
+            }
+            stride /= 2;
+        }
+        if own {
+            // SAFETY: as above; each thread writes its own two slots.
+            unsafe {
+                *cand.add(2 * t) = a;
+                *cand.add(2 * t + 1) = b;
+            }
+        }
+        gpu::sync_threads();
+        size *= 2;
+    }
+}
+
 /// Inclusive prefix sum over the block, in a fixed order (every thread calls it with its value;
 /// thread `t` gets the sum over threads `0..=t`).
 #[inline(always)]
@@ -501,30 +575,7 @@ pub unsafe extern "ptx-kernel" fn sample_f32(
     gpu::sync_threads();
 
     // 4. Bitonic sort of the p slots, descending: by logit, then by lower index.
-    let mut size = 2;
-    while size <= p {
-        let mut stride = size / 2;
-        while stride > 0 {
-            let mut c = t;
-            while c < p / 2 {
-                let lo = 2 * stride * (c / stride) + c % stride;
-                let hi = lo + stride;
-                let desc = (lo & size) == 0;
-                // SAFETY: lo < hi < p; each comparator pair is owned by one thread per step.
-                unsafe {
-                    let (a, b) = (*cand.add(lo), *cand.add(hi));
-                    if (a < b) == desc {
-                        *cand.add(lo) = b;
-                        *cand.add(hi) = a;
-                    }
-                }
-                c += THREADS;
-            }
-            gpu::sync_threads();
-            stride /= 2;
-        }
-        size *= 2;
-    }
+    sort_desc(cand, p);
 
     // 5. The top_k, less NaN (key 0): kk of them, a prefix of the sorted slots.
     // SAFETY: t < 1024 ≤ CAND; slots are sorted.
