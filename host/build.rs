@@ -12,11 +12,14 @@ const ARCHES: [&str; 2] = ["sm_90", "sm_80"];
 /// the qwen FFN, which take two waves on an H100's 132 SMs at 8 blocks per SM (64 registers) and
 /// one at 10 (≤ 48); `swiglu_a8_*` launches 152 blocks of 512 threads, one wave at 2 per SM
 /// (≤ 64 registers); `matvec_attn_*` launches a block per row (896 for qwen), one wave at 7 per
-/// SM (≤ 72 registers; its combine of 4 splits' loads took 108 uncapped).
+/// SM (≤ 72 registers; its combine of 4 splits' loads took 108 uncapped); `matvec_q8p` runs
+/// `shapes::Q8P_BLOCKS_PER_SM` = 2 blocks of 256 threads per SM (≤ 128 registers; its two steps
+/// of weights in registers took 153 uncapped).
 const LAUNCH_BOUNDS: &[(&str, u32, u32)] = &[
     ("matvec_swiglu_", 128, 10),
     ("swiglu_a8_", 512, 2),
     ("matvec_attn_", 128, 7),
+    ("matvec_q8p", 256, 2),
 ];
 
 /// `ptx` with the [`LAUNCH_BOUNDS`] directives inserted after the parameter list of each matching

@@ -4,12 +4,16 @@
 //! `matvec_q8p`: `y = W x`, the decode LM head (reference: the row dequantized by
 //! `host::quant::dequantize_row`, dotted with `x` in f64).
 //!
-//! Launch: grid = (ceil(rows / (Q8P_WARPS · Q8P_ROWS)), 1, 1), block = (32 · Q8P_WARPS, 1, 1)
-//! (`shapes`). Warp `w` of block `b` takes rows `(b · Q8P_WARPS + w) · Q8P_ROWS ..` (Q8P_ROWS of
-//! them); lane `l` takes the 16-quant chunks `l, l + 32, …` of each row, two chunks per step with
-//! the loads of both for all the warp's rows issued before their arithmetic (one 16-byte load of
-//! quants and one f16 scale per row and chunk, the activations in 16-byte vectors); each chunk's
-//! dot ([`dot16`]) is scaled by its block's `d`, and a warp sum gives each row.
+//! Launch: grid = (G, 1, 1), block = (32 · Q8P_WARPS, 1, 1) (`shapes`), any `G ≥ 1` (the launcher:
+//! as many blocks as the device holds at once, at most one group of rows per warp). Rows go in
+//! groups of Q8P_ROWS; warp `w` of block `b` takes groups `b · Q8P_WARPS + w`, then every
+//! `G · Q8P_WARPS`-th after it. Lane `l` takes the 16-quant chunks `l, l + 32, …` of each row, two
+//! chunks per step, with the loads of both for all the group's rows issued before their
+//! arithmetic (one 16-byte load of quants and one f16 scale per row and chunk, the activations in
+//! 16-byte vectors) — and the next step's loads (the next chunks, or the warp's next group)
+//! issued before this step's arithmetic, so each warp always has weights in flight; each chunk's
+//! dot ([`dot16`]) is scaled by its block's `d`, and a warp sum gives each row (the same
+//! arithmetic in the same order whatever `G`).
 //! Limits: `rows ≥ 1`; `cols` a multiple of 32; `qs` and `x` 16-byte aligned.
 
 use crate::gpu;
@@ -39,6 +43,9 @@ unsafe fn x16(x: *const f32, c: usize) -> [f32; 16] {
     core::array::from_fn(|i| v[i / 4][i % 4])
 }
 
+/// One step's weights: for each of the `Q8P_ROWS` rows, the lane's two chunks (quants, f16 scale).
+type Step = [([u32; 4], u16, [u32; 4], u16); Q8P_ROWS];
+
 /// # Safety
 /// Shapes as in the module header, validated by the launcher (`ops::matvec_q8p`).
 #[unsafe(no_mangle)]
@@ -53,62 +60,89 @@ pub unsafe extern "ptx-kernel" fn matvec_q8p(
     gpu::pdl_trigger();
     let (rows, cols) = (rows as usize, cols as usize);
     let lane = gpu::lane() as usize;
-    let row0 = (gpu::block_x() as usize * Q8P_WARPS + gpu::warp() as usize) * Q8P_ROWS;
-    if row0 >= rows {
+    let groups = rows.div_ceil(Q8P_ROWS);
+    let n_warps = gpu::grid_dim_x() as usize * Q8P_WARPS;
+    let mut g = gpu::block_x() as usize * Q8P_WARPS + gpu::warp() as usize;
+    if g >= groups {
         return; // warp-uniform; no barriers below
     }
     let (chunks, nb) = (cols / 16, cols / 32);
-    // Rows past the matrix and chunks past the row are clamped to the last ones: loaded, not
-    // counted.
-    let ld = |r: usize, c: usize| {
-        let rr = core::cmp::min(row0 + r, rows - 1);
-        let cc = core::cmp::min(c, chunks - 1);
-        // SAFETY: rr < rows, cc < chunks: inside qs (16-byte aligned rows: cols % 16 == 0) and d.
-        unsafe { (ld128(qs.add(rr * cols + 16 * cc)), *d.add(rr * nb + cc / 2)) }
-    };
-    let mut acc = [0.0f32; Q8P_ROWS];
-    let mut c = lane;
-    while c < chunks {
-        let c2 = c + 32;
-        // Written out for the 4 rows (a loop over these arrays put them in local memory).
-        let a = [ld(0, c), ld(1, c), ld(2, c), ld(3, c)];
-        // The second chunk's words pinned (`matvec_dot::pin`): its arithmetic is conditional,
-        // and LLVM otherwise sank these loads into it, a second round trip to DRAM.
-        let ldp = |r: usize| {
-            let (q, dd) = ld(r, c2);
+    // A warp's work is a sequence of steps: its groups of rows (`g`, `g + n_warps`, …), each in
+    // `per_group` steps of two chunks per lane (`lane + 64 p` and `+ 32`).
+    let per_group = chunks.div_ceil(64);
+    // The step's loads, issued together and pinned (`matvec_dot::pin`: LLVM otherwise sinks the
+    // second chunk's into its conditional arithmetic, a second round trip to DRAM). Rows past the
+    // matrix and chunks past the row are clamped to the last ones: loaded, not counted.
+    let load = |g: usize, p: usize| -> Step {
+        let ld = |r: usize, c: usize| {
+            let rr = core::cmp::min(g * Q8P_ROWS + r, rows - 1);
+            let cc = core::cmp::min(c, chunks - 1);
+            // SAFETY: rr < rows, cc < chunks: inside qs (16-byte aligned rows: cols % 16 == 0)
+            // and d.
+            let (q, dd) = unsafe { (ld128(qs.add(rr * cols + 16 * cc)), *d.add(rr * nb + cc / 2)) };
             (
                 [pin(q[0]), pin(q[1]), pin(q[2]), pin(q[3])],
                 pin(dd as u32) as u16,
             )
         };
-        let b = [ldp(0), ldp(1), ldp(2), ldp(3)];
-        gpu::pdl_wait(); // the weights' loads are out; now the activations
-        // SAFETY: c < chunks and the clamped c2 < chunks: inside x (cols floats, aligned).
-        let (xa, xb) = unsafe { (x16(x, c), x16(x, core::cmp::min(c2, chunks - 1))) };
-        let mut step = |r: usize| {
-            acc[r] += f16_to_f32(a[r].1) * dot16(a[r].0, &xa);
-            if c2 < chunks {
-                acc[r] += f16_to_f32(b[r].1) * dot16(b[r].0, &xb);
-            }
+        let c = lane + 64 * p;
+        // Written out for the 4 rows (a loop over these arrays put them in local memory).
+        let r = |r: usize| {
+            let (a, da) = ld(r, c);
+            let (b, db) = ld(r, c + 32);
+            (a, da, b, db)
         };
-        step(0);
-        step(1);
-        step(2);
-        step(3);
-        c += 64;
-    }
-    gpu::pdl_wait();
-    let store = |r: usize, s: f32| {
-        let v = gpu::warp_sum(s);
-        if lane == 0 && row0 + r < rows {
-            // SAFETY: row0 + r < rows; y holds rows floats.
-            unsafe { *y.add(row0 + r) = v };
-        }
+        [r(0), r(1), r(2), r(3)]
     };
-    store(0, acc[0]);
-    store(1, acc[1]);
-    store(2, acc[2]);
-    store(3, acc[3]);
+    let mut p = 0;
+    let mut cur = load(g, 0);
+    gpu::pdl_wait(); // the first weights' loads are out; now the activations
+    let mut acc = [0.0f32; Q8P_ROWS];
+    loop {
+        // The next step's loads go out before this step's arithmetic: a warp always has a step
+        // of weights in flight.
+        let (ng, np) = if p + 1 < per_group {
+            (g, p + 1)
+        } else {
+            (g + n_warps, 0)
+        };
+        let next = load(core::cmp::min(ng, groups - 1), np);
+        let (c, c2) = (lane + 64 * p, lane + 64 * p + 32);
+        if c < chunks {
+            // SAFETY: c < chunks and the clamped c2 < chunks: inside x (cols floats, aligned).
+            let (xa, xb) = unsafe { (x16(x, c), x16(x, core::cmp::min(c2, chunks - 1))) };
+            let mut step = |r: usize| {
+                let (a, da, b, db) = cur[r];
+                acc[r] += f16_to_f32(da) * dot16(a, &xa);
+                if c2 < chunks {
+                    acc[r] += f16_to_f32(db) * dot16(b, &xb);
+                }
+            };
+            step(0);
+            step(1);
+            step(2);
+            step(3);
+        }
+        if np == 0 {
+            let row0 = g * Q8P_ROWS;
+            let store = |r: usize, s: f32| {
+                let v = gpu::warp_sum(s);
+                if lane == 0 && row0 + r < rows {
+                    // SAFETY: row0 + r < rows; y holds rows floats.
+                    unsafe { *y.add(row0 + r) = v };
+                }
+            };
+            store(0, acc[0]);
+            store(1, acc[1]);
+            store(2, acc[2]);
+            store(3, acc[3]);
+            acc = [0.0; Q8P_ROWS];
+            if ng >= groups {
+                break;
+            }
+        }
+        (g, p, cur) = (ng, np, next);
+    }
 }
 
 /// 4 f32 as one 16-byte store.

@@ -14,6 +14,9 @@ pub const MATVEC_KWARP_WARPS: usize = 4;
 pub const Q8P_ROWS: usize = 4;
 /// Warps per block of `matvec_q8p`.
 pub const Q8P_WARPS: usize = 8;
+/// Blocks of `matvec_q8p` resident per SM (its launch bounds in host/build.rs cap its registers
+/// for this many); its grid is this many per SM.
+pub const Q8P_BLOCKS_PER_SM: usize = 2;
 
 /// Query rows (positions of one head) per block of `attention_prefill_*`.
 pub const PREFILL_BM: usize = 32;

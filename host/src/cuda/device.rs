@@ -48,6 +48,8 @@ pub struct Gpu {
     _blas_workspace: Option<CudaSlice<u8>>,
     name: String,
     cc: (i32, i32),
+    /// Streaming multiprocessors.
+    sm_count: usize,
     sync_each_launch: bool,
     /// A CUDA graph capture is under way on the stream: no synchronization may happen.
     capturing: std::cell::Cell<bool>,
@@ -76,6 +78,12 @@ impl Gpu {
         let cc = ctx
             .compute_capability()
             .map_err(CudaError::driver("reading the compute capability"))?;
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(CudaError::driver("reading the multiprocessor count"))?
+            .max(1) as usize;
         let ptx =
             crate::kernels::ptx_for(cc.0, cc.1).ok_or_else(|| CudaError::UnsupportedDevice {
                 name: name.clone(),
@@ -137,6 +145,7 @@ impl Gpu {
             _blas_workspace: blas_workspace,
             name,
             cc,
+            sm_count,
             sync_each_launch: std::env::var_os("HOST_CUDA_SYNC").is_some(),
             capturing: std::cell::Cell::new(false),
             pdl: false,
@@ -151,6 +160,11 @@ impl Gpu {
     /// Compute capability (major, minor).
     pub fn compute_capability(&self) -> (i32, i32) {
         self.cc
+    }
+
+    /// The number of streaming multiprocessors.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

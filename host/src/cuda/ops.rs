@@ -1460,9 +1460,13 @@ pub fn matvec_q8p(
     })?;
     ensure(K, w.rows > 0, || format!("{}: no rows", w.name))?;
     x_aligned(gpu, K, &w.name, x)?;
+    // As many blocks as are resident at once (each warp then goes through several groups of
+    // rows, its next loads in flight while it computes), and no block without a group.
     let per_block = kernels_gpu::shapes::Q8P_ROWS * kernels_gpu::shapes::Q8P_WARPS;
+    let resident = gpu.sm_count() * kernels_gpu::shapes::Q8P_BLOCKS_PER_SM;
+    let blocks = w.rows.div_ceil(per_block).min(resident);
     let cfg = LaunchConfig {
-        grid_dim: (to_u32(K, "blocks", w.rows.div_ceil(per_block))?, 1, 1),
+        grid_dim: (to_u32(K, "blocks", blocks)?, 1, 1),
         block_dim: (32 * kernels_gpu::shapes::Q8P_WARPS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
