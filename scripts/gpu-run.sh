@@ -78,7 +78,7 @@ if [ $bench -eq 1 ]; then
     cat "$logs/bench.log"
     bench_ok=$(grep -c "check ok" "$logs/bench.log")
     bench_bad=$(grep -c "CHECK FAILED" "$logs/bench.log")
-    if ! grep -q "^lm_head" "$logs/bench.log"; then
+    if ! grep -q "^q8p" "$logs/bench.log"; then
         bench_bad=$((bench_bad + 1)); failures+=("kernel-bench did not finish")
     fi
 fi

@@ -26,6 +26,7 @@
 //! | `gemm` | n,k,t (4864,896,512), `--type` f16\|f32\|tf32\|f16x3 | tensor-core arithmetic |
 //! | `linear` | n,k,t (4864,896,512), `--type` (q5_0) | the prefill projection: decode + GEMM, per kind |
 //! | `lm_head` | n_vocab,n_embd (151936,896), `--type` f16\|f32 | bandwidth (t = 1) |
+//! | `q8p` | n_vocab,n_embd (151936,896) | bandwidth: the decode LM head (`matvec_q8p`) |
 //!
 //! `--type` for `gemm`/`lm_head`: `f16` (f16 inputs, f32 output and accumulation), `f32` (no tensor
 //! cores), `tf32`, `f16acc` (f16 accumulation), `f16x3` (split f16, `gemm` only: f32 data, three
@@ -106,6 +107,7 @@ const ALL: &[&str] = &[
     "gemm",
     "linear",
     "lm_head",
+    "q8p",
 ];
 
 pub fn run(args: Args) -> CliResult {
@@ -1012,6 +1014,33 @@ impl Bench<'_> {
                     (sh(0, 151936), sh(1, 896), 1)
                 };
                 out.push(self.gemm_row(name, kind, w_t, n, k, t_)?);
+            }
+            "q8p" => {
+                // The decode LM head: a Q8_0 matrix in planar form (`matvec_q8p`).
+                let (rows, cols) = (sh(0, 151936), sh(1, 896));
+                let (bytes, deq) = self.random_matrix(GgmlType::Q8_0, rows, cols)?;
+                let nc = self.copies(bytes.len());
+                let ws = (0..nc)
+                    .map(|_| ops::Q8Planar::upload(g, "bench", rows, cols, &bytes))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let x = self.rand(cols, 3.0);
+                let dx = self.up(&x)?;
+                let mut dy = g.alloc::<f32>(rows, "bench")?;
+                ops::matvec_q8p(g, &ws[0], &dx.as_view(), &mut dy.as_view_mut())?;
+                let e = rel_err(&self.down(&dy)?, &row_dots(&deq, cols, &x));
+                let mut i = 0;
+                let t = time(g, reps, || {
+                    i += 1;
+                    ops::matvec_q8p(g, &ws[i % nc], &dx.as_view(), &mut dy.as_view_mut())
+                })?;
+                out.push(self.row(
+                    name,
+                    &format!("q8_0 planar {rows}x{cols} ({nc} copies)"),
+                    t,
+                    (bytes.len() + 4 * (rows + cols)) as f64,
+                    2.0 * (rows * cols) as f64,
+                    verdict(e, 1e-5),
+                ));
             }
             other => return Err(format!("unknown benchmark {other}").into()),
         }
