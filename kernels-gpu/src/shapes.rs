@@ -64,23 +64,25 @@ pub const fn decode_plan(n_kv: u32, n_split: u32) -> (u32, u32) {
     };
     (chunk, n_kv.div_ceil(chunk))
 }
-/// Threads per block of `attention_combine` (one block per query head).
+/// Threads per block of `attention_combine`.
 pub const COMBINE_THREADS: usize = 256;
+/// Blocks of `attention_combine` per query head, each a quarter of the head's columns: every
+/// block sums all the splits for its columns, so the per-thread loads are a quarter of what one
+/// block per head would need.
+pub const COMBINE_HEAD_BLOCKS: usize = 4;
 /// Most splits one `attention_combine` thread sums (its loads all in flight together).
-pub const COMBINE_MAX_PER: usize = 16;
+pub const COMBINE_MAX_PER: usize = 4;
 
 /// Most splits of decode attention for `head_dim`: what `attention_combine` sums
-/// (`COMBINE_MAX_PER` per lane of splits, `COMBINE_THREADS / (head_dim / 4)` lanes): 512, 256
-/// and 128 for head_dim 32, 64 and 128. With at most `DECODE_CHUNK` positions per split, the
-/// longest context is `DECODE_CHUNK` times this.
+/// (`COMBINE_MAX_PER` per lane of splits, `COMBINE_THREADS / (head_dim / 4 / COMBINE_HEAD_BLOCKS)`
+/// lanes): 512, 256 and 128 for head_dim 32, 64 and 128. With at most `DECODE_CHUNK` positions per
+/// split, the longest context is `DECODE_CHUNK` times this.
 pub const fn decode_max_splits(head_dim: usize) -> usize {
-    COMBINE_MAX_PER * COMBINE_THREADS * 4 / head_dim
+    COMBINE_MAX_PER * COMBINE_THREADS * 4 * COMBINE_HEAD_BLOCKS / head_dim
 }
-/// Dynamic shared memory of `attention_combine`, bytes: the warps' maxima, `[lanes][head_dim]`
-/// sums (`4 · COMBINE_THREADS` floats for any head_dim) and the lanes' denominators (at most
-/// `COMBINE_THREADS / 8`, at head_dim 32).
-pub const COMBINE_SMEM_BYTES: usize =
-    4 * (COMBINE_THREADS / 32 + 4 * COMBINE_THREADS + COMBINE_THREADS / 8);
+/// Dynamic shared memory of `attention_combine`, bytes: the warps' maxima, `[warps][columns]`
+/// sums (at most 32 columns per block, at head_dim 128) and the warps' denominators.
+pub const COMBINE_SMEM_BYTES: usize = 4 * (COMBINE_THREADS / 32) * (2 + 128 / COMBINE_HEAD_BLOCKS);
 
 /// Warps per decode block.
 pub const DECODE_WARPS: usize = DECODE_THREADS / 32;

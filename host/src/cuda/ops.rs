@@ -657,7 +657,11 @@ pub fn attention_combine(
         format!("out {} must be {n_head} x {head_dim}", out.len())
     })?;
     let cfg = LaunchConfig {
-        grid_dim: (n_head, 1, 1),
+        grid_dim: (
+            n_head * kernels_gpu::shapes::COMBINE_HEAD_BLOCKS as u32,
+            1,
+            1,
+        ),
         block_dim: (kernels_gpu::shapes::COMBINE_THREADS as u32, 1, 1),
         shared_mem_bytes: kernels_gpu::shapes::COMBINE_SMEM_BYTES as u32,
     };
@@ -1743,8 +1747,8 @@ pub fn sample(
 mod tests {
     use super::*;
     use kernels_gpu::shapes::{
-        COMBINE_MAX_PER, COMBINE_THREADS, DECODE_DEFER_SPLITS, DECODE_MIN_CHUNK, decode_max_splits,
-        decode_plan,
+        COMBINE_HEAD_BLOCKS, COMBINE_MAX_PER, COMBINE_THREADS, DECODE_DEFER_SPLITS,
+        DECODE_MIN_CHUNK, decode_max_splits, decode_plan,
     };
 
     /// The split plan of decode attention stays inside what its kernels take: at most
@@ -1754,7 +1758,9 @@ mod tests {
     #[test]
     fn decode_plans_fit_the_attention_and_its_combine() {
         for d in [32, 64, 128] {
-            let lanes = COMBINE_THREADS / (d / 4);
+            // Lanes of splits of one block: its columns (a COMBINE_HEAD_BLOCKS-th of the head's)
+            // in groups of 4, one group per thread and lane.
+            let lanes = COMBINE_THREADS / (d / 4 / COMBINE_HEAD_BLOCKS);
             assert_eq!(
                 decode_max_splits(d),
                 lanes * COMBINE_MAX_PER,
