@@ -885,9 +885,10 @@ fn matvec_and_embedding_on_vocab_sized_matrices() {
     }
 }
 
-/// Every logit NaN: the argmax is "none" (`u32::MAX`) where the host reads it, and the next
-/// decode step is fed token 0 (a row inside the embedding) with its position advanced; a
-/// `next` shorter than `[token, position]` is refused.
+/// Every logit NaN: the argmax (and the sampler) is "none" (`u32::MAX`) where the host reads it,
+/// and the next decode step is fed token 0 (a row inside the embedding) with its position
+/// advanced (the sampler's penalty window is left as it was); a `next` shorter than `[token,
+/// position]` is refused.
 #[test]
 #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
 fn argmax_of_nan_logits_feeds_a_valid_row() {
