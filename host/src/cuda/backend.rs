@@ -394,7 +394,9 @@ impl CudaBackend {
         let scratch_f32 = b * (3 * cfg.n_embd + 2 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * cfg.n_ff)
             + LOGIT_ROWS * cfg.n_vocab
             + cfg.n_head * ops::decode_splits(opts.n_ctx, cfg.head_dim) * (cfg.head_dim + 2)
-            + 2 * ops::ARGMAX_MAX_BLOCKS
+            + ops::SELECT_PART_WORDS
+            + 1
+            + ops::MAX_HISTORY
             + max_w;
         // f16 scratch: decoded weights and activations, three f16 per value for F16x3.
         let f16_factor = opts.gemm.in_factor();
@@ -898,6 +900,16 @@ impl CudaBackend {
                 "{MAX_QUEUED} decode steps are already queued: take their ids first"
             )));
         }
+        if let Some((p, _)) = sample
+            && p.repeat_penalty != 1.0
+            && self.window_cap == 0
+        {
+            return Err(BackendError::Device(format!(
+                "a repeat penalty of {} needs the window of recent tokens: set it first \
+                 (`set_window`)",
+                p.repeat_penalty
+            )));
+        }
         let n_tok = match feed {
             Feed::Tokens(tokens) => {
                 self.begin(tokens, pos)?;
@@ -955,42 +967,11 @@ impl CudaBackend {
             let t = (tokens.len() - 1) % self.opts.max_batch;
             self.logits_device(t, 1)?;
         }
-        let nv = self.cfg.n_vocab;
-        let (mut next, mut chosen) = self.s.step.split_at_mut(2);
-        let next = graphed.then_some(&mut next);
-        match sample {
-            // The greedy graph ends with this argmax.
-            None if graphed => {}
-            None => {
-                let lv = self.s.logits.slice(..nv);
-                ops::argmax(&self.gpu, &lv, &mut self.s.sel, &mut chosen, next)?
-            }
-            Some((p, u)) => {
-                let mut lv = self.s.logits.slice_mut(..nv);
-                let mut window = self.s.window.slice_mut(..1 + self.window_cap);
-                let window =
-                    (p.repeat_penalty != 1.0 && self.window_cap > 0).then_some(&mut window);
-                let p = SampleParams {
-                    // Without a window the penalty has nothing to apply to.
-                    repeat_penalty: if window.is_some() {
-                        p.repeat_penalty
-                    } else {
-                        1.0
-                    },
-                    ..p
-                };
-                ops::sample(
-                    &self.gpu,
-                    &mut lv,
-                    p,
-                    u,
-                    window,
-                    &mut self.s.sel,
-                    &mut chosen,
-                    next,
-                )?
-            }
+        // The greedy graph ends with its argmax.
+        if !(graphed && sample.is_none()) {
+            self.choose_on_device(sample, graphed)?;
         }
+        let (_, chosen) = self.s.step.split_at(2);
         let slot =
             match (0..self.id_slots.len()).find(|i| !self.queued.iter().any(|q| q.slot == *i)) {
                 Some(i) => i,
@@ -1068,6 +1049,40 @@ impl CudaBackend {
             .download(&self.s.logits.slice(..self.cfg.n_vocab))?)
     }
 
+    /// Chooses the next token from the last logits on the device into `s.step[2]`: their argmax
+    /// (`sample` = `None`) or [`ops::sample`] with the penalty window [`CudaBackend::set_window`]
+    /// set; with `feed`, also into the next decode step's `[token, position]` (`s.step[..2]`).
+    fn choose_on_device(
+        &mut self,
+        sample: Option<(SampleParams, f32)>,
+        feed: bool,
+    ) -> Result<(), CudaError> {
+        let nv = self.cfg.n_vocab;
+        let (mut next, mut chosen) = self.s.step.split_at_mut(2);
+        let next = feed.then_some(&mut next);
+        match sample {
+            None => {
+                let lv = self.s.logits.slice(..nv);
+                ops::argmax(&self.gpu, &lv, &mut self.s.sel, &mut chosen, next)
+            }
+            Some((p, u)) => {
+                let mut lv = self.s.logits.slice_mut(..nv);
+                let mut window = self.s.window.slice_mut(..1 + self.window_cap);
+                let window = (p.repeat_penalty != 1.0).then_some(&mut window);
+                ops::sample(
+                    &self.gpu,
+                    &mut lv,
+                    p,
+                    u,
+                    window,
+                    &mut self.s.sel,
+                    &mut chosen,
+                    next,
+                )
+            }
+        }
+    }
+
     /// Captures one decode step (embedding of `s.step[0]` at position `s.step[1]`, every layer,
     /// output norm, LM head into `s.logits`) as a CUDA graph; with `argmax`, also the logits'
     /// argmax into `s.step[2]`, fed to the next step (`s.step[0]`, position advanced). A `short`
@@ -1085,18 +1100,11 @@ impl CudaBackend {
             .layers_forward(Input::DeviceStep { short })
             .and_then(|()| self.logits_device(0, 1))
             .and_then(|()| {
-                if !argmax {
-                    return Ok(());
+                if argmax {
+                    self.choose_on_device(None, true)
+                } else {
+                    Ok(())
                 }
-                let lv = self.s.logits.slice(..self.cfg.n_vocab);
-                let (mut next, mut chosen) = self.s.step.split_at_mut(2);
-                ops::argmax(
-                    &self.gpu,
-                    &lv,
-                    &mut self.s.sel,
-                    &mut chosen,
-                    Some(&mut next),
-                )
             });
         let g = self.gpu.end_capture();
         r?;
@@ -1364,28 +1372,7 @@ impl DeviceSteps for CudaBackend {
             )));
         }
         let penalty = cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0;
-        self.rule = if cfg.is_greedy() && !penalty {
-            None
-        } else {
-            Some(if cfg.is_greedy() {
-                // The argmax after the penalty: the sampler's first candidate.
-                SampleParams {
-                    top_k: 1,
-                    top_p: 1.0,
-                    min_p: 0.0,
-                    temperature: 1.0,
-                    repeat_penalty: cfg.repeat_penalty,
-                }
-            } else {
-                SampleParams {
-                    top_k: cfg.top_k,
-                    top_p: cfg.top_p,
-                    min_p: cfg.min_p,
-                    temperature: cfg.temperature,
-                    repeat_penalty: if penalty { cfg.repeat_penalty } else { 1.0 },
-                }
-            })
-        };
+        self.rule = SampleParams::of(cfg);
         self.set_window(history, if penalty { cfg.repeat_last_n } else { 0 })
     }
 
@@ -1475,9 +1462,12 @@ impl CudaBackend {
             .sum::<usize>()
             + s.gemm.w16.num_bytes()
             + s.gemm.x16.num_bytes()
+            + s.hq.num_bytes()
+            + s.hqd.num_bytes()
             + s.dec.bytes()
+            + s.sel.bytes()
+            + s.window.num_bytes()
             + s.step.num_bytes()
-            + (2 * ops::ARGMAX_MAX_BLOCKS + 1) * 4
             + self.rope.data.num_bytes();
         MemoryUse {
             weights,

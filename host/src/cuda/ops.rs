@@ -1540,7 +1540,7 @@ const ARGMAX_UNROLL: usize = 8;
 
 /// Words of [`SelectScratch`]'s partials: the argmax's (value, index) pair per block, or
 /// `sample_f32`'s 8-byte candidates.
-const SELECT_PART_WORDS: usize = {
+pub const SELECT_PART_WORDS: usize = {
     let a = 2 * ARGMAX_MAX_BLOCKS;
     let s = 2 * kernels_gpu::shapes::SAMPLE_CAND;
     if a > s { a } else { s }
@@ -1560,6 +1560,11 @@ impl SelectScratch {
             part: gpu.alloc::<u32>(SELECT_PART_WORDS, "sampler partials")?,
             done: gpu.upload(&[0u32], "sampler counter")?,
         })
+    }
+
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.part.len() + self.done.len())
     }
 }
 
@@ -1626,6 +1631,28 @@ pub struct SampleParams {
 }
 
 impl SampleParams {
+    /// What the device runs for the host sampler's settings `cfg` (assumed valid): `None` for
+    /// greedy without a penalty (the argmax), top-k 1 for greedy after a penalty, else the chain
+    /// as set (the penalty 1, off, when its window is empty).
+    pub fn of(cfg: &crate::sample::SamplerConfig) -> Option<SampleParams> {
+        let penalty = cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0;
+        let repeat_penalty = if penalty { cfg.repeat_penalty } else { 1.0 };
+        if !cfg.is_greedy() {
+            return Some(SampleParams {
+                top_k: cfg.top_k,
+                top_p: cfg.top_p,
+                min_p: cfg.min_p,
+                temperature: cfg.temperature,
+                repeat_penalty,
+            });
+        }
+        // The argmax after the penalty: the sampler's first candidate.
+        penalty.then_some(SampleParams {
+            repeat_penalty,
+            ..SampleParams::top_k_top_p(1, 1.0, 1.0)
+        })
+    }
+
     /// Top-k and top-p at `temperature`, nothing else.
     pub fn top_k_top_p(top_k: usize, top_p: f32, temperature: f32) -> SampleParams {
         SampleParams {
