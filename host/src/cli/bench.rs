@@ -43,7 +43,7 @@ use crate::cuda::backend::MemoryUse;
 use crate::cuda::{CudaBackend, CudaOptions};
 use crate::gguf::{Gguf, Value};
 use crate::model::Config;
-use crate::sample::{Sampler, SamplerConfig};
+use crate::sample::Sampler;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -625,13 +625,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
                 device_mem = Some(m);
                 let mut b = Box::new(b);
                 let sampler = if args.sampled {
-                    let cfg = SamplerConfig {
-                        temperature: 0.8,
-                        top_k: 40,
-                        top_p: 0.95,
-                        min_p: 0.05,
-                        ..SamplerConfig::default()
-                    };
+                    let cfg = super::run::default_sampling();
                     b.set_rule(&cfg, &[])?;
                     Some(Sampler::new(cfg).map_err(|e| e.to_string())?)
                 } else {

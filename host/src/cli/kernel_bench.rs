@@ -50,11 +50,12 @@ use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
 use crate::quant::{ActKind, QuantizedVec};
 
-/// A random matrix for a benchmark row: its bytes, its values, and its device copies.
-struct BenchMatrix {
+/// A random matrix for a benchmark row: its bytes, its values, and its device copies (as
+/// `DeviceTensor`s, or in another device layout).
+struct BenchMatrix<W = DeviceTensor> {
     bytes: Vec<u8>,
     deq: Vec<f32>,
-    ws: Vec<DeviceTensor>,
+    ws: Vec<W>,
 }
 
 #[derive(clap::Args)]
@@ -474,9 +475,23 @@ impl Bench<'_> {
         rows: usize,
         cols: usize,
     ) -> Result<BenchMatrix, Box<dyn std::error::Error>> {
+        let g = self.gpu;
+        self.weight_copies_as(t, rows, cols, |bytes| {
+            DeviceTensor::upload(g, "bench", t, rows, cols, bytes)
+        })
+    }
+
+    /// [`Self::weight_copies`] uploaded by `up` (another device layout of the same bytes).
+    fn weight_copies_as<W>(
+        &mut self,
+        t: GgmlType,
+        rows: usize,
+        cols: usize,
+        up: impl Fn(&[u8]) -> Result<W, CudaError>,
+    ) -> Result<BenchMatrix<W>, Box<dyn std::error::Error>> {
         let (bytes, deq) = self.random_matrix(t, rows, cols)?;
         let ws = (0..self.copies(bytes.len()))
-            .map(|_| DeviceTensor::upload(self.gpu, "bench", t, rows, cols, &bytes))
+            .map(|_| up(&bytes))
             .collect::<Result<_, _>>()?;
         Ok(BenchMatrix { bytes, deq, ws })
     }
@@ -945,20 +960,12 @@ impl Bench<'_> {
                     ));
                 } else {
                     // `host run`'s default chain (no penalty: the logits stay as uploaded).
+                    let defaults = super::run::default_sampling();
                     let cfg = crate::sample::SamplerConfig {
-                        temperature: 0.8,
-                        top_k: sh(1, 40),
-                        top_p: 0.95,
-                        min_p: 0.05,
-                        ..Default::default()
+                        top_k: sh(1, defaults.top_k),
+                        ..defaults
                     };
-                    let p = SampleParams {
-                        top_k: cfg.top_k,
-                        top_p: cfg.top_p,
-                        min_p: cfg.min_p,
-                        temperature: cfg.temperature,
-                        repeat_penalty: 1.0,
-                    };
+                    let p = SampleParams::of(&cfg).ok_or("the default sampling is greedy")?;
                     let mut dxm = dx.as_view_mut();
                     let (mut o, sel) = (dout.as_view_mut(), &mut sel);
                     ops::sample(g, &mut dxm, p, 0.37, None, sel, &mut o, None)?;
@@ -972,7 +979,10 @@ impl Bench<'_> {
                     })?;
                     out.push(self.row(
                         name,
-                        &format!("n={n} top_k={} top_p=0.95 min_p=0.05", p.top_k),
+                        &format!(
+                            "n={n} top_k={} top_p={} min_p={}",
+                            p.top_k, p.top_p, p.min_p
+                        ),
                         t,
                         (4 * n) as f64,
                         0.0,
@@ -1018,11 +1028,11 @@ impl Bench<'_> {
             "q8p" => {
                 // The decode LM head: a Q8_0 matrix in planar form (`matvec_q8p`).
                 let (rows, cols) = (sh(0, 151936), sh(1, 896));
-                let (bytes, deq) = self.random_matrix(GgmlType::Q8_0, rows, cols)?;
-                let nc = self.copies(bytes.len());
-                let ws = (0..nc)
-                    .map(|_| ops::Q8Planar::upload(g, "bench", rows, cols, &bytes))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let BenchMatrix { bytes, deq, ws } =
+                    self.weight_copies_as(GgmlType::Q8_0, rows, cols, |bytes| {
+                        ops::Q8Planar::upload(g, "bench", rows, cols, bytes)
+                    })?;
+                let nc = ws.len();
                 let x = self.rand(cols, 3.0);
                 let dx = self.up(&x)?;
                 let mut dy = g.alloc::<f32>(rows, "bench")?;

@@ -47,20 +47,38 @@ pub struct ModelArgs {
     pub exact: bool,
 }
 
+/// The default sampling of `host run` and `host chat`: temperature, top-k, top-p and min-p.
+const DEFAULT_TEMP: f32 = 0.8;
+const DEFAULT_TOP_K: usize = 40;
+const DEFAULT_TOP_P: f32 = 0.95;
+const DEFAULT_MIN_P: f32 = 0.05;
+
+/// The sampler settings `host run` uses when no sampling flag is given (seed 0, no repetition
+/// penalty): what `host bench --sampled` and `host kernel-bench sample` measure.
+pub fn default_sampling() -> SamplerConfig {
+    SamplerConfig {
+        temperature: DEFAULT_TEMP,
+        top_k: DEFAULT_TOP_K,
+        top_p: DEFAULT_TOP_P,
+        min_p: DEFAULT_MIN_P,
+        ..SamplerConfig::default()
+    }
+}
+
 /// Sampling flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SampleArgs {
     /// Temperature; 0 = greedy (argmax, ties to the lower id).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = DEFAULT_TEMP)]
     pub temp: f32,
     /// Keep the k most likely tokens (0 = off).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = DEFAULT_TOP_K)]
     pub top_k: usize,
     /// Nucleus sampling threshold (1 = off).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = DEFAULT_TOP_P)]
     pub top_p: f32,
     /// Drop tokens less likely than this fraction of the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = DEFAULT_MIN_P)]
     pub min_p: f32,
     /// Repetition penalty over the last 64 tokens (1 = off).
     #[arg(long, default_value_t = 1.0)]
