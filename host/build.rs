@@ -4,29 +4,36 @@
 //! driver JIT-compiles for any newer card). See docs/TOOLCHAIN.md for why each flag is there.
 use std::{env, path::PathBuf, process::Command};
 
+use kernels_gpu::shapes;
+
 const ARCHES: [&str; 2] = ["sm_90", "sm_80"];
 
 /// Launch bounds for ptxas (rustc has no attribute for them): kernel-name prefix → (`.maxntid`
-/// threads per block, `.minnctapersm` blocks per SM). The second caps the registers so that many
-/// blocks fit on an SM: `matvec_swiglu_*` launches ⌈4864 / 4⌉ = 1,216 blocks of 128 threads for
-/// the qwen FFN, which take two waves on an H100's 132 SMs at 8 blocks per SM (64 registers) and
-/// one at 10 (≤ 48); `swiglu_a8_*` launches 152 blocks of 512 threads, one wave at 2 per SM
-/// (≤ 64 registers); `matvec_attn_*` launches a block per row (896 for qwen), one wave at 7 per
-/// SM (≤ 72 registers; its combine of 4 splits' loads took 108 uncapped); `matvec_q8p` runs
-/// `shapes::Q8P_BLOCKS_PER_SM` = 2 blocks of 256 threads per SM (≤ 128 registers; its two steps
-/// of weights in registers took 153 uncapped).
-const LAUNCH_BOUNDS: &[(&str, u32, u32)] = &[
-    ("matvec_swiglu_", 128, 10),
-    ("swiglu_a8_", 512, 2),
-    ("matvec_attn_", 128, 7),
-    ("matvec_q8p", 256, 2),
+/// threads per block, `.minnctapersm` blocks per SM), the threads from the launch geometry the
+/// launchers use (`kernels_gpu::shapes`). The second caps the registers so that many blocks fit
+/// on an SM: `matvec_swiglu_*` launches ⌈4864 / 4⌉ = 1,216 blocks of 128 threads for the qwen
+/// FFN, which take two waves on an H100's 132 SMs at 8 blocks per SM (64 registers) and one at 10
+/// (≤ 48); `swiglu_a8_*` launches 152 blocks of 512 threads, one wave at 2 per SM (≤ 64
+/// registers); `matvec_attn_*` launches a block per row (896 for qwen), one wave at 7 per SM (≤ 72
+/// registers; its combine of 4 splits' loads took 108 uncapped); `matvec_q8p` runs
+/// `Q8P_BLOCKS_PER_SM` = 2 blocks of 256 threads per SM, its launcher's grid (≤ 128 registers; its
+/// two steps of weights in registers took 153 uncapped).
+const LAUNCH_BOUNDS: &[(&str, usize, usize)] = &[
+    ("matvec_swiglu_", 32 * shapes::MATVEC_ROWS_PER_BLOCK, 10),
+    ("swiglu_a8_", 32 * shapes::SWIGLU_A8_WARPS, 2),
+    ("matvec_attn_", 32 * shapes::MATVEC_KWARP_WARPS, 7),
+    (
+        "matvec_q8p",
+        32 * shapes::Q8P_WARPS,
+        shapes::Q8P_BLOCKS_PER_SM,
+    ),
 ];
 
 /// `ptx` with the [`LAUNCH_BOUNDS`] directives inserted after the parameter list of each matching
 /// `.entry`.
 fn with_launch_bounds(ptx: &str) -> String {
     let mut out = String::with_capacity(ptx.len() + 1024);
-    let mut pending: Option<(u32, u32)> = None;
+    let mut pending: Option<(usize, usize)> = None;
     for line in ptx.lines() {
         out.push_str(line);
         out.push('\n');
