@@ -49,7 +49,9 @@
 //! past its positions load from it, a readable dummy); with `defer` > 0, the position needs at
 //! most `defer` splits (the host replays the graph captured with `defer` only there).
 //!
-//! Prefill (`attention_prefill_{f16,f32}`, causal, flash-attention style: key tiles streamed
+//! Prefill (`attention_prefill_{f16,f32}`; for the f16 cache the backend runs the tensor-core
+//! `attention_prefill_mma_f16` of `attention_mma.rs` by default, the same function; causal,
+//! flash-attention style: key tiles streamed
 //! through shared memory with an online softmax, no `n × n` matrix anywhere), register-tiled like
 //! a GEMM on the CUDA cores: grid = (ceil(n_tok / 32), n_head), block = 128 threads, dynamic shared
 //! memory = `shapes::prefill_smem_bytes(head_dim)` (`q_s [32][d+4]`, `k_s [BN][d+4]`,

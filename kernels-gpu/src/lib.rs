@@ -106,6 +106,8 @@ pub mod attention;
 #[cfg(target_arch = "nvptx64")]
 pub mod attention_combine;
 #[cfg(target_arch = "nvptx64")]
+pub mod attention_mma;
+#[cfg(target_arch = "nvptx64")]
 pub mod dequant;
 #[cfg(target_arch = "nvptx64")]
 pub mod elementwise;

@@ -36,6 +36,33 @@ pub const fn prefill_smem_bytes(head_dim: usize) -> usize {
 
 const _: () = assert!(prefill_smem_bytes(128) <= 48 * 1024 && prefill_smem_bytes(96) <= 48 * 1024);
 
+/// Warps per block of `attention_prefill_mma_f16` (16 query rows each).
+pub const PREFILL_MMA_WARPS: usize = 4;
+
+/// Keys per tile of `attention_prefill_mma_f16` for `head_dim`: 64, or 32 above 64 (registers).
+pub const fn prefill_mma_bn(head_dim: usize) -> usize {
+    if head_dim > 64 { 32 } else { 64 }
+}
+
+/// Dynamic shared memory of `attention_prefill_mma_f16`, bytes: `k_s` and `v_s`, each
+/// `[BN][head_dim + 8]` f16.
+pub const fn prefill_mma_smem_bytes(head_dim: usize) -> usize {
+    2 * prefill_mma_bn(head_dim) * (head_dim + 8) * 2
+}
+
+// Every head_dim's key tile is a whole number of 16-byte chunks per thread (at most 6).
+const _: () = {
+    let mut d = 32;
+    while d <= 128 {
+        let chunks = prefill_mma_bn(d) * d / 8;
+        assert!(
+            chunks.is_multiple_of(32 * PREFILL_MMA_WARPS) && chunks / (32 * PREFILL_MMA_WARPS) <= 6
+        );
+        assert!(prefill_mma_smem_bytes(d) <= 48 * 1024);
+        d += 32;
+    }
+};
+
 /// Threads per block of `attention_decode_*` (the same as every attention kernel).
 pub const DECODE_THREADS: usize = 128;
 /// Positions per split of decode attention: one per thread in the score phase.

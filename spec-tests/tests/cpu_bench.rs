@@ -41,6 +41,7 @@ fn args(model: &TempFile, p: &[usize], n: &[usize], d: &[usize]) -> Args {
         lm_head_f16: false,
         ffn_f32: false,
         no_pdl: false,
+        no_prefill_mma: false,
         sync_steps: false,
         sampled: false,
         json: false,

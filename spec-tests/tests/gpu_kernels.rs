@@ -437,19 +437,43 @@ fn attention_prefill_case<T: TestElem>(
     (pos0, n_tok): (usize, usize),
     seed: u64,
 ) {
+    prefill_case::<T>((n_head, n_head_kv, head_dim), (pos0, n_tok), seed, false);
+}
+
+/// The tensor-core prefill (`attention_prefill_mma_f16`), held to the CUDA-core kernel's
+/// tolerance.
+fn attention_prefill_mma_case(
+    (n_head, n_head_kv, head_dim): (usize, usize, usize),
+    (pos0, n_tok): (usize, usize),
+    seed: u64,
+) {
+    prefill_case::<u16>((n_head, n_head_kv, head_dim), (pos0, n_tok), seed, true);
+}
+
+fn prefill_case<T: TestElem>(
+    (n_head, n_head_kv, head_dim): (usize, usize, usize),
+    (pos0, n_tok): (usize, usize),
+    seed: u64,
+    mma: bool,
+) {
     let g = gpu();
     let mut rng = Rng::new(seed);
     let s = KvShape {
         n_head_kv,
         head_dim,
-        n_ctx: 4096,
+        n_ctx: (pos0 + n_tok).max(4096),
     };
     let (cache, k, v) = fill_cache::<T>(&g, &mut rng, s, pos0 + n_tok, &[pos0.max(1), n_tok]);
     let q = random(&mut rng, n_tok * n_head * head_dim, 2.0);
     let mut want = vec![0.0; q.len()];
     cpu::attention(&q, &k, &v, n_head, n_head_kv, head_dim, pos0, &mut want);
     let mut out = poisoned(&g, q.len(), f32::NAN);
-    ops::attention_prefill(
+    let prefill = if mma {
+        ops::attention_prefill_mma::<T>
+    } else {
+        ops::attention_prefill::<T>
+    };
+    prefill(
         &g,
         &upload(&g, &q).as_view(),
         &cache,
@@ -461,7 +485,8 @@ fn attention_prefill_case<T: TestElem>(
     .unwrap();
     assert_close(
         &format!(
-            "attention_prefill {} {n_head}/{n_head_kv}x{head_dim} pos0={pos0} n_tok={n_tok}",
+            "attention_prefill{} {} {n_head}/{n_head_kv}x{head_dim} pos0={pos0} n_tok={n_tok}",
+            if mma { "_mma" } else { "" },
             std::any::type_name::<T>()
         ),
         &download(&g, &out),
@@ -532,6 +557,50 @@ proptest! {
             attention_prefill_case::<u16>(heads, shape, seed);
         }
     }
+}
+
+proptest! {
+    #![proptest_config(cfg(12))]
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn attention_prefill_mma_matches_cpu(
+        heads in prop::sample::select(HEADS),
+        shape in prop::sample::select(&[(0usize, 1usize), (0, 2), (0, 15), (0, 16), (0, 17), (0, 63), (0, 64), (0, 65), (5, 100), (0, 512), (3584, 512), (100, 33), (4000, 96)][..]),
+        seed in any::<u64>(),
+    ) {
+        attention_prefill_mma_case(heads, shape, seed);
+    }
+}
+
+/// The tensor-core prefill on every head_dim it is instantiated for (32 and 64: tiles of 64
+/// keys; 96 and 128: 32), with partial query and key tiles, chunks after earlier positions and a
+/// 4,096-position prefix; and the f32 cache refused (it has no such kernel).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn attention_prefill_mma_on_every_head_dim() {
+    attention_prefill_mma_case((14, 2, 64), (0, 512), 31);
+    attention_prefill_mma_case((14, 2, 64), (4096, 512), 32);
+    attention_prefill_mma_case((8, 1, 32), (0, 33), 33);
+    attention_prefill_mma_case((6, 2, 96), (5, 70), 34);
+    attention_prefill_mma_case((4, 4, 128), (0, 100), 35);
+    attention_prefill_mma_case((4, 4, 128), (40, 17), 36);
+    attention_prefill_mma_case((16, 2, 128), (1000, 200), 37);
+    let g = gpu();
+    let s = KvShape {
+        n_head_kv: 2,
+        head_dim: 64,
+        n_ctx: 64,
+    };
+    let mut rng = Rng::new(38);
+    let (cache, _, _) = fill_cache::<f32>(&g, &mut rng, s, 16, &[1, 15]);
+    let q = upload(&g, &random(&mut rng, 16 * 14 * 64, 1.0));
+    let mut out = poisoned(&g, 16 * 14 * 64, f32::NAN);
+    let err =
+        ops::attention_prefill_mma(&g, &q.as_view(), &cache, s, 14, 1, &mut out.as_view_mut())
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("f16 cache"), "{err}");
 }
 
 /// The qwen configuration exactly (14 heads over 2 KV heads of 64, a 512-token prefill, then

@@ -88,6 +88,10 @@ pub struct Args {
     /// dependent launch (to measure it).
     #[arg(long)]
     pub no_pdl: bool,
+    /// CUDA: prefill attention on the CUDA cores (the previous default) instead of the tensor
+    /// cores (`attention_prefill_mma_f16`).
+    #[arg(long)]
+    pub no_prefill_mma: bool,
     /// CUDA: the tgN steps one at a time, each fed a random token from the host and waited for
     /// before the next is queued (llama-bench's flow), instead of the generation loop's.
     #[arg(long)]
@@ -611,6 +615,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> CliResult {
         lm_head_q8: !args.lm_head_f16,
         ffn_a8: !args.ffn_f32,
         pdl: !args.no_pdl,
+        prefill_mma: !args.no_prefill_mma,
         ..Default::default()
     };
     // Declared before the backend so that it is dropped after it.
@@ -810,6 +815,7 @@ mod tests {
             lm_head_f16: false,
             ffn_f32: false,
             no_pdl: false,
+            no_prefill_mma: false,
             sync_steps: false,
             sampled: false,
             json: false,

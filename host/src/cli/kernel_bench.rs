@@ -16,7 +16,8 @@
 //! | `rope` | n_tok,n_head,head_dim (512,14,64) | bandwidth |
 //! | `kv_append` | n_tok,n_head_kv,head_dim (512,2,64) | bandwidth |
 //! | `attention_decode` | n_kv,n_head,n_head_kv,head_dim (4096,14,2,64) | bandwidth (the cache) |
-//! | `attention_prefill` | n_tok,n_head,n_head_kv,head_dim (512,14,2,64) | f32 arithmetic |
+//! | `attention_prefill` | n_tok,n_head,n_head_kv,head_dim,depth (512,14,2,64,0) | f32 arithmetic |
+//! | `attention_prefill_mma` | as `attention_prefill` | tensor-core arithmetic (split f16) |
 //! | `matvec` | rows,cols (4864,896), `--type` (q5_0) | bandwidth (the weights) |
 //! | `matvec_a8` | rows,cols (896,4864), `--type` (q6_k) | bandwidth (the weights) |
 //! | `embedding` | n_tok,rows,cols (512,151936,896), `--type` (q5_0) | bandwidth |
@@ -99,6 +100,7 @@ const ALL: &[&str] = &[
     "kv_append",
     "attention_decode",
     "attention_prefill",
+    "attention_prefill_mma",
     "matvec",
     "matvec_a8",
     "embedding",
@@ -629,26 +631,30 @@ impl Bench<'_> {
                     verdict(bad as f64, 0.0),
                 ));
             }
-            "attention_decode" | "attention_prefill" => {
-                let prefill = name == "attention_prefill";
+            "attention_decode" | "attention_prefill" | "attention_prefill_mma" => {
+                let prefill = name != "attention_decode";
+                let mma = name == "attention_prefill_mma";
                 let (n, nh, nkv, d) = (
                     sh(0, if prefill { 512 } else { 4096 }),
                     sh(1, 14),
                     sh(2, 2),
                     sh(3, 64),
                 );
+                // Prefill: the n queries follow `depth` cached positions.
+                let depth = if prefill { sh(4, 0) } else { 0 };
+                let n_all = n + depth;
                 let s = KvShape {
                     n_head_kv: nkv,
                     head_dim: d,
-                    n_ctx: n,
+                    n_ctx: n_all,
                 };
                 let k: Vec<f32> = self
-                    .rand(n * nkv * d, 2.0)
+                    .rand(n_all * nkv * d, 2.0)
                     .iter()
                     .map(|&v| half::f16::from_f32(v).to_f32())
                     .collect();
                 let v: Vec<f32> = self
-                    .rand(n * nkv * d, 2.0)
+                    .rand(n_all * nkv * d, 2.0)
                     .iter()
                     .map(|&v| half::f16::from_f32(v).to_f32())
                     .collect();
@@ -688,13 +694,18 @@ impl Bench<'_> {
                 let mut scratch = ops::DecodeScratch::new(g, nh, d, n)?;
                 let mut run = |dout: &mut CudaSlice<f32>, scratch: &mut ops::DecodeScratch| {
                     if prefill {
-                        ops::attention_prefill(
+                        let kernel = if mma {
+                            ops::attention_prefill_mma::<u16>
+                        } else {
+                            ops::attention_prefill::<u16>
+                        };
+                        kernel(
                             g,
                             &dq.as_view(),
                             &cache,
                             s,
                             nh,
-                            0,
+                            depth,
                             &mut dout.as_view_mut(),
                         )
                     } else {
@@ -732,7 +743,7 @@ impl Bench<'_> {
                     nh,
                     nkv,
                     d,
-                    if prefill { 0 } else { n - 1 },
+                    if prefill { depth } else { n - 1 },
                     &mut want,
                 );
                 let cpu_s = c0.elapsed().as_secs_f64();
@@ -740,15 +751,15 @@ impl Bench<'_> {
                 let t = time(g, reps, || run(&mut dout, &mut scratch))?;
                 let (bytes, flops) = if prefill {
                     (
-                        (4 * nkv * d * n + 8 * q.len()) as f64,
-                        4.0 * (nh * d) as f64 * (n * (n + 1) / 2) as f64,
+                        (4 * nkv * d * n_all + 8 * q.len()) as f64,
+                        4.0 * (nh * d) as f64 * (n * depth + n * (n + 1) / 2) as f64,
                     )
                 } else {
                     ((4 * nkv * d * n + 8 * q.len()) as f64, 0.0)
                 };
                 out.push(self.row(
                     name,
-                    &format!("n={n} heads {nh}/{nkv}x{d}"),
+                    &format!("n={n} @ d{depth} heads {nh}/{nkv}x{d}"),
                     t,
                     bytes,
                     flops,

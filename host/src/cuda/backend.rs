@@ -88,6 +88,10 @@ pub struct CudaOptions {
     /// issues its weight loads before it waits for it. The same kernels and arithmetic either
     /// way.
     pub pdl: bool,
+    /// Prefill attention on the tensor cores where the cache is f16
+    /// (`attention_prefill_mma_f16`: split-f16 operands, about f32 accuracy) instead of the
+    /// CUDA-core kernel (the previous default; off only to measure the difference).
+    pub prefill_mma: bool,
 }
 
 impl CudaOptions {
@@ -119,6 +123,7 @@ impl Default for CudaOptions {
             lm_head_q8: true,
             ffn_a8: true,
             pdl: true,
+            prefill_mma: true,
         }
     }
 }
@@ -661,6 +666,7 @@ impl CudaBackend {
                 pos,
                 rope: &self.rope,
                 style: c.rope_style,
+                mma: self.opts.prefill_mma,
             };
             let mut q = s.q.slice_mut(..t * qd);
             let mut k = s.k.slice_mut(..t * kvd);
@@ -1133,6 +1139,8 @@ struct AttnStep<'a> {
     pos: Pos<'a>,
     rope: &'a RopeTable,
     style: crate::model::RopeStyle,
+    /// [`CudaOptions::prefill_mma`].
+    mma: bool,
 }
 
 impl AttnStep<'_> {
@@ -1188,7 +1196,12 @@ impl AttnStep<'_> {
             self.style,
         )?;
         ops::kv_append(self.gpu, &k.as_view(), v, cache, self.shape, pos)?;
-        ops::attention_prefill(
+        let prefill = if self.mma && T::PREFILL_MMA.is_some() {
+            ops::attention_prefill_mma::<T>
+        } else {
+            ops::attention_prefill::<T>
+        };
+        prefill(
             self.gpu,
             &q.as_view(),
             cache,

@@ -19,6 +19,7 @@ pub const KERNELS: &[&str] = &[
     "attention_decode_f32",
     "attention_prefill_f16",
     "attention_prefill_f32",
+    "attention_prefill_mma_f16",
     "argmax_f32",
     "sample_f32",
     "matvec_f32",

@@ -263,6 +263,8 @@ pub fn rope(
 pub trait KvElem: cudarc::driver::DeviceRepr + Copy + Default + 'static {
     /// `kv_append_*`, `attention_decode_*`, `attention_prefill_*` for this element type.
     const KERNELS: (&'static str, &'static str, &'static str);
+    /// The tensor-core prefill kernel for this cache type ([`attention_prefill_mma`]), if any.
+    const PREFILL_MMA: Option<&'static str>;
 }
 
 impl KvElem for u16 {
@@ -271,6 +273,7 @@ impl KvElem for u16 {
         "attention_decode_f16",
         "attention_prefill_f16",
     );
+    const PREFILL_MMA: Option<&'static str> = Some("attention_prefill_mma_f16");
 }
 
 impl KvElem for f32 {
@@ -279,6 +282,7 @@ impl KvElem for f32 {
         "attention_decode_f32",
         "attention_prefill_f32",
     );
+    const PREFILL_MMA: Option<&'static str> = None;
 }
 
 /// One layer's KV cache: `[n_head_kv][n_ctx][head_dim]` for keys and for values, of f16 bits
@@ -733,7 +737,8 @@ pub fn matvec_attn(
 }
 
 /// Causal prefill attention: `q` = `n_tok` rows of `n_head * head_dim` at positions
-/// `pos0 .. pos0 + n_tok`, against cache positions `0 ..= pos0 + i` (reference: `cpu::attention`).
+/// `pos0 .. pos0 + n_tok`, against cache positions `0 ..= pos0 + i` (reference: `cpu::attention`),
+/// on the CUDA cores in f32 (`attention_prefill_{f16,f32}`).
 pub fn attention_prefill<T: KvElem>(
     gpu: &Gpu,
     q: &CudaView<f32>,
@@ -744,6 +749,84 @@ pub fn attention_prefill<T: KvElem>(
     out: &mut CudaViewMut<f32>,
 ) -> Result<()> {
     let kname: &'static str = T::KERNELS.2;
+    let args = prefill_args(gpu, kname, q, cache, s, n_head, pos0, out)?;
+    // kernels-gpu/src/attention.rs: a block of 128 threads per 32 query rows of one head.
+    let cfg = LaunchConfig {
+        grid_dim: (args.0.div_ceil(PREFILL_BM as u32), n_head as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: prefill_smem_bytes(s.head_dim) as u32,
+    };
+    launch_prefill(gpu, kname, cfg, q, cache, out, args)
+}
+
+/// [`attention_prefill`] on the tensor cores (`attention_prefill_mma_f16`: split-f16 operands,
+/// f32 accumulation, about f32 accuracy; kernels-gpu/src/attention_mma.rs), for the caches that
+/// have such a kernel ([`KvElem::PREFILL_MMA`]: the f16 cache).
+pub fn attention_prefill_mma<T: KvElem>(
+    gpu: &Gpu,
+    q: &CudaView<f32>,
+    cache: &KvLayer<T>,
+    s: KvShape,
+    n_head: usize,
+    pos0: usize,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let Some(kname) = T::PREFILL_MMA else {
+        return Err(shape_err(
+            T::KERNELS.2,
+            "the tensor-core prefill takes an f16 cache only".into(),
+        ));
+    };
+    let args = prefill_args(gpu, kname, q, cache, s, n_head, pos0, out)?;
+    // The kernel's 16-byte loads of cache rows.
+    let (ka, va) = (addr(gpu, &cache.k), addr(gpu, &cache.v));
+    ensure(
+        kname,
+        ka.is_multiple_of(16) && va.is_multiple_of(16),
+        || format!("the cache at {ka:#x} / {va:#x} is not 16-byte aligned"),
+    )?;
+    // kernels-gpu/src/attention_mma.rs: a block of PREFILL_MMA_WARPS warps per 16 query rows
+    // each, of one head.
+    let warps = kernels_gpu::shapes::PREFILL_MMA_WARPS as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (args.0.div_ceil(16 * warps), n_head as u32, 1),
+        block_dim: (32 * warps, 1, 1),
+        shared_mem_bytes: kernels_gpu::shapes::prefill_mma_smem_bytes(s.head_dim) as u32,
+    };
+    launch_prefill(gpu, kname, cfg, q, cache, out, args)
+}
+
+/// Launches a prefill kernel (both take the same arguments).
+fn launch_prefill<T: KvElem>(
+    gpu: &Gpu,
+    kname: &'static str,
+    cfg: LaunchConfig,
+    q: &CudaView<f32>,
+    cache: &KvLayer<T>,
+    out: &mut CudaViewMut<f32>,
+    args: (u32, u32, u32, u32, u32, u32, f32),
+) -> Result<()> {
+    let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
+    launch!(
+        gpu, kname, cfg, q, &kc, &vc, out, &args.0, &args.1, &args.2, &args.3, &args.4, &args.5,
+        &args.6
+    );
+    Ok(())
+}
+
+/// The prefill kernels' checks and arguments: `(n_tok, pos0, n_ctx, n_head, head_dim, group,
+/// scale)`.
+#[allow(clippy::too_many_arguments)]
+fn prefill_args<T: KvElem>(
+    gpu: &Gpu,
+    kname: &'static str,
+    q: &CudaView<f32>,
+    cache: &KvLayer<T>,
+    s: KvShape,
+    n_head: usize,
+    pos0: usize,
+    out: &CudaViewMut<f32>,
+) -> Result<(u32, u32, u32, u32, u32, u32, f32)> {
     cache.check(kname, s)?;
     let group = check_heads(kname, n_head, s)?;
     let d = s.head_dim;
@@ -767,14 +850,14 @@ pub fn attention_prefill<T: KvElem>(
             s.n_ctx
         )
     })?;
-    // The kernel's 16-byte loads of q and stores of out.
-    let (qa, oa) = (addr(gpu, q), addr(gpu, &*out));
+    // The kernels' 16-byte (8-byte) loads of q and stores of out.
+    let (qa, oa) = (addr(gpu, q), addr(gpu, out));
     ensure(
         kname,
         qa.is_multiple_of(16) && oa.is_multiple_of(16),
         || format!("q at {qa:#x} / out at {oa:#x} are not 16-byte aligned"),
     )?;
-    let args = (
+    Ok((
         to_u32(kname, "n_tok", n_tok)?,
         to_u32(kname, "pos0", pos0)?,
         to_u32(kname, "n_ctx", s.n_ctx)?,
@@ -782,19 +865,7 @@ pub fn attention_prefill<T: KvElem>(
         d as u32,
         group as u32,
         1.0 / (d as f32).sqrt(),
-    );
-    // kernels-gpu/src/attention.rs: a block of 128 threads per 32 query rows of one head.
-    let cfg = LaunchConfig {
-        grid_dim: (n_tok.div_ceil(PREFILL_BM) as u32, n_head as u32, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: prefill_smem_bytes(d) as u32,
-    };
-    let (kc, vc) = (cache.k.as_view(), cache.v.as_view());
-    launch!(
-        gpu, kname, cfg, q, &kc, &vc, out, &args.0, &args.1, &args.2, &args.3, &args.4, &args.5,
-        &args.6
-    );
-    Ok(())
+    ))
 }
 
 /// Rows per block of the legacy-type matvec kernels (a warp each).
