@@ -2,17 +2,20 @@
 //! `cpu::attention`; the CUDA-core kernel `attention_prefill_f16` in `attention.rs` computes the
 //! same function and stays for the f32 cache).
 //!
-//! `attention_prefill_mma_f16`: grid = (ceil(n_tok / BM), n_head), BM = 16 · `PREFILL_MMA_WARPS`
-//! query rows of one head per block, block = 32 · `PREFILL_MMA_WARPS` threads, dynamic shared
-//! memory = `shapes::prefill_mma_smem_bytes(head_dim)`. Query `i` (of `n_tok`) sits at position
-//! `pos0 + i` and attends to cache positions `0 ..= pos0 + i` of KV head `h / group`. Block `x`
-//! takes the query tile `gridDim.x − 1 − x` (the longest first); warp `w` owns its rows
-//! `16 w .. 16 w + 16`, flash-attention style: key tiles of `BN = shapes::prefill_mma_bn(d)`
-//! positions are staged through registers into shared memory (`k_s`, `v_s`: `[BN][d + 8]` f16,
-//! rows padded so that `ldmatrix` is free of bank conflicts), the next tile's loads in flight
-//! while the current one is computed, and each warp keeps its rows' online softmax (log2 domain:
-//! Q is scaled by `scale · log2 e`, probabilities by `ex2`) and output in registers.
-//!
+//! `attention_prefill_mma_f16`: grid = (ceil(n_tok / BM), n_head), BM = 16 ·
+//! `PREFILL_MMA_ROW_WARPS` query rows of one head per block, block = `PREFILL_MMA_THREADS`
+//! threads (`PREFILL_MMA_KEY_SPLIT` warps per 16 rows), dynamic shared memory =
+//! `shapes::prefill_mma_smem_bytes(head_dim)`. Query `i` (of `n_tok`) sits at position `pos0 + i`
+//! and attends to cache positions `0 ..= pos0 + i` of KV head `h / group`. Block `x` takes the
+//! query tile `gridDim.x − 1 − x` (the longest first). Flash-attention style: each round stages
+//! `PREFILL_MMA_KEY_SPLIT` key tiles of `BN = shapes::prefill_mma_bn(d)` positions through
+//! registers into shared memory (`k_s`, `v_s`: `[SPLIT · BN][d + 8]` f16, rows padded so that
+//! `ldmatrix` is free of bank conflicts), the next round's loads in flight while the current one
+//! is computed; warp `w` owns rows `16 (w % ROW_WARPS) ..` and computes tile `w / ROW_WARPS` of
+//! each round, keeping its rows' online softmax (log2 domain: Q is scaled by `scale · log2 e`,
+//! probabilities by `ex2`) and output in registers; at the end the key splits' states are merged
+//! (the maxima aligned, sums and accumulators added) through shared memory and split 0 writes.
+
 //! Arithmetic: `mma.sync.m16n8k16` with f16 operands and f32 accumulation, every operand split
 //! in two f16 terms so that nothing is rounded to f16 precision: the cache's keys and values are
 //! f16 already (exact operands); the scaled query `q = q_hi + q_lo` and each probability
@@ -33,13 +36,17 @@
 //! 16-byte aligned (the launcher checks); sm_80 or later.
 
 use crate::gpu;
-use crate::shapes::{PREFILL_MMA_WARPS, prefill_mma_bn};
+use crate::shapes::{
+    PREFILL_MMA_KEY_SPLIT, PREFILL_MMA_ROW_WARPS, PREFILL_MMA_THREADS, prefill_mma_bn,
+};
 use core::arch::asm;
 
 /// Threads per block.
-const THREADS: usize = 32 * PREFILL_MMA_WARPS;
-/// Query rows per block (16 per warp: one `m16` tile).
-const BM: usize = 16 * PREFILL_MMA_WARPS;
+const THREADS: usize = PREFILL_MMA_THREADS;
+/// Warps that share a block's key tiles, each every `SPLIT`-th.
+const SPLIT: usize = PREFILL_MMA_KEY_SPLIT;
+/// Query rows per block (16 per row warp: one `m16` tile).
+const BM: usize = 16 * PREFILL_MMA_ROW_WARPS;
 /// Most k-steps of 16 dims (head_dim ≤ 128).
 const MAX_KS: usize = 8;
 /// Most n-tiles of 8 output dims (head_dim ≤ 128).
@@ -163,11 +170,14 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
     let dt: usize = D / 8; // n-tiles of output dims
     let kt_n: usize = BN / 8; // n-tiles of keys
     let c8: usize = D / 8; // 16-byte chunks per cache row
-    let nch: usize = BN * c8 / THREADS; // staged chunks per thread and matrix
+    let bn2: usize = SPLIT * BN; // keys staged per round: a tile for each key split
+    let nch: usize = bn2 * c8 / THREADS; // staged chunks per thread and matrix
     let rs: usize = D + 8; // padded row stride of k_s and v_s (f16)
 
     let t = gpu::thread_x() as usize;
     let (w, l) = (t / 32, t % 32);
+    // Query-row warp rw; key split sp takes the round's tile sp.
+    let (rw, sp) = (w % PREFILL_MMA_ROW_WARPS, w / PREFILL_MMA_ROW_WARPS);
     let (g, c) = (l / 4, l % 4);
     let nh = n_head as usize;
     let qt = (gpu::grid_dim_x() - 1 - gpu::block_x()) as usize;
@@ -177,20 +187,20 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
     let kvh = h / group as usize;
     let n_q = core::cmp::min(BM, n_tok as usize - q0);
     let smem = gpu::dyn_smem::<u16>();
-    // SAFETY: two [BN][D + 8] f16 arrays inside the launch's dynamic shared memory.
-    let (k_s, v_s) = unsafe { (smem, smem.add(BN * rs)) };
+    // SAFETY: two [SPLIT · BN][D + 8] f16 arrays inside the launch's dynamic shared memory.
+    let (k_s, v_s) = unsafe { (smem, smem.add(bn2 * rs)) };
     let (k_sa, v_sa) = (
         gpu::smem_addr(k_s as *const u8),
         gpu::smem_addr(v_s as *const u8),
     );
 
-    // This warp's rows: ra = 16 w + g and rb = ra + 8 of the tile; their positions.
-    let (ra, rb) = (16 * w + g, 16 * w + g + 8);
+    // This warp's rows: ra = 16 rw + g and rb = ra + 8 of the tile; their positions.
+    let (ra, rb) = (16 * rw + g, 16 * rw + g + 8);
     let base = pos0 as usize + q0;
     let (pa, pb) = (base + ra, base + rb);
-    let warp_rows = (16 * w) < n_q;
+    let warp_rows = (16 * rw) < n_q;
     // The warp's last visible key (its last real row's position).
-    let warp_last = base + core::cmp::min(16 * w + 15, n_q.saturating_sub(1));
+    let warp_last = base + core::cmp::min(16 * rw + 15, n_q.saturating_sub(1));
 
     // The scaled query rows as A fragments, split hi / lo (rows past n_tok are zeros).
     let sl = scale * core::f32::consts::LOG2_E;
@@ -220,7 +230,7 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
 
     let kbase = kvh * n_ctx as usize * D;
     let n_keys = base + n_q; // positions 0 .. n_keys are visible to some row of the block
-    let n_tiles = n_keys.div_ceil(BN);
+    let n_rounds = n_keys.div_ceil(bn2);
     // Chunk i: key ch / c8, dims 8 (ch % c8) .. + 8, ch = t + THREADS · i.
     let stage = |kt: usize, src: *const u16| -> [u128; MAX_CH] {
         core::array::from_fn(|i| {
@@ -242,15 +252,15 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
     let mut acc = [[0.0f32; 4]; MAX_DT];
     let (mut ma, mut mb) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
     let (mut la, mut lb) = (0.0f32, 0.0f32);
-    for tile in 0..n_tiles {
-        let kt = tile * BN;
-        gpu::sync_threads(); // the previous tile is consumed
+    for round in 0..n_rounds {
+        let kt0 = round * bn2;
+        gpu::sync_threads(); // the previous round's tiles are consumed
         for (i, (&k8, &v8)) in rk.iter().zip(&rv).enumerate() {
             if i < nch {
                 let ch = t + THREADS * i;
                 let (j, col) = (ch / c8, 8 * (ch % c8));
-                // SAFETY: j < BN, col + 8 ≤ D: inside k_s / v_s; 16-byte aligned (rs · 2 bytes
-                // is a multiple of 16).
+                // SAFETY: j < SPLIT · BN, col + 8 ≤ D: inside k_s / v_s; 16-byte aligned
+                // (rs · 2 bytes is a multiple of 16).
                 unsafe {
                     *(k_s.add(j * rs + col) as *mut u128) = k8;
                     *(v_s.add(j * rs + col) as *mut u128) = v8;
@@ -258,14 +268,20 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
             }
         }
         gpu::sync_threads();
-        if tile + 1 < n_tiles {
-            // In flight while this tile is computed.
-            rk = stage(kt + BN, k_cache);
-            rv = stage(kt + BN, v_cache);
+        if round + 1 < n_rounds {
+            // In flight while this round's tiles are computed.
+            rk = stage(kt0 + bn2, k_cache);
+            rv = stage(kt0 + bn2, v_cache);
         }
+        // This warp's tile: keys kt .. kt + BN, rows sp · BN .. of k_s and v_s.
+        let kt = kt0 + sp * BN;
         if !warp_rows || kt > warp_last {
             continue; // nothing of this tile is visible to the warp's rows (warp-uniform)
         }
+        let (k_ta, v_ta) = (
+            k_sa + (2 * sp * BN * rs) as u32,
+            v_sa + (2 * sp * BN * rs) as u32,
+        );
 
         // Scores S = Q Kᵀ (log2 domain): n-tile j holds keys kt + 8 j + 2 c, + 1.
         let mut s = [[0.0f32; 4]; MAX_KT];
@@ -278,7 +294,7 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
                         let (row, col) = (8 * j + l % 8, 32 * kp + 8 * (l / 8));
                         // SAFETY: row < BN, col + 8 ≤ D: inside k_s.
                         let b = unsafe {
-                            ldmatrix_x4::<false>(k_sa + (2 * (row * rs + col)) as u32)
+                            ldmatrix_x4::<false>(k_ta + (2 * (row * rs + col)) as u32)
                         };
                         let mut sj = s[j];
                         sj = mma(sj, qh[2 * kp], b[0], b[1]);
@@ -291,7 +307,7 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
         });
 
         // The causal mask where the tile reaches past the warp's first row.
-        if kt + BN > base + 16 * w + 1 {
+        if kt + BN > base + 16 * rw + 1 {
             unroll!(j < 8 => {
                 if j < kt_n {
                     let key = kt + 8 * j + 2 * c;
@@ -319,18 +335,22 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
         tb = tb.max(gpu::shfl_xor(tb, 1));
         ta = ta.max(gpu::shfl_xor(ta, 2));
         tb = tb.max(gpu::shfl_xor(tb, 2));
-        // Finite: the warp's first tile holds key 0, visible to every row.
+        // A row may have seen no visible key yet (a key split's first tiles can all lie past
+        // it): its maximum stays −∞ and its probabilities and rescale 0 (shifted by 0, not
+        // −∞, which would give NaN).
         let (na, nb) = (ma.max(ta), mb.max(tb));
-        let (aa, ab) = (gpu::ex2(ma - na), gpu::ex2(mb - nb));
+        let fin = |m: f32| if m == f32::NEG_INFINITY { 0.0 } else { m };
+        let (ua, ub) = (fin(na), fin(nb));
+        let (aa, ab) = (gpu::ex2(ma - ua), gpu::ex2(mb - ub));
         (ma, mb) = (na, nb);
         let (mut sa, mut sb) = (0.0f32, 0.0f32);
         unroll!(j < 8 => {
             if j < kt_n {
                 let sj = &mut s[j];
-                sj[0] = gpu::ex2(sj[0] - na);
-                sj[1] = gpu::ex2(sj[1] - na);
-                sj[2] = gpu::ex2(sj[2] - nb);
-                sj[3] = gpu::ex2(sj[3] - nb);
+                sj[0] = gpu::ex2(sj[0] - ua);
+                sj[1] = gpu::ex2(sj[1] - ua);
+                sj[2] = gpu::ex2(sj[2] - ub);
+                sj[3] = gpu::ex2(sj[3] - ub);
                 sa += sj[0] + sj[1];
                 sb += sj[2] + sj[3];
             }
@@ -364,7 +384,7 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
                         let col = 16 * jp + 8 * (l / 16);
                         // SAFETY: row < BN, col + 8 ≤ D: inside v_s.
                         let b = unsafe {
-                            ldmatrix_x4::<true>(v_sa + (2 * (row * rs + col)) as u32)
+                            ldmatrix_x4::<true>(v_ta + (2 * (row * rs + col)) as u32)
                         };
                         let a = mma(acc[2 * jp], ph, b[0], b[1]);
                         acc[2 * jp] = mma(a, pl, b[0], b[1]);
@@ -376,6 +396,56 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
         });
     }
 
+    if SPLIT > 1 {
+        // Key split 1 hands its rows' state (per lane: both maxima, its partial sums and its
+        // accumulator columns) to split 0 through the tiles' shared memory, field-major.
+        let buf = smem as *mut f32;
+        let (slot, n_slots) = (32 * rw + l, 32 * PREFILL_MMA_ROW_WARPS);
+        // SAFETY: field f < 4 + 4 dt, slot < n_slots: inside the merge buffer
+        // (prefill_mma_smem_bytes).
+        let at = |f: usize| unsafe { buf.add(f * n_slots + slot) };
+        gpu::sync_threads(); // every warp is done with the tiles
+        if sp == 1 && warp_rows {
+            // SAFETY: as `at`; only this thread writes its slot.
+            unsafe {
+                *at(0) = ma;
+                *at(1) = mb;
+                *at(2) = la;
+                *at(3) = lb;
+                unroll!(j < 16 => {
+                    if j < dt {
+                        *at(4 + 4 * j) = acc[j][0];
+                        *at(5 + 4 * j) = acc[j][1];
+                        *at(6 + 4 * j) = acc[j][2];
+                        *at(7 + 4 * j) = acc[j][3];
+                    }
+                });
+            }
+        }
+        gpu::sync_threads();
+        if sp == 1 || !warp_rows {
+            return;
+        }
+        // SAFETY: as `at`; written by the partner lane before the barrier.
+        let (m1a, m1b, l1a, l1b) = unsafe { (*at(0), *at(1), *at(2), *at(3)) };
+        // Split 0 always holds key 0, so its maxima are finite; split 1's may be −∞ (no tile).
+        let (na, nb) = (ma.max(m1a), mb.max(m1b));
+        let (f0a, f0b) = (gpu::ex2(ma - na), gpu::ex2(mb - nb));
+        let (f1a, f1b) = (gpu::ex2(m1a - na), gpu::ex2(m1b - nb));
+        la = la * f0a + l1a * f1a;
+        lb = lb * f0b + l1b * f1b;
+        unroll!(j < 16 => {
+            if j < dt {
+                // SAFETY: as `at`.
+                let o = unsafe { [*at(4 + 4 * j), *at(5 + 4 * j), *at(6 + 4 * j), *at(7 + 4 * j)] };
+                let a = &mut acc[j];
+                a[0] = a[0] * f0a + o[0] * f1a;
+                a[1] = a[1] * f0a + o[1] * f1a;
+                a[2] = a[2] * f0b + o[2] * f1b;
+                a[3] = a[3] * f0b + o[3] * f1b;
+            }
+        });
+    }
     if !warp_rows {
         return;
     }

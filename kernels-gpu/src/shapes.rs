@@ -36,28 +36,41 @@ pub const fn prefill_smem_bytes(head_dim: usize) -> usize {
 
 const _: () = assert!(prefill_smem_bytes(128) <= 48 * 1024 && prefill_smem_bytes(96) <= 48 * 1024);
 
-/// Warps per block of `attention_prefill_mma_f16` (16 query rows each).
-pub const PREFILL_MMA_WARPS: usize = 4;
+/// Warps of query rows per block of `attention_prefill_mma_f16` (16 rows each): a block takes
+/// `16 · PREFILL_MMA_ROW_WARPS` query rows of one head.
+pub const PREFILL_MMA_ROW_WARPS: usize = 4;
+/// Warps per query-row warp of `attention_prefill_mma_f16` (1 or 2): each takes every
+/// `PREFILL_MMA_KEY_SPLIT`-th key tile, and the partial softmax states are merged at the end.
+pub const PREFILL_MMA_KEY_SPLIT: usize = 2;
+/// Threads per block of `attention_prefill_mma_f16`.
+pub const PREFILL_MMA_THREADS: usize = 32 * PREFILL_MMA_ROW_WARPS * PREFILL_MMA_KEY_SPLIT;
 
-/// Keys per tile of `attention_prefill_mma_f16` for `head_dim`: 64, or 32 above 64 (registers).
+/// Keys per warp's tile of `attention_prefill_mma_f16` for `head_dim`: 64, or 32 above 64
+/// (registers).
 pub const fn prefill_mma_bn(head_dim: usize) -> usize {
     if head_dim > 64 { 32 } else { 64 }
 }
 
 /// Dynamic shared memory of `attention_prefill_mma_f16`, bytes: `k_s` and `v_s`, each
-/// `[BN][head_dim + 8]` f16.
+/// `[PREFILL_MMA_KEY_SPLIT · BN][head_dim + 8]` f16, and at least the merge of the key splits'
+/// states (`[4 + head_dim / 2][32 · PREFILL_MMA_ROW_WARPS]` f32) that reuses them.
 pub const fn prefill_mma_smem_bytes(head_dim: usize) -> usize {
-    2 * prefill_mma_bn(head_dim) * (head_dim + 8) * 2
+    let tiles = 2 * PREFILL_MMA_KEY_SPLIT * prefill_mma_bn(head_dim) * (head_dim + 8) * 2;
+    let merge = 4 * (4 + head_dim / 2) * 32 * PREFILL_MMA_ROW_WARPS;
+    if PREFILL_MMA_KEY_SPLIT > 1 && merge > tiles {
+        merge
+    } else {
+        tiles
+    }
 }
 
-// Every head_dim's key tile is a whole number of 16-byte chunks per thread (at most 6).
+// Every head_dim's staged keys are a whole number of 16-byte chunks per thread (at most 6).
 const _: () = {
+    assert!(PREFILL_MMA_KEY_SPLIT == 1 || PREFILL_MMA_KEY_SPLIT == 2);
     let mut d = 32;
     while d <= 128 {
-        let chunks = prefill_mma_bn(d) * d / 8;
-        assert!(
-            chunks.is_multiple_of(32 * PREFILL_MMA_WARPS) && chunks / (32 * PREFILL_MMA_WARPS) <= 6
-        );
+        let chunks = PREFILL_MMA_KEY_SPLIT * prefill_mma_bn(d) * d / 8;
+        assert!(chunks.is_multiple_of(PREFILL_MMA_THREADS) && chunks / PREFILL_MMA_THREADS <= 6);
         assert!(prefill_mma_smem_bytes(d) <= 48 * 1024);
         d += 32;
     }

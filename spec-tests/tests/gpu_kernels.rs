@@ -574,12 +574,16 @@ proptest! {
 }
 
 /// The tensor-core prefill on every head_dim it is instantiated for (32 and 64: tiles of 64
-/// keys; 96 and 128: 32), with partial query and key tiles, chunks after earlier positions and a
-/// 4,096-position prefix; and the f32 cache refused (it has no such kernel).
+/// keys; 96 and 128: 32), with partial query and key tiles, chunks after earlier positions, rows
+/// that one key split sees nothing of, and a 4,096-position prefix; and the f32 cache refused (it
+/// has no such kernel).
 #[test]
 #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
 fn attention_prefill_mma_on_every_head_dim() {
     attention_prefill_mma_case((14, 2, 64), (0, 512), 31);
+    // The second key split's only tile lies past a whole warp of rows (their maxima stay −∞
+    // until the merge).
+    attention_prefill_mma_case((14, 2, 64), (5, 100), 30);
     attention_prefill_mma_case((14, 2, 64), (4096, 512), 32);
     attention_prefill_mma_case((8, 1, 32), (0, 33), 33);
     attention_prefill_mma_case((6, 2, 96), (5, 70), 34);

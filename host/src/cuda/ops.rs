@@ -785,12 +785,16 @@ pub fn attention_prefill_mma<T: KvElem>(
         ka.is_multiple_of(16) && va.is_multiple_of(16),
         || format!("the cache at {ka:#x} / {va:#x} is not 16-byte aligned"),
     )?;
-    // kernels-gpu/src/attention_mma.rs: a block of PREFILL_MMA_WARPS warps per 16 query rows
-    // each, of one head.
-    let warps = kernels_gpu::shapes::PREFILL_MMA_WARPS as u32;
+    // kernels-gpu/src/attention_mma.rs: a block per 16 · PREFILL_MMA_ROW_WARPS query rows of
+    // one head.
+    use kernels_gpu::shapes::{PREFILL_MMA_ROW_WARPS, PREFILL_MMA_THREADS};
     let cfg = LaunchConfig {
-        grid_dim: (args.0.div_ceil(16 * warps), n_head as u32, 1),
-        block_dim: (32 * warps, 1, 1),
+        grid_dim: (
+            args.0.div_ceil(16 * PREFILL_MMA_ROW_WARPS as u32),
+            n_head as u32,
+            1,
+        ),
+        block_dim: (PREFILL_MMA_THREADS as u32, 1, 1),
         shared_mem_bytes: kernels_gpu::shapes::prefill_mma_smem_bytes(s.head_dim) as u32,
     };
     launch_prefill(gpu, kname, cfg, q, cache, out, args)
