@@ -173,12 +173,9 @@ unsafe fn store_with(y: *mut f32, row: usize, acc: f32, operand: f32, mode: u32)
     };
 }
 
-/// `y = W x`.
-pub const STORE: u32 = 0;
-/// `y = W x + add` (bias).
-pub const ADD: u32 = 1;
-/// `y += W x` (residual).
-pub const ACCUMULATE: u32 = 2;
+pub use crate::shapes::{
+    MATVEC_ACCUMULATE as ACCUMULATE, MATVEC_ADD as ADD, MATVEC_STORE as STORE,
+};
 
 /// Where a lane's activations come from in the legacy-type kernels.
 trait Acts {

@@ -10,6 +10,14 @@ pub const MATVEC_ROWS_PER_BLOCK: usize = 4;
 /// legacy types, Q4_K and Q6_K, and `matvec_qkv_*`.
 pub const MATVEC_KWARP_WARPS: usize = 4;
 
+/// The matvec kernels' `mode` argument (`matvec_*`, `matvec_qkv_*`, `matvec_attn_*`,
+/// `matvec_a8_*`): `y = W x`.
+pub const MATVEC_STORE: u32 = 0;
+/// `mode`: `y = W x + add` (a bias).
+pub const MATVEC_ADD: u32 = 1;
+/// `mode`: `y += W x` (a residual; `add` unread).
+pub const MATVEC_ACCUMULATE: u32 = 2;
+
 /// Rows per warp of `matvec_q8p` (the planar Q8_0 LM head): their loads are in flight together.
 pub const Q8P_ROWS: usize = 4;
 /// Warps per block of `matvec_q8p`.

@@ -14,8 +14,8 @@ use super::kernels::{
 use crate::gguf::GgmlType;
 use crate::model::RopeStyle;
 use kernels_gpu::shapes::{
-    PREFILL_BM, SMEM_DEFAULT_MAX, SWIGLU_A8_MAX_COLS, SWIGLU_A8_ROWS, SWIGLU_A8_WARPS,
-    prefill_smem_bytes, stage_bytes, swiglu_a8_smem_bytes,
+    MATVEC_ACCUMULATE, MATVEC_ADD, MATVEC_STORE, PREFILL_BM, SMEM_DEFAULT_MAX, SWIGLU_A8_MAX_COLS,
+    SWIGLU_A8_ROWS, SWIGLU_A8_WARPS, prefill_smem_bytes, stage_bytes, swiglu_a8_smem_bytes,
 };
 
 type Result<T> = std::result::Result<T, CudaError>;
@@ -728,7 +728,7 @@ pub fn matvec_attn(
     };
     let (wv, part) = (wo.data.as_view(), scratch.part.as_view());
     let [n_kv, n_ctx, n_split, head_dim, n_head, defer] = plan;
-    let mode = 2u32; // kernels_gpu::matvec::ACCUMULATE; `add` unread
+    let mode = MATVEC_ACCUMULATE; // `add` unread
     launch!(
         gpu, k, cfg, &wv, attn, &part, &pdev, &n_kv, &n_ctx, &n_split, &head_dim, &n_head, &defer,
         resid, &rows, attn, &mode
@@ -1030,14 +1030,14 @@ pub fn matvec_with(
     let wv = w.data.as_view();
     // The kernel's `add` argument: the bias, or (unread) `x` as a valid pointer.
     let (add, mode) = match out {
-        MatvecOut::Store => (x, 0u32),
+        MatvecOut::Store => (x, MATVEC_STORE),
         MatvecOut::Bias(b) => {
             ensure(k, b.len() == w.rows, || {
                 format!("{}: bias {} for {} rows", w.name, b.len(), w.rows)
             })?;
-            (b, 1)
+            (b, MATVEC_ADD)
         }
-        MatvecOut::Accumulate => (x, 2),
+        MatvecOut::Accumulate => (x, MATVEC_ACCUMULATE),
     };
     launch!(gpu, k, cfg, &wv, x, y, &rows, &cols, add, &mode);
     Ok(())
@@ -1279,14 +1279,14 @@ pub fn matvec_a8(
     let wv = w.data.as_view();
     // The kernel's `add` argument: the bias, or (unread) the scales as a valid pointer.
     let (add, mode) = match out {
-        MatvecOut::Store => (x.ds, 0u32),
+        MatvecOut::Store => (x.ds, MATVEC_STORE),
         MatvecOut::Bias(b) => {
             ensure(k, b.len() == w.rows, || {
                 format!("{}: bias {} for {} rows", w.name, b.len(), w.rows)
             })?;
-            (b, 1)
+            (b, MATVEC_ADD)
         }
-        MatvecOut::Accumulate => (x.ds, 2),
+        MatvecOut::Accumulate => (x.ds, MATVEC_ACCUMULATE),
     };
     launch!(gpu, k, cfg, &wv, x.qs, x.ds, y, &rows, &cols, add, &mode);
     Ok(())
@@ -1380,7 +1380,11 @@ pub fn matvec_qkv(
     );
     let (dq, dk, dv) = (wq.data.as_view(), wk.data.as_view(), wv.data.as_view());
     // The kernel's modes (kernels-gpu/src/matvec.rs): 1 adds the bias, 0 stores.
-    let mode: u32 = if biases.is_some() { 1 } else { 0 };
+    let mode = if biases.is_some() {
+        MATVEC_ADD
+    } else {
+        MATVEC_STORE
+    };
     let (x, g, eps) = (inp.x, inp.weight, inp.eps);
     // Without biases the kernel never reads them: any valid pointer does (x).
     let [bq, bk, bv] = biases.unwrap_or([x, x, x]);
