@@ -1239,6 +1239,89 @@ fn gemm_row_major_matches_f64() {
     }
 }
 
+/// `gemm_accumulate` (the prefill's residual projections: `Y += X·Wᵀ`, cuBLAS's beta = 1) for
+/// each input kind the backend runs, on residual rows of their own scale: `Y0 + X·Wᵀ` against
+/// f64 within the kind's GEMM bound plus one rounding of the sum, and within a few roundings of
+/// the stored product plus `Y0` added on the host (what the separate `add` did).
+#[test]
+#[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+fn gemm_accumulate_adds_the_product() {
+    use host::cuda::gemm::{GemmKind, gemm, gemm_accumulate};
+    let g = gpu();
+    let mut rng = Rng::new(12);
+    for (n, k, t) in [
+        (896usize, 896usize, 33usize),
+        (896, 4864, 512),
+        (128, 896, 2),
+    ] {
+        let w = random_f16_exact(&mut rng, n * k, 0.1);
+        let x = random_f16_exact(&mut rng, t * k, 2.0);
+        let y0 = random(&mut rng, t * n, 5.0);
+        let want = gemm_ref(&x, &w, n, k, t);
+        let (dw, dx) = (upload(&g, &w), upload(&g, &x));
+        for kind in [GemmKind::F32, GemmKind::F16F32, GemmKind::F16x3] {
+            // The operands in the kind's input form.
+            let (wk, xk): (CudaSlice<u16>, CudaSlice<u16>) = match kind {
+                GemmKind::F16x3 => {
+                    let mut w3 = poisoned(&g, 3 * n * k, 0x7e00u16);
+                    let dt = DeviceTensor::upload(
+                        &g,
+                        "w",
+                        GgmlType::F32,
+                        n,
+                        k,
+                        &w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+                    )
+                    .unwrap();
+                    ops::dequant(&g, &dt, None, DequantOut::F16x3(&mut w3.as_view_mut())).unwrap();
+                    let mut x3 = poisoned(&g, 3 * t * k, 0x7e00u16);
+                    ops::f32_to_f16x3(&g, &dx.as_view(), k, &mut x3.as_view_mut()).unwrap();
+                    (w3, x3)
+                }
+                _ => {
+                    let h = |v: &[f32]| -> Vec<u16> {
+                        v.iter()
+                            .map(|&a| half::f16::from_f32(a).to_bits())
+                            .collect()
+                    };
+                    (upload(&g, &h(&w)), upload(&g, &h(&x)))
+                }
+            };
+            let mut stored = poisoned(&g, t * n, f32::NAN);
+            let mut acc = upload(&g, &y0);
+            if kind == GemmKind::F32 {
+                let (wv, xv) = (dw.as_view(), dx.as_view());
+                gemm(&g, kind, &wv, &xv, &mut stored.as_view_mut(), n, k, t).unwrap();
+                gemm_accumulate(&g, kind, &wv, &xv, &mut acc.as_view_mut(), n, k, t).unwrap();
+            } else {
+                let (wv, xv) = (wk.as_view(), xk.as_view());
+                gemm(&g, kind, &wv, &xv, &mut stored.as_view_mut(), n, k, t).unwrap();
+                gemm_accumulate(&g, kind, &wv, &xv, &mut acc.as_view_mut(), n, k, t).unwrap();
+            }
+            let (st, got) = (download(&g, &stored), download(&g, &acc));
+            let bound = if kind == GemmKind::F16F32 { 1e-4 } else { 1e-5 };
+            for i in 0..t * n {
+                let (s, m) = want[i];
+                let sum = y0[i] + st[i];
+                let ulp = f32::EPSILON as f64 * (y0[i].abs() as f64 + s.abs() + m);
+                assert!(
+                    got[i].is_finite()
+                        && (got[i] as f64 - (y0[i] as f64 + s)).abs() <= bound * m + ulp,
+                    "gemm_accumulate {kind:?} n={n} k={k} t={t} element {i}: got {} want {}",
+                    got[i],
+                    y0[i] as f64 + s
+                );
+                // A few roundings: cuBLAS may pick another accumulation order with beta = 1.
+                assert!(
+                    (got[i] - sum).abs() as f64 <= 4.0 * ulp,
+                    "gemm_accumulate {kind:?} n={n} k={k} t={t} element {i}: got {} but the stored product plus y0 is {sum}",
+                    got[i]
+                );
+            }
+        }
+    }
+}
+
 /// The split-f16 GEMM as the prefill runs it (the quantized weight decoded by
 /// `dequant_*_f16x3`, the activations split by `f32_to_f16x3`, one GEMM of `3k`) on the real
 /// projection shapes and types, against f64 on the unrounded inputs: |err| ≤ 1e-5·Σ|w·x|, and

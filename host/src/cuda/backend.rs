@@ -29,7 +29,7 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
 use super::device::Gpu;
 use super::error::CudaError;
-use super::gemm::{GemmKind, gemm};
+use super::gemm::{GemmKind, gemm, gemm_accumulate};
 use super::ops::{
     self, DecodeAt, DecodeScratch, DequantOut, DeviceTensor, KvElem, KvLayer, KvShape, MatvecOut,
     NormedInput, Pos, RopeTable, SampleParams, SelectScratch,
@@ -649,14 +649,12 @@ impl CudaBackend {
                     &mut s.xn.slice_mut(..t * d),
                 )?;
                 let xn = s.xn.slice(..t * d);
-                for (w, y, bias) in [
+                let projs = [
                     (&l.wq, s.q.slice_mut(..t * qd), l.bq.as_ref()),
                     (&l.wk, s.k.slice_mut(..t * kvd), l.bk.as_ref()),
                     (&l.wv, s.v.slice_mut(..t * kvd), l.bv.as_ref()),
-                ] {
-                    let mut y = y;
-                    lin.run_bias(w, &xn, &mut y, t, bias, &mut s.gemm)?;
-                }
+                ];
+                lin.run_each(&xn, t, projs, &mut s.gemm)?;
             }
             let step = AttnStep {
                 gpu,
@@ -754,14 +752,11 @@ impl CudaBackend {
                     &mut s.xn.slice_mut(..t * d),
                 )?;
                 let xn = s.xn.slice(..t * d);
-                lin.run(
-                    &l.gate,
-                    &xn,
-                    &mut s.gate.slice_mut(..t * ff),
-                    t,
-                    &mut s.gemm,
-                )?;
-                lin.run(&l.up, &xn, &mut s.up.slice_mut(..t * ff), t, &mut s.gemm)?;
+                let projs = [
+                    (&l.gate, s.gate.slice_mut(..t * ff), None),
+                    (&l.up, s.up.slice_mut(..t * ff), None),
+                ];
+                lin.run_each(&xn, t, projs, &mut s.gemm)?;
                 ops::swiglu(
                     gpu,
                     &s.gate.slice(..t * ff),
@@ -1213,6 +1208,13 @@ impl AttnStep<'_> {
     }
 }
 
+/// One projection of [`Linear::run_each`]: the weight, its output rows and its bias.
+type Projection<'a> = (
+    &'a DeviceTensor,
+    CudaViewMut<'a, f32>,
+    Option<&'a CudaSlice<f32>>,
+);
+
 /// The `linear` step: `y[t, n] = x[t, k] · W[n, k]ᵀ`.
 struct Linear<'a> {
     gpu: &'a Gpu,
@@ -1248,8 +1250,8 @@ impl Linear<'_> {
         Ok(())
     }
 
-    /// `resid += x Wᵀ`; for `t = 1` inside the matvec, otherwise through `tmp` and an add (the
-    /// same f32 additions either way).
+    /// `resid += x Wᵀ`; for `t = 1` inside the matvec (or, unfused, through `tmp` and an add),
+    /// otherwise by the GEMM adding to `resid` itself (the same f32 additions either way).
     fn run_residual(
         &self,
         w: &DeviceTensor,
@@ -1259,11 +1261,50 @@ impl Linear<'_> {
         t: usize,
         g: &mut GemmScratch,
     ) -> Result<(), CudaError> {
-        if t == 1 && self.fuse {
-            return ops::matvec_with(self.gpu, w, x, resid, MatvecOut::Accumulate);
+        if t == 1 {
+            if self.fuse {
+                return ops::matvec_with(self.gpu, w, x, resid, MatvecOut::Accumulate);
+            }
+            ops::matvec(self.gpu, w, x, tmp)?;
+            return ops::add(self.gpu, resid, &tmp.as_view());
         }
-        self.run(w, x, tmp, t, g)?;
-        ops::add(self.gpu, resid, &tmp.as_view())
+        self.convert(x, t, w.cols, g)?;
+        self.gemm_converted(w, x, resid, t, g, true)
+    }
+
+    /// Projections of the same rows `x` (q, k and v; gate and up): `y = x Wᵀ + bias` each, the
+    /// activations converted to the GEMM's input form once for all of them.
+    fn run_each<const N: usize>(
+        &self,
+        x: &CudaView<f32>,
+        t: usize,
+        projs: [Projection<'_>; N],
+        g: &mut GemmScratch,
+    ) -> Result<(), CudaError> {
+        if t > 1 {
+            let k = projs.first().map_or(0, |p| p.0.cols);
+            if let Some(p) = projs.iter().find(|p| p.0.cols != k) {
+                return Err(CudaError::Shape {
+                    kernel: "linear",
+                    problem: format!(
+                        "{} has {} columns, not the shared input's {k}",
+                        p.0.name, p.0.cols
+                    ),
+                });
+            }
+            self.convert(x, t, k, g)?;
+        }
+        for (w, mut y, bias) in projs {
+            if t == 1 {
+                self.run_bias(w, x, &mut y, t, bias, g)?;
+                continue;
+            }
+            self.gemm_converted(w, x, &mut y, t, g, false)?;
+            if let Some(b) = bias {
+                ops::add(self.gpu, &mut y, &b.as_view())?;
+            }
+        }
+        Ok(())
     }
 
     fn run(
@@ -1277,44 +1318,72 @@ impl Linear<'_> {
         if t == 1 {
             return ops::matvec(self.gpu, w, x, y);
         }
+        self.convert(x, t, w.cols, g)?;
+        self.gemm_converted(w, x, y, t, g, false)
+    }
+
+    /// The `t` rows of `k` activations `x` in the GEMM's input form, in `g.x16` (split f16 for
+    /// [`GemmKind::F16x3`], f16 for [`GemmKind::F16F32`]; the f32 kinds read `x` itself).
+    fn convert(
+        &self,
+        x: &CudaView<f32>,
+        t: usize,
+        k: usize,
+        g: &mut GemmScratch,
+    ) -> Result<(), CudaError> {
+        match self.kind {
+            GemmKind::F16x3 => {
+                let mut xs = g.x16.slice_mut(..3 * t * k);
+                ops::f32_to_f16x3(self.gpu, x, k, &mut xs)
+            }
+            GemmKind::F16F32 => {
+                let mut xh = g.x16.slice_mut(..t * k);
+                ops::f32_to_f16(self.gpu, x, &mut xh)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `y = x Wᵀ` (`acc`: `y += x Wᵀ`) for `t > 1` rows: `W` decoded into `g`'s scratch, the
+    /// activations as [`Linear::convert`] left them.
+    fn gemm_converted(
+        &self,
+        w: &DeviceTensor,
+        x: &CudaView<f32>,
+        y: &mut CudaViewMut<f32>,
+        t: usize,
+        g: &mut GemmScratch,
+        acc: bool,
+    ) -> Result<(), CudaError> {
         let (n, k) = (w.rows, w.cols);
+        // Store or accumulate, for f16-bit (u16) or f32 operands.
+        let run16 = if acc {
+            gemm_accumulate::<u16, f32>
+        } else {
+            gemm::<u16, f32>
+        };
+        let run32 = if acc {
+            gemm_accumulate::<f32, f32>
+        } else {
+            gemm::<f32, f32>
+        };
         match self.kind {
             GemmKind::F16x3 => {
                 let mut wd = g.w16.slice_mut(..3 * n * k);
                 ops::dequant(self.gpu, w, None, DequantOut::F16x3(&mut wd))?;
-                let mut xs = g.x16.slice_mut(..3 * t * k);
-                ops::f32_to_f16x3(self.gpu, x, k, &mut xs)?;
-                gemm(
-                    self.gpu,
-                    GemmKind::F16x3,
-                    &g.w16.slice(..3 * n * k),
-                    &g.x16.slice(..3 * t * k),
-                    y,
-                    n,
-                    k,
-                    t,
-                )
+                let (wv, xv) = (g.w16.slice(..3 * n * k), g.x16.slice(..3 * t * k));
+                run16(self.gpu, GemmKind::F16x3, &wv, &xv, y, n, k, t)
             }
             GemmKind::F16F32 => {
                 let mut wd = g.w16.slice_mut(..n * k);
                 ops::dequant(self.gpu, w, None, DequantOut::F16(&mut wd))?;
-                let mut xh = g.x16.slice_mut(..t * k);
-                ops::f32_to_f16(self.gpu, x, &mut xh)?;
-                gemm(
-                    self.gpu,
-                    GemmKind::F16F32,
-                    &g.w16.slice(..n * k),
-                    &g.x16.slice(..t * k),
-                    y,
-                    n,
-                    k,
-                    t,
-                )
+                let (wv, xv) = (g.w16.slice(..n * k), g.x16.slice(..t * k));
+                run16(self.gpu, GemmKind::F16F32, &wv, &xv, y, n, k, t)
             }
             kind => {
                 let mut wd = g.w32.slice_mut(..n * k);
                 ops::dequant(self.gpu, w, None, DequantOut::F32(&mut wd))?;
-                gemm(self.gpu, kind, &g.w32.slice(..n * k), x, y, n, k, t)
+                run32(self.gpu, kind, &g.w32.slice(..n * k), x, y, n, k, t)
             }
         }
     }

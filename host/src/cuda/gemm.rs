@@ -93,7 +93,24 @@ pub fn gemm<T, O>(
     k: usize,
     t: usize,
 ) -> Result<(), CudaError> {
-    gemm_layout(gpu, kind, false, w, x, y, n, k, t)
+    gemm_impl(gpu, kind, false, false, w, x, y, n, k, t)
+}
+
+/// [`gemm`] into `y` as it is: `Y[t, n] += X[t, k] · W[n, k]ᵀ` (cuBLAS's `beta` = 1: the product,
+/// scaled by `alpha` exactly, and `Y` added in one f32 rounding — what a separate `add` of the
+/// stored product computes).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_accumulate<T, O>(
+    gpu: &Gpu,
+    kind: GemmKind,
+    w: &CudaView<T>,
+    x: &CudaView<T>,
+    y: &mut CudaViewMut<O>,
+    n: usize,
+    k: usize,
+    t: usize,
+) -> Result<(), CudaError> {
+    gemm_impl(gpu, kind, false, true, w, x, y, n, k, t)
 }
 
 /// [`gemm`] with the weight optionally stored transposed (`w_t = true`: `W` held as `K` rows of
@@ -104,6 +121,23 @@ pub fn gemm_layout<T, O>(
     gpu: &Gpu,
     kind: GemmKind,
     w_t: bool,
+    w: &CudaView<T>,
+    x: &CudaView<T>,
+    y: &mut CudaViewMut<O>,
+    n: usize,
+    k: usize,
+    t: usize,
+) -> Result<(), CudaError> {
+    gemm_impl(gpu, kind, w_t, false, w, x, y, n, k, t)
+}
+
+/// [`gemm_layout`], storing (`accumulate` false) or adding to `y` ([`gemm_accumulate`]).
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl<T, O>(
+    gpu: &Gpu,
+    kind: GemmKind,
+    w_t: bool,
+    accumulate: bool,
     w: &CudaView<T>,
     x: &CudaView<T>,
     y: &mut CudaViewMut<O>,
@@ -145,8 +179,9 @@ pub fn gemm_layout<T, O>(
     } else {
         1.0f32
     };
-    let beta = 0.0f32;
-    let (alpha16, beta16) = (0x3c00u16, 0u16); // 1.0 and 0.0 as f16 bits, for COMPUTE_16F
+    let beta = if accumulate { 1.0f32 } else { 0.0 };
+    // 1.0 and beta as f16 bits, for COMPUTE_16F.
+    let (alpha16, beta16) = (0x3c00u16, if accumulate { 0x3c00u16 } else { 0 });
     let (pa, pb): (*const std::ffi::c_void, *const std::ffi::c_void) = if kind == GemmKind::F16F16 {
         (&alpha16 as *const u16 as _, &beta16 as *const u16 as _)
     } else {
