@@ -8,6 +8,8 @@
 //! - `f32_to_f16x3`: the split-f16 activation operand of the `F16x3` GEMM (`split.rs`): `rows`
 //!   rows of `k` floats become rows of `3k` halves, `[hi(x) | lo(x) | hi(x)]`; a thread per pair of
 //!   elements (`k` even, `y` 4-byte aligned, `x` 8-byte aligned: the launcher checks).
+//! - `swiglu_f16x3`: `silu(gate) * up` written as that operand (the bits of `swiglu_f32` followed
+//!   by `f32_to_f16x3`, in one launch: the prefill's input to the down projection).
 //!
 //! Launch: any 1-D grid (grid-stride loops); the launchers use 256 threads and enough blocks to
 //! cover `n` once, capped. Limits: `n < 2^32`; `m ≥ 1`.
@@ -73,11 +75,14 @@ pub unsafe extern "ptx-kernel" fn f32_to_f16(x: *const f32, y: *mut u16, n: u32)
 #[repr(C, align(8))]
 struct F2([f32; 2]);
 
+/// Rows of `k` values, produced a pair at a time by `pair(e)` (elements `e`, `e + 1`, `e` even),
+/// written as the split-f16 operand: row `r` → `y[3 r k ..]` = `[hi | lo | hi]`.
+///
 /// # Safety
-/// `x` holds `rows · k` floats (8-byte aligned), `y` holds `3 · rows · k` halves (4-byte aligned),
-/// `k` even, `rows · k < 2^32` (launcher contract).
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn f32_to_f16x3(x: *const f32, y: *mut u16, rows: u32, k: u32) {
+/// `y` holds `3 · rows · k` halves (4-byte aligned), `k` even, `rows · k < 2^32`; `pair(e)` is
+/// valid for every even `e < rows · k`.
+#[inline(always)]
+unsafe fn split_rows(y: *mut u16, rows: u32, k: u32, pair: impl Fn(usize) -> [f32; 2]) {
     let n2 = (rows * k / 2) as usize;
     let k = k as usize;
     let mut i = gpu::global_x();
@@ -85,8 +90,7 @@ pub unsafe extern "ptx-kernel" fn f32_to_f16x3(x: *const f32, y: *mut u16, rows:
         let e = 2 * i;
         let r = (e as u32 / k as u32) as usize;
         let c = e - r * k;
-        // SAFETY: e + 1 < rows·k; e even, so the pair is 8-byte aligned.
-        let F2([a, b]) = unsafe { *(x.add(e) as *const F2) };
+        let [a, b] = pair(e);
         let (ha, hb) = (gpu::f32_to_f16(a), gpu::f32_to_f16(b));
         let hi = ha as u32 | (hb as u32) << 16;
         let lo = split_lo(a) as u32 | (split_lo(b) as u32) << 16;
@@ -99,5 +103,34 @@ pub unsafe extern "ptx-kernel" fn f32_to_f16x3(x: *const f32, y: *mut u16, rows:
             *(o.add(2 * k) as *mut u32) = hi;
         }
         i += gpu::stride_x();
+    }
+}
+
+/// # Safety
+/// `x` holds `rows · k` floats (8-byte aligned), `y` holds `3 · rows · k` halves (4-byte aligned),
+/// `k` even, `rows · k < 2^32` (launcher contract).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn f32_to_f16x3(x: *const f32, y: *mut u16, rows: u32, k: u32) {
+    // SAFETY: forwarded contract; e even and e + 1 < rows · k, so the pair is an aligned load.
+    unsafe { split_rows(y, rows, k, |e| (*(x.add(e) as *const F2)).0) }
+}
+
+/// # Safety
+/// `gate`, `up` hold `rows · k` floats (8-byte aligned), `y` holds `3 · rows · k` halves (4-byte
+/// aligned), `k` even, `rows · k < 2^32` (launcher contract).
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn swiglu_f16x3(
+    gate: *const f32,
+    up: *const f32,
+    y: *mut u16,
+    rows: u32,
+    k: u32,
+) {
+    // SAFETY: forwarded contract; as in `f32_to_f16x3`.
+    unsafe {
+        split_rows(y, rows, k, |e| {
+            let (F2(g), F2(u)) = (*(gate.add(e) as *const F2), *(up.add(e) as *const F2));
+            [silu_mul(g[0], u[0]), silu_mul(g[1], u[1])]
+        })
     }
 }

@@ -912,6 +912,67 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(cfg(10))]
+
+    /// The fused prefill inputs give exactly the bits of their two-launch compositions
+    /// (`rms_norm` then `f32_to_f16x3`; `swiglu` then `f32_to_f16x3`), and those split the CPU
+    /// reference's values to within its tolerance.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --ignored on a GPU machine"]
+    fn norm_and_swiglu_split_as_their_compositions(
+        k in prop::sample::select(&[896usize, 576, 4864, 1536, 64, 34, 2][..]),
+        rows in prop::sample::select(&[1usize, 3, 17, 512][..]),
+        seed in any::<u64>(),
+    ) {
+        let g = gpu();
+        let mut rng = Rng::new(seed);
+        let split_rows = |v: &CudaSlice<f32>| {
+            let mut o = poisoned(&g, 3 * rows * k, 0x7e00u16);
+            ops::f32_to_f16x3(&g, &v.as_view(), k, &mut o.as_view_mut()).unwrap();
+            download(&g, &o)
+        };
+        // The value a split row holds: hi + lo / 2^S.
+        let joined = |h: &[u16]| -> Vec<f32> {
+            let sc = host::cuda::gemm::F16X3_SCALE;
+            h.chunks(3 * k)
+                .flat_map(|r| {
+                    (0..k).map(move |c| {
+                        half::f16::from_bits(r[c]).to_f32() + half::f16::from_bits(r[k + c]).to_f32() / sc
+                    })
+                })
+                .collect()
+        };
+
+        let x = random(&mut rng, rows * k, 4.0);
+        let w: Vec<f32> = (0..k).map(|_| 1.0 + 0.5 * rng.uniform()).collect();
+        let eps = 1e-6;
+        let (dx, dw) = (upload(&g, &x), upload(&g, &w));
+        let mut xn = poisoned(&g, rows * k, f32::NAN);
+        ops::rms_norm(&g, &dx.as_view(), &dw.as_view(), eps, &mut xn.as_view_mut()).unwrap();
+        let mut fused = poisoned(&g, 3 * rows * k, 0x7e00u16);
+        ops::rms_norm_f16x3(&g, &dx.as_view(), &dw.as_view(), eps, &mut fused.as_view_mut()).unwrap();
+        let fused = download(&g, &fused);
+        prop_assert_eq!(&fused, &split_rows(&xn), "rms_norm_f16x3 {}x{}", rows, k);
+        let mut want = vec![0.0; x.len()];
+        cpu::rms_norm(&x, &w, eps, &mut want);
+        assert_close(&format!("rms_norm_f16x3 {rows}x{k} (joined)"), &joined(&fused), &want, 1e-6, 1e-4);
+
+        let gate = random(&mut rng, rows * k, 8.0);
+        let up = random(&mut rng, rows * k, 2.0);
+        let (dg, du) = (upload(&g, &gate), upload(&g, &up));
+        let mut h = poisoned(&g, rows * k, f32::NAN);
+        ops::swiglu(&g, &dg.as_view(), &du.as_view(), &mut h.as_view_mut()).unwrap();
+        let mut fused = poisoned(&g, 3 * rows * k, 0x7e00u16);
+        ops::swiglu_f16x3(&g, &dg.as_view(), &du.as_view(), k, &mut fused.as_view_mut()).unwrap();
+        let fused = download(&g, &fused);
+        prop_assert_eq!(&fused, &split_rows(&h), "swiglu_f16x3 {}x{}", rows, k);
+        let mut want = vec![0.0; gate.len()];
+        cpu::swiglu(&gate, &up, &mut want);
+        assert_close(&format!("swiglu_f16x3 {rows}x{k} (joined)"), &joined(&fused), &want, 1e-6, 1e-5);
+    }
+}
+
 /// The real embedding and LM-head shapes: 151936 x 896 (qwen, Q8_0 output, Q5_0 embedding) and
 /// 49152 x 576 (smollm2, Q8_0).
 #[test]
@@ -1434,6 +1495,36 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("rms_norm_f32"), "{e}");
+    // The split-f16 writers take three halves per element, of rows of an even length.
+    let w2 = upload(&g, &[1.0f32; 2]);
+    let mut h30 = poisoned(&g, 30, 0x7e00u16);
+    let mut h29 = poisoned(&g, 29, 0x7e00u16);
+    let e = ops::rms_norm_f16x3(
+        &g,
+        &x.as_view(),
+        &w2.as_view(),
+        1e-6,
+        &mut h29.as_view_mut(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("rms_norm_f16x3"), "{e}");
+    ops::rms_norm_f16x3(
+        &g,
+        &x.as_view(),
+        &w2.as_view(),
+        1e-6,
+        &mut h30.as_view_mut(),
+    )
+    .unwrap();
+    let e =
+        ops::swiglu_f16x3(&g, &x.as_view(), &x.as_view(), 5, &mut h30.as_view_mut()).unwrap_err();
+    assert!(
+        e.to_string().contains("swiglu_f16x3") && e.to_string().contains("even"),
+        "{e}"
+    );
+    let e =
+        ops::swiglu_f16x3(&g, &x.as_view(), &x.as_view(), 2, &mut h29.as_view_mut()).unwrap_err();
+    assert!(e.to_string().contains("swiglu_f16x3"), "{e}");
     let mut sel = ops::SelectScratch::new(&g).unwrap();
     let mut xm = upload(&g, &vec![0.5f32; 4096]);
     for (p, why) in [

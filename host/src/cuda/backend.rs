@@ -641,20 +641,26 @@ impl CudaBackend {
                     bias_views.as_ref().map(|(a, b, c)| [a, b, c]),
                 )?;
             } else {
-                ops::rms_norm(
-                    gpu,
+                let split = lin.normed(
                     &s.x.slice(..t * d),
                     &l.attn_norm.as_view(),
                     c.rms_eps,
                     &mut s.xn.slice_mut(..t * d),
+                    t,
+                    &mut s.gemm,
                 )?;
                 let xn = s.xn.slice(..t * d);
+                let src = if split {
+                    ProjInput::Converted
+                } else {
+                    ProjInput::Rows(&xn)
+                };
                 let projs = [
                     (&l.wq, s.q.slice_mut(..t * qd), l.bq.as_ref()),
                     (&l.wk, s.k.slice_mut(..t * kvd), l.bk.as_ref()),
                     (&l.wv, s.v.slice_mut(..t * kvd), l.bv.as_ref()),
                 ];
-                lin.run_each(&xn, t, projs, &mut s.gemm)?;
+                lin.run_each(src, t, projs, &mut s.gemm)?;
             }
             let step = AttnStep {
                 gpu,
@@ -696,7 +702,7 @@ impl CudaBackend {
             } else {
                 lin.run_residual(
                     &l.wo,
-                    &s.attn.slice(..t * qd),
+                    ProjInput::Rows(&s.attn.slice(..t * qd)),
                     &mut s.x.slice_mut(..t * d),
                     &mut s.proj.slice_mut(..t * d),
                     t,
@@ -744,19 +750,40 @@ impl CudaBackend {
                 };
                 ops::matvec_swiglu(gpu, &l.gate, &l.up, inp, &mut s.h.slice_mut(..ff))?;
             } else {
-                ops::rms_norm(
-                    gpu,
+                let split = lin.normed(
                     &s.x.slice(..t * d),
                     &l.ffn_norm.as_view(),
                     c.rms_eps,
                     &mut s.xn.slice_mut(..t * d),
+                    t,
+                    &mut s.gemm,
                 )?;
                 let xn = s.xn.slice(..t * d);
+                let src = if split {
+                    ProjInput::Converted
+                } else {
+                    ProjInput::Rows(&xn)
+                };
                 let projs = [
                     (&l.gate, s.gate.slice_mut(..t * ff), None),
                     (&l.up, s.up.slice_mut(..t * ff), None),
                 ];
-                lin.run_each(&xn, t, projs, &mut s.gemm)?;
+                lin.run_each(src, t, projs, &mut s.gemm)?;
+                if lin.split_input(t) {
+                    // SwiGLU straight into the down projection's split-f16 input.
+                    let mut h3 = s.gemm.x16.slice_mut(..3 * t * ff);
+                    let (g, u) = (s.gate.slice(..t * ff), s.up.slice(..t * ff));
+                    ops::swiglu_f16x3(gpu, &g, &u, ff, &mut h3)?;
+                    lin.run_residual(
+                        &l.down,
+                        ProjInput::Converted,
+                        &mut s.x.slice_mut(..t * d),
+                        &mut s.proj.slice_mut(..t * d),
+                        t,
+                        &mut s.gemm,
+                    )?;
+                    continue;
+                }
                 ops::swiglu(
                     gpu,
                     &s.gate.slice(..t * ff),
@@ -766,7 +793,7 @@ impl CudaBackend {
             }
             lin.run_residual(
                 &l.down,
-                &s.h.slice(..t * ff),
+                ProjInput::Rows(&s.h.slice(..t * ff)),
                 &mut s.x.slice_mut(..t * d),
                 &mut s.proj.slice_mut(..t * d),
                 t,
@@ -1215,6 +1242,27 @@ type Projection<'a> = (
     Option<&'a CudaSlice<f32>>,
 );
 
+/// A projection's input rows: f32 rows, or already in the GEMM's split-f16 form in the GEMM
+/// scratch (written there by a fused kernel: [`Linear::normed`], `swiglu_f16x3`).
+#[derive(Clone, Copy)]
+enum ProjInput<'a, 'b> {
+    Rows(&'a CudaView<'b, f32>),
+    Converted,
+}
+
+impl<'a, 'b> ProjInput<'a, 'b> {
+    /// The f32 rows, for the paths that read them (matvecs, f32 GEMMs).
+    fn rows(self, w: &DeviceTensor) -> Result<&'a CudaView<'b, f32>, CudaError> {
+        match self {
+            ProjInput::Rows(x) => Ok(x),
+            ProjInput::Converted => Err(CudaError::Shape {
+                kernel: "linear",
+                problem: format!("{}: f32 rows needed, the input is split f16", w.name),
+            }),
+        }
+    }
+}
+
 /// The `linear` step: `y[t, n] = x[t, k] · W[n, k]ᵀ`.
 struct Linear<'a> {
     gpu: &'a Gpu,
@@ -1250,33 +1298,65 @@ impl Linear<'_> {
         Ok(())
     }
 
+    /// Whether a `t`-row projection input is written straight into the GEMM's split-f16 form by
+    /// the fused kernels (`rms_norm_f16x3`, `swiglu_f16x3`): prefill chunks with
+    /// [`GemmKind::F16x3`].
+    fn split_input(&self, t: usize) -> bool {
+        t > 1 && self.kind == GemmKind::F16x3
+    }
+
+    /// `rms_norm(x) ∘ w` as the input of the projections that follow: into the GEMM scratch in
+    /// split-f16 form when [`Linear::split_input`] (one launch; returns true), otherwise into
+    /// `xn` (false).
+    fn normed(
+        &self,
+        x: &CudaView<f32>,
+        w: &CudaView<f32>,
+        eps: f32,
+        xn: &mut CudaViewMut<f32>,
+        t: usize,
+        g: &mut GemmScratch,
+    ) -> Result<bool, CudaError> {
+        if self.split_input(t) {
+            let mut x3 = g.x16.slice_mut(..3 * x.len());
+            ops::rms_norm_f16x3(self.gpu, x, w, eps, &mut x3)?;
+            return Ok(true);
+        }
+        ops::rms_norm(self.gpu, x, w, eps, xn)?;
+        Ok(false)
+    }
+
     /// `resid += x Wᵀ`; for `t = 1` inside the matvec (or, unfused, through `tmp` and an add),
     /// otherwise by the GEMM adding to `resid` itself (the same f32 additions either way).
     fn run_residual(
         &self,
         w: &DeviceTensor,
-        x: &CudaView<f32>,
+        src: ProjInput,
         resid: &mut CudaViewMut<f32>,
         tmp: &mut CudaViewMut<f32>,
         t: usize,
         g: &mut GemmScratch,
     ) -> Result<(), CudaError> {
         if t == 1 {
+            let x = src.rows(w)?;
             if self.fuse {
                 return ops::matvec_with(self.gpu, w, x, resid, MatvecOut::Accumulate);
             }
             ops::matvec(self.gpu, w, x, tmp)?;
             return ops::add(self.gpu, resid, &tmp.as_view());
         }
-        self.convert(x, t, w.cols, g)?;
-        self.gemm_converted(w, x, resid, t, g, true)
+        if let ProjInput::Rows(x) = src {
+            self.convert(x, t, w.cols, g)?;
+        }
+        self.gemm_converted(w, src, resid, t, g, true)
     }
 
-    /// Projections of the same rows `x` (q, k and v; gate and up): `y = x Wᵀ + bias` each, the
-    /// activations converted to the GEMM's input form once for all of them.
+    /// Projections of the same rows (q, k and v; gate and up): `y = x Wᵀ + bias` each, the
+    /// activations converted to the GEMM's input form once for all of them (or already
+    /// converted: [`ProjInput::Converted`]).
     fn run_each<const N: usize>(
         &self,
-        x: &CudaView<f32>,
+        src: ProjInput,
         t: usize,
         projs: [Projection<'_>; N],
         g: &mut GemmScratch,
@@ -1292,14 +1372,16 @@ impl Linear<'_> {
                     ),
                 });
             }
-            self.convert(x, t, k, g)?;
+            if let ProjInput::Rows(x) = src {
+                self.convert(x, t, k, g)?;
+            }
         }
         for (w, mut y, bias) in projs {
             if t == 1 {
-                self.run_bias(w, x, &mut y, t, bias, g)?;
+                self.run_bias(w, src.rows(w)?, &mut y, t, bias, g)?;
                 continue;
             }
-            self.gemm_converted(w, x, &mut y, t, g, false)?;
+            self.gemm_converted(w, src, &mut y, t, g, false)?;
             if let Some(b) = bias {
                 ops::add(self.gpu, &mut y, &b.as_view())?;
             }
@@ -1319,7 +1401,7 @@ impl Linear<'_> {
             return ops::matvec(self.gpu, w, x, y);
         }
         self.convert(x, t, w.cols, g)?;
-        self.gemm_converted(w, x, y, t, g, false)
+        self.gemm_converted(w, ProjInput::Rows(x), y, t, g, false)
     }
 
     /// The `t` rows of `k` activations `x` in the GEMM's input form, in `g.x16` (split f16 for
@@ -1349,13 +1431,19 @@ impl Linear<'_> {
     fn gemm_converted(
         &self,
         w: &DeviceTensor,
-        x: &CudaView<f32>,
+        src: ProjInput,
         y: &mut CudaViewMut<f32>,
         t: usize,
         g: &mut GemmScratch,
         acc: bool,
     ) -> Result<(), CudaError> {
         let (n, k) = (w.rows, w.cols);
+        if matches!(src, ProjInput::Converted) && self.kind != GemmKind::F16x3 {
+            return Err(CudaError::Shape {
+                kernel: "linear",
+                problem: format!("{}: a split-f16 input for a {:?} GEMM", w.name, self.kind),
+            });
+        }
         // Store or accumulate, for f16-bit (u16) or f32 operands.
         let run16 = if acc {
             gemm_accumulate::<u16, f32>
@@ -1383,7 +1471,16 @@ impl Linear<'_> {
             kind => {
                 let mut wd = g.w32.slice_mut(..n * k);
                 ops::dequant(self.gpu, w, None, DequantOut::F32(&mut wd))?;
-                run32(self.gpu, kind, &g.w32.slice(..n * k), x, y, n, k, t)
+                run32(
+                    self.gpu,
+                    kind,
+                    &g.w32.slice(..n * k),
+                    src.rows(w)?,
+                    y,
+                    n,
+                    k,
+                    t,
+                )
             }
         }
     }

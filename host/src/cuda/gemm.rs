@@ -14,6 +14,8 @@ use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
 };
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+/// The split-f16 operands' scale `2^S` (`kernels-gpu/src/split.rs`): `lo` is stored times it.
+pub use kernels_gpu::split::F16X3_SCALE;
 
 use super::device::Gpu;
 use super::error::CudaError;

@@ -7,8 +7,10 @@ use crate::gguf::GgmlType;
 pub const KERNELS: &[&str] = &[
     "axpy_f32",
     "rms_norm_f32",
+    "rms_norm_f16x3",
     "add_f32",
     "swiglu_f32",
+    "swiglu_f16x3",
     "f32_to_f16",
     "f32_to_f16x3",
     "rope_f32",

@@ -77,27 +77,56 @@ pub fn rms_norm(
     out: &mut CudaViewMut<f32>,
 ) -> Result<()> {
     const K: &str = "rms_norm_f32";
+    let (cfg, n32) = norm_launch(K, x, w, out.len(), 1)?;
+    launch!(gpu, K, cfg, x, w, out, &n32, &eps);
+    Ok(())
+}
+
+/// [`rms_norm`] written as the split-f16 activation operand of
+/// [`super::gemm::GemmKind::F16x3`] (rows of `3n` halves, `[hi | lo | hi]`): the bits of
+/// `rms_norm` followed by [`f32_to_f16x3`], in one launch.
+pub fn rms_norm_f16x3(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    eps: f32,
+    out: &mut CudaViewMut<u16>,
+) -> Result<()> {
+    const K: &str = "rms_norm_f16x3";
+    let (cfg, n32) = norm_launch(K, x, w, out.len(), 3)?;
+    launch!(gpu, K, cfg, x, w, out, &n32, &eps);
+    Ok(())
+}
+
+/// The norm kernels' checks (`x` whole rows of `w.len()`, `out_len` = `per` × `x.len()`) and
+/// launch: a block per row, a thread per element up to 1024 (one load each for the models'
+/// widths: the norm is bound by the latency of its loads, not their number). Returns the launch
+/// and the row length.
+fn norm_launch(
+    k: &'static str,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    out_len: usize,
+    per: usize,
+) -> Result<(LaunchConfig, u32)> {
     let n = w.len();
-    ensure(K, n > 0 && x.len() % n == 0 && !x.is_empty(), || {
+    ensure(k, n > 0 && x.len() % n == 0 && !x.is_empty(), || {
         format!("x has {} elements, not whole rows of {n}", x.len())
     })?;
-    ensure(K, out.len() == x.len(), || {
-        format!("out has {}, x {}", out.len(), x.len())
+    ensure(k, out_len == per * x.len(), || {
+        format!("out has {out_len}, x {} ({per} x expected)", x.len())
     })?;
-    let rows = to_u32(K, "rows", x.len() / n)?;
-    ensure(K, rows < (1 << 31), || {
+    let rows = to_u32(k, "rows", x.len() / n)?;
+    ensure(k, rows < (1 << 31), || {
         format!("{rows} rows exceed the grid")
     })?;
-    let n32 = to_u32(K, "n", n)?;
+    to_u32(k, "out", out_len)?;
     let cfg = LaunchConfig {
         grid_dim: (rows, 1, 1),
-        // A thread per element up to 1024 (one load each for the models' widths: the norm is
-        // bound by the latency of its loads, not their number).
         block_dim: (n.next_multiple_of(32).min(1024) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    launch!(gpu, K, cfg, x, w, out, &n32, &eps);
-    Ok(())
+    Ok((cfg, to_u32(k, "n", n)?))
 }
 
 /// `dst += src`, `src` repeated over every row of `dst` when shorter (residual and bias add;
@@ -133,6 +162,51 @@ pub fn swiglu(
     })?;
     let n = to_u32(K, "n", up.len())?;
     launch!(gpu, K, grid_1d(up.len(), 256), gate, up, out, &n);
+    Ok(())
+}
+
+/// [`swiglu`] written as the split-f16 activation operand of [`super::gemm::GemmKind::F16x3`]
+/// (rows of `k` → `3k` halves): the bits of `swiglu` followed by [`f32_to_f16x3`], in one launch.
+pub fn swiglu_f16x3(
+    gpu: &Gpu,
+    gate: &CudaView<f32>,
+    up: &CudaView<f32>,
+    k: usize,
+    out: &mut CudaViewMut<u16>,
+) -> Result<()> {
+    const K: &str = "swiglu_f16x3";
+    ensure(
+        K,
+        gate.len() == up.len() && k > 0 && k.is_multiple_of(2) && up.len().is_multiple_of(k),
+        || {
+            format!(
+                "gate {} / up {} are not the same rows of an even k = {k}",
+                gate.len(),
+                up.len()
+            )
+        },
+    )?;
+    ensure(K, out.len() == 3 * up.len(), || {
+        format!("up {}, out {} (3 x expected)", up.len(), out.len())
+    })?;
+    let (ga, ua, oa) = (addr(gpu, gate), addr(gpu, up), addr(gpu, &*out));
+    ensure(
+        K,
+        ga.is_multiple_of(8) && ua.is_multiple_of(8) && oa.is_multiple_of(4),
+        || format!("gate at {ga:#x}, up at {ua:#x} (8-byte alignment needed), out at {oa:#x} (4)"),
+    )?;
+    let n = to_u32(K, "n", up.len())?;
+    let (rows, k32) = (n / k as u32, k as u32);
+    launch!(
+        gpu,
+        K,
+        grid_1d(up.len() / 2, 256),
+        gate,
+        up,
+        out,
+        &rows,
+        &k32
+    );
     Ok(())
 }
 
