@@ -15,15 +15,14 @@
 //! each round, keeping its rows' online softmax (log2 domain: Q is scaled by `scale · log2 e`,
 //! probabilities by `ex2`) and output in registers; at the end the key splits' states are merged
 //! (the maxima aligned, sums and accumulators added) through shared memory and split 0 writes.
-
+//!
 //! Arithmetic: `mma.sync.m16n8k16` with f16 operands and f32 accumulation, every operand split
 //! in two f16 terms so that nothing is rounded to f16 precision: the cache's keys and values are
 //! f16 already (exact operands); the scaled query `q = q_hi + q_lo` and each probability
 //! `p = p_hi + p_lo` (`hi = f16(x)`, `lo = f16(x − hi)`, ≈ 2^-22 relative together) take two
 //! products each, the f16 × f16 products are exact in f32 and accumulate in f32. So the scores
 //! and the weighted sums carry about f32 accuracy (the property tests hold this kernel to the
-//! CUDA-core kernel's 1e-4), at twice the tensor-core work of a plain f16 attention, which the
-//! softmax's `ex2` throughput hides. The row sums are of the f32 probabilities (each lane its
+//! CUDA-core kernel's 1e-4), at twice the tensor-core work of a plain f16 attention. The row sums are of the f32 probabilities (each lane its
 //! columns, the row's 4 lanes added at the end); `out = acc / sum` (IEEE division).
 //!
 //! Fragments (PTX ISA, `mma.m16n8k16` `.f16`): lane `l`, `g = l / 4`, `c = l % 4`; a warp's
