@@ -6,6 +6,9 @@
 //! Cache layout, per layer: `[n_head_kv][n_ctx][head_dim]`, so one head's keys are contiguous
 //! for attention. f16 values are rounded to nearest even (`cvt.rn.f16.f32`).
 //!
+//! With `has_bias` the value bias (`n_head_kv * head_dim` floats, the prefill's v bias) is added
+//! to each value before it is stored — the f32 addition `add_f32` would make, in the same launch.
+//!
 //! Launch: any 1-D grid, grid-stride over the `n_tok * n_head_kv * head_dim` elements.
 //! Limits: `pos0 + n_tok ≤ n_ctx`.
 
@@ -44,6 +47,8 @@ impl CacheElem for f32 {
 unsafe fn kv_append<C: CacheElem>(
     k: *const f32,
     v: *const f32,
+    v_bias: *const f32,
+    has_bias: u32,
     k_cache: *mut C,
     v_cache: *mut C,
     pos0: u32,
@@ -63,7 +68,12 @@ unsafe fn kv_append<C: CacheElem>(
         // SAFETY: i < n_tok * row; dst < n_head_kv * n_ctx * d since pos0 + t < n_ctx.
         unsafe {
             *k_cache.add(dst) = C::store(*k.add(i));
-            *v_cache.add(dst) = C::store(*v.add(i));
+            let mut vv = *v.add(i);
+            if has_bias != 0 {
+                // SAFETY: the bias holds row floats (launcher contract).
+                vv += *v_bias.add(r);
+            }
+            *v_cache.add(dst) = C::store(vv);
         }
         i += gpu::stride_x();
     }
@@ -76,6 +86,8 @@ unsafe fn kv_append<C: CacheElem>(
 pub unsafe extern "ptx-kernel" fn kv_append_f16(
     k: *const f32,
     v: *const f32,
+    v_bias: *const f32,
+    has_bias: u32,
     k_cache: *mut u16,
     v_cache: *mut u16,
     pos0: u32,
@@ -87,7 +99,7 @@ pub unsafe extern "ptx-kernel" fn kv_append_f16(
     // SAFETY: forwarded contract.
     unsafe {
         kv_append(
-            k, v, k_cache, v_cache, pos0, n_tok, n_head_kv, head_dim, n_ctx,
+            k, v, v_bias, has_bias, k_cache, v_cache, pos0, n_tok, n_head_kv, head_dim, n_ctx,
         )
     }
 }
@@ -99,6 +111,8 @@ pub unsafe extern "ptx-kernel" fn kv_append_f16(
 pub unsafe extern "ptx-kernel" fn kv_append_f32(
     k: *const f32,
     v: *const f32,
+    v_bias: *const f32,
+    has_bias: u32,
     k_cache: *mut f32,
     v_cache: *mut f32,
     pos0: u32,
@@ -110,7 +124,7 @@ pub unsafe extern "ptx-kernel" fn kv_append_f32(
     // SAFETY: forwarded contract.
     unsafe {
         kv_append(
-            k, v, k_cache, v_cache, pos0, n_tok, n_head_kv, head_dim, n_ctx,
+            k, v, v_bias, has_bias, k_cache, v_cache, pos0, n_tok, n_head_kv, head_dim, n_ctx,
         )
     }
 }

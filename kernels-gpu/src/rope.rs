@@ -6,6 +6,8 @@
 //! `cos_sin[2 * (pos * half + i)]` and `[.. + 1]`. The table is computed on the host with the
 //! CPU reference's angle (`cpu::rope_angle`, f64) and rounded to f32 once, so the GPU applies
 //! exactly the CPU's rotation: `(a, b) → (a cos − b sin, a sin + b cos)`, same operation order.
+//! With `has_bias` the row's bias (`n_head * head_dim` floats, the prefill's q or k bias) is
+//! added to each element first — the f32 addition `add_f32` would make, in the same launch.
 //!
 //! Launch: any 1-D grid, grid-stride over the `n_tok * n_head * half` pairs (the launcher covers
 //! them once with 256-thread blocks). Limits: `head_dim` even; the table holds positions
@@ -18,6 +20,8 @@ use crate::gpu;
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn rope_f32(
     x: *mut f32,
+    bias: *const f32,
+    has_bias: u32,
     cos_sin: *const f32,
     n_tok: u32,
     n_head: u32,
@@ -44,8 +48,13 @@ pub unsafe extern "ptx-kernel" fn rope_f32(
         unsafe {
             let cos = *cos_sin.add(2 * (p * half + i));
             let sin = *cos_sin.add(2 * (p * half + i) + 1);
-            let a = *x.add(base + ia);
-            let b = *x.add(base + ib);
+            let (mut a, mut b) = (*x.add(base + ia), *x.add(base + ib));
+            if has_bias != 0 {
+                // SAFETY: the bias holds n_head · head_dim floats (launcher contract).
+                let hb = h * head_dim as usize;
+                a += *bias.add(hb + ia);
+                b += *bias.add(hb + ib);
+            }
             *x.add(base + ia) = a * cos - b * sin;
             *x.add(base + ib) = a * sin + b * cos;
         }

@@ -143,6 +143,7 @@ proptest! {
         n_tok in prop::sample::select(&[1usize, 2, 17, 512][..]),
         pos0 in prop::sample::select(&[0usize, 1, 100, 3583][..]),
         neox in any::<bool>(),
+        with_bias in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let g = gpu();
@@ -150,13 +151,20 @@ proptest! {
         let theta = if neox { 1_000_000.0 } else { 10_000.0 };
         let style = if neox { RopeStyle::Neox } else { RopeStyle::Normal };
         let x = random(&mut rng, n_tok * n_head * head_dim, 2.0);
+        // With a bias (the prefill's q or k bias): added first, as `cpu::add` adds it.
+        let bias = random(&mut rng, n_head * head_dim, 1.0);
         let positions: Vec<usize> = (pos0..pos0 + n_tok).collect();
         let mut want = x.clone();
+        if with_bias {
+            cpu::add(&mut want, &bias);
+        }
         cpu::rope(&mut want, n_head, head_dim, &positions, theta, style);
         let table = RopeTable::new(&g, 4096, head_dim, theta).unwrap();
         let mut d = upload(&g, &x);
-        ops::rope(&g, &mut d.as_view_mut(), &table, n_head, pos0, style).unwrap();
-        assert_bits_eq(&format!("rope {n_head}x{head_dim} n_tok={n_tok} pos0={pos0} {style:?}"), &download(&g, &d), &want);
+        let db = upload(&g, &bias);
+        let dbv = db.as_view();
+        ops::rope(&g, &mut d.as_view_mut(), with_bias.then_some(&dbv), &table, n_head, pos0, style).unwrap();
+        assert_bits_eq(&format!("rope {n_head}x{head_dim} n_tok={n_tok} pos0={pos0} {style:?} bias {with_bias}"), &download(&g, &d), &want);
     }
 }
 
@@ -218,6 +226,7 @@ fn fill_cache<T: TestElem>(
             g,
             &upload(g, &k[p * row..(p + c) * row]).as_view(),
             &upload(g, &v[p * row..(p + c) * row]).as_view(),
+            None,
             &mut cache,
             s,
             p,
@@ -229,10 +238,13 @@ fn fill_cache<T: TestElem>(
     (cache, k, v)
 }
 
+/// `kv_append` of `n` rows at the cache's end; with `with_bias` a value bias is added first (the
+/// prefill's v bias), checked against the f32 sum rounded as the cache stores it.
 fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
     n_head_kv: usize,
     head_dim: usize,
     n: usize,
+    with_bias: bool,
     seed: u64,
 ) {
     let g = gpu();
@@ -251,10 +263,14 @@ fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
         v: poisoned(&g, s.elems(), T::POISON),
     };
     let pos0 = 1024 - n;
+    let bias = random(&mut rng, row, 1.0);
+    let db = upload(&g, &bias);
+    let dbv = db.as_view();
     ops::kv_append(
         &g,
         &upload(&g, &k).as_view(),
         &upload(&g, &v).as_view(),
+        with_bias.then_some(&dbv),
         &mut cache,
         s,
         pos0,
@@ -267,7 +283,12 @@ fn kv_append_case<T: TestElem + PartialEq + std::fmt::Debug>(
                 let at = (h * s.n_ctx + pos0 + t) * head_dim + j;
                 let src = t * row + h * head_dim + j;
                 assert_eq!(kc[at], T::round(k[src]), "k t={t} h={h} j={j}");
-                assert_eq!(vc[at], T::round(v[src]), "v t={t} h={h} j={j}");
+                let want_v = if with_bias {
+                    v[src] + bias[src % row]
+                } else {
+                    v[src]
+                };
+                assert_eq!(vc[at], T::round(want_v), "v t={t} h={h} j={j}");
             }
         }
     }
@@ -518,12 +539,13 @@ proptest! {
         (n_head_kv, head_dim) in prop::sample::select(&[(2usize, 64usize), (3, 64), (1, 128)][..]),
         n in prop::sample::select(&[1usize, 5, 300, 1024][..]),
         f32_cache in any::<bool>(),
+        with_bias in any::<bool>(),
         seed in any::<u64>(),
     ) {
         if f32_cache {
-            kv_append_case::<f32>(n_head_kv, head_dim, n, seed);
+            kv_append_case::<f32>(n_head_kv, head_dim, n, with_bias, seed);
         } else {
-            kv_append_case::<u16>(n_head_kv, head_dim, n, seed);
+            kv_append_case::<u16>(n_head_kv, head_dim, n, with_bias, seed);
         }
     }
 
@@ -1495,6 +1517,48 @@ fn launchers_refuse_bad_shapes_naming_the_kernel() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("rms_norm_f32"), "{e}");
+    // A bias is one row of the heads it is added to.
+    let table = RopeTable::new(&g, 8, 4, 10_000.0).unwrap();
+    let mut xr = upload(&g, &[1.0f32; 16]);
+    let b7 = upload(&g, &[0.5f32; 7]);
+    let e = ops::rope(
+        &g,
+        &mut xr.as_view_mut(),
+        Some(&b7.as_view()),
+        &table,
+        2,
+        0,
+        RopeStyle::Normal,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("rope_f32") && e.contains("bias"), "{e}");
+    let s = KvShape {
+        n_head_kv: 2,
+        head_dim: 4,
+        n_ctx: 8,
+    };
+    let mut cache = KvLayer::<u16> {
+        k: poisoned(&g, s.elems(), 0x7e00u16),
+        v: poisoned(&g, s.elems(), 0x7e00u16),
+    };
+    let kv = upload(&g, &[1.0f32; 16]);
+    let e = ops::kv_append(
+        &g,
+        &kv.as_view(),
+        &kv.as_view(),
+        Some(&b7.as_view()),
+        &mut cache,
+        s,
+        0,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("kv_append_f16") && e.contains("bias"), "{e}");
+    assert!(
+        download(&g, &cache.v).iter().all(|&h| h == 0x7e00),
+        "nothing may be written"
+    );
     // The split-f16 writers take three halves per element, of rows of an even length.
     let w2 = upload(&g, &[1.0f32; 2]);
     let mut h30 = poisoned(&g, 30, 0x7e00u16);

@@ -583,14 +583,30 @@ impl Bench<'_> {
                 let x = self.rand(n_tok * nh * d, 2.0);
                 let table = RopeTable::new(g, n_tok, d, 1e6)?;
                 let mut dx = self.up(&x)?;
-                ops::rope(g, &mut dx.as_view_mut(), &table, nh, 0, RopeStyle::Neox)?;
+                ops::rope(
+                    g,
+                    &mut dx.as_view_mut(),
+                    None,
+                    &table,
+                    nh,
+                    0,
+                    RopeStyle::Neox,
+                )?;
                 let got = self.down(&dx)?;
                 let mut want = x.clone();
                 let pos: Vec<usize> = (0..n_tok).collect();
                 cpu::rope(&mut want, nh, d, &pos, 1e6, RopeStyle::Neox);
                 let e = rel_err(&got, &want.iter().map(|&v| v as f64).collect::<Vec<_>>());
                 let t = time(g, reps, || {
-                    ops::rope(g, &mut dx.as_view_mut(), &table, nh, 0, RopeStyle::Neox)
+                    ops::rope(
+                        g,
+                        &mut dx.as_view_mut(),
+                        None,
+                        &table,
+                        nh,
+                        0,
+                        RopeStyle::Neox,
+                    )
                 })?;
                 out.push(self.row(
                     name,
@@ -611,7 +627,7 @@ impl Bench<'_> {
                 let k = self.rand(n_tok * nkv * d, 2.0);
                 let (dk, dv) = (self.up(&k)?, self.up(&k)?);
                 let mut cache = KvLayer::<u16>::new(g, s)?;
-                ops::kv_append(g, &dk.as_view(), &dv.as_view(), &mut cache, s, 0)?;
+                ops::kv_append(g, &dk.as_view(), &dv.as_view(), None, &mut cache, s, 0)?;
                 let got = self.down(&cache.k)?;
                 let bad = (0..n_tok * nkv * d)
                     .filter(|&i| {
@@ -620,7 +636,7 @@ impl Bench<'_> {
                     })
                     .count();
                 let t = time(g, reps, || {
-                    ops::kv_append(g, &dk.as_view(), &dv.as_view(), &mut cache, s, 0)
+                    ops::kv_append(g, &dk.as_view(), &dv.as_view(), None, &mut cache, s, 0)
                 })?;
                 out.push(self.row(
                     name,
@@ -663,6 +679,7 @@ impl Bench<'_> {
                     g,
                     &self.up(&k)?.as_view(),
                     &self.up(&v)?.as_view(),
+                    None,
                     &mut cache,
                     s,
                     0,

@@ -655,10 +655,24 @@ impl CudaBackend {
                 } else {
                     ProjInput::Rows(&xn)
                 };
+                // A prefill adds the biases in its RoPE and KV-append launches (`AttnStep`).
+                let decode = t == 1;
                 let projs = [
-                    (&l.wq, s.q.slice_mut(..t * qd), l.bq.as_ref()),
-                    (&l.wk, s.k.slice_mut(..t * kvd), l.bk.as_ref()),
-                    (&l.wv, s.v.slice_mut(..t * kvd), l.bv.as_ref()),
+                    (
+                        &l.wq,
+                        s.q.slice_mut(..t * qd),
+                        l.bq.as_ref().filter(|_| decode),
+                    ),
+                    (
+                        &l.wk,
+                        s.k.slice_mut(..t * kvd),
+                        l.bk.as_ref().filter(|_| decode),
+                    ),
+                    (
+                        &l.wv,
+                        s.v.slice_mut(..t * kvd),
+                        l.bv.as_ref().filter(|_| decode),
+                    ),
                 ];
                 lin.run_each(src, t, projs, &mut s.gemm)?;
             }
@@ -671,6 +685,7 @@ impl CudaBackend {
                 rope: &self.rope,
                 style: c.rope_style,
                 mma: self.opts.prefill_mma,
+                biases: [l.bq.as_ref(), l.bk.as_ref(), l.bv.as_ref()],
             };
             let mut q = s.q.slice_mut(..t * qd);
             let mut k = s.k.slice_mut(..t * kvd);
@@ -1163,6 +1178,9 @@ struct AttnStep<'a> {
     style: crate::model::RopeStyle,
     /// [`CudaOptions::prefill_mma`].
     mma: bool,
+    /// The q, k and v biases, which a prefill (`t > 1`) adds in its RoPE and KV-append launches
+    /// (its projections leave them out); a decode's projections add them.
+    biases: [Option<&'a CudaSlice<f32>>; 3],
 }
 
 impl AttnStep<'_> {
@@ -1208,16 +1226,15 @@ impl AttnStep<'_> {
                 problem: "a prefill takes its position from the host".into(),
             });
         };
-        ops::rope(self.gpu, q, self.rope, self.n_head, pos, self.style)?;
-        ops::rope(
-            self.gpu,
-            k,
-            self.rope,
-            self.shape.n_head_kv,
-            pos,
-            self.style,
-        )?;
-        ops::kv_append(self.gpu, &k.as_view(), v, cache, self.shape, pos)?;
+        // The projections' biases are added here, by the launches that read q, k and v next.
+        let [bq, bk, bv] = self.biases.map(|b| b.map(|b| b.as_view()));
+        let rope = |x: &mut CudaViewMut<f32>, b: &Option<CudaView<f32>>, n_head| {
+            ops::rope(self.gpu, x, b.as_ref(), self.rope, n_head, pos, self.style)
+        };
+        rope(q, &bq, self.n_head)?;
+        rope(k, &bk, self.shape.n_head_kv)?;
+        let kv = k.as_view();
+        ops::kv_append(self.gpu, &kv, v, bv.as_ref(), cache, self.shape, pos)?;
         let prefill = if self.mma && T::PREFILL_MMA.is_some() {
             ops::attention_prefill_mma::<T>
         } else {

@@ -279,10 +279,12 @@ impl RopeTable {
 }
 
 /// RoPE in place on `x` = `n_tok` rows of `n_head` heads, row `t` at position `pos0 + t`
-/// (reference: `cpu::rope`).
+/// (reference: `cpu::rope`); with `bias` (one row, `n_head * head_dim`) the bias is added first,
+/// as [`add`] would.
 pub fn rope(
     gpu: &Gpu,
     x: &mut CudaViewMut<f32>,
+    bias: Option<&CudaView<f32>>,
     table: &RopeTable,
     n_head: usize,
     pos0: usize,
@@ -302,6 +304,11 @@ pub fn rope(
         },
     )?;
     let n_tok = x.len() / row;
+    if let Some(b) = bias {
+        ensure(K, b.len() == row, || {
+            format!("bias has {}, not one row of {row}", b.len())
+        })?;
+    }
     ensure(K, pos0 + n_tok <= table.n_pos, || {
         format!(
             "positions up to {} but the table covers {}",
@@ -318,11 +325,15 @@ pub fn rope(
     );
     let neox: u32 = matches!(style, RopeStyle::Neox) as u32;
     let tv = table.data.as_view();
+    // Without a bias the kernel's `bias` is (unread) the table, a valid pointer.
+    let has_bias = bias.is_some() as u32;
     launch!(
         gpu,
         K,
         grid_1d(pairs, 256),
         x,
+        bias.unwrap_or(&tv),
+        &has_bias,
         &tv,
         &n_tok32,
         &nh,
@@ -406,11 +417,13 @@ impl<T: KvElem> KvLayer<T> {
 }
 
 /// Writes `n_tok` rows of keys and values (`n_head_kv * head_dim` f32 each) at positions
-/// `pos0 ..` of the cache (rounded to f16 for an f16 cache).
+/// `pos0 ..` of the cache (rounded to f16 for an f16 cache); with `v_bias` (one row) the values'
+/// bias is added first, as [`add`] would.
 pub fn kv_append<T: KvElem>(
     gpu: &Gpu,
     k: &CudaView<f32>,
     v: &CudaView<f32>,
+    v_bias: Option<&CudaView<f32>>,
     cache: &mut KvLayer<T>,
     s: KvShape,
     pos0: usize,
@@ -424,6 +437,11 @@ pub fn kv_append<T: KvElem>(
         || format!("k {} / v {} are not rows of {row}", k.len(), v.len()),
     )?;
     let n_tok = k.len() / row;
+    if let Some(b) = v_bias {
+        ensure(kname, b.len() == row, || {
+            format!("v bias has {}, not one row of {row}", b.len())
+        })?;
+    }
     ensure(kname, pos0 + n_tok <= s.n_ctx, || {
         format!(
             "positions {pos0}..{} exceed the cache's {}",
@@ -439,12 +457,16 @@ pub fn kv_append<T: KvElem>(
         to_u32(kname, "n_ctx", s.n_ctx)?,
     );
     let (mut kc, mut vc) = (cache.k.as_view_mut(), cache.v.as_view_mut());
+    // Without a bias the kernel's `v_bias` is (unread) `k`, a valid pointer.
+    let has_bias = v_bias.is_some() as u32;
     launch!(
         gpu,
         kname,
         grid_1d(k.len(), 256),
         k,
         v,
+        v_bias.unwrap_or(k),
+        &has_bias,
         &mut kc,
         &mut vc,
         &args.0,
