@@ -583,31 +583,17 @@ impl Bench<'_> {
                 let x = self.rand(n_tok * nh * d, 2.0);
                 let table = RopeTable::new(g, n_tok, d, 1e6)?;
                 let mut dx = self.up(&x)?;
-                ops::rope(
-                    g,
-                    &mut dx.as_view_mut(),
-                    None,
-                    &table,
-                    nh,
-                    0,
-                    RopeStyle::Neox,
-                )?;
+                let rope = |dx: &mut CudaSlice<f32>| {
+                    let neox = RopeStyle::Neox;
+                    ops::rope(g, &mut dx.as_view_mut(), None, &table, nh, 0, neox)
+                };
+                rope(&mut dx)?;
                 let got = self.down(&dx)?;
                 let mut want = x.clone();
                 let pos: Vec<usize> = (0..n_tok).collect();
                 cpu::rope(&mut want, nh, d, &pos, 1e6, RopeStyle::Neox);
                 let e = rel_err(&got, &want.iter().map(|&v| v as f64).collect::<Vec<_>>());
-                let t = time(g, reps, || {
-                    ops::rope(
-                        g,
-                        &mut dx.as_view_mut(),
-                        None,
-                        &table,
-                        nh,
-                        0,
-                        RopeStyle::Neox,
-                    )
-                })?;
+                let t = time(g, reps, || rope(&mut dx))?;
                 out.push(self.row(
                     name,
                     &format!("{n_tok}x{nh}x{d}"),
