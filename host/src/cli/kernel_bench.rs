@@ -32,8 +32,9 @@
 //! `--type` for `gemm`/`lm_head`: `f16` (f16 inputs, f32 output and accumulation), `f32` (no tensor
 //! cores), `tf32`, `f16acc` (f16 accumulation), `f16x3` (split f16, `gemm` only: f32 data, three
 //! products per product), each optionally `-nn` (weight stored transposed; not `f16x3`).
-//! `linear` times what the backend runs per prefill projection (`Linear::run`) for each GEMM kind:
-//! the weight decode, the activation conversion and the GEMM, checked against f64.
+//! `linear` times what the backend runs per prefill projection (`Linear::convert`,
+//! `Linear::gemm_converted`) for each GEMM kind: the weight decode, the activation conversion and
+//! the GEMM, checked against f64.
 //! `kernel-bench cublas` runs every combination on the models' shapes (docs/CUBLAS.md).
 
 use std::time::Instant;
@@ -1072,9 +1073,10 @@ impl Bench<'_> {
     }
 
     /// The prefill projection `Y = X·Wᵀ` of a quantized `n × k` weight for `t` tokens, as
-    /// `Linear::run` does it, per GEMM kind: F32 (decode to f32, f32 GEMM), F16F32 (decode to f16,
-    /// activations to f16, f16 GEMM), F16x3 (split decode, split activations, one GEMM of 3k;
-    /// its three steps are timed alone too). Checked against f64 on the first rows.
+    /// `Linear::convert` and `Linear::gemm_converted` do it, per GEMM kind: F32 (decode to f32,
+    /// f32 GEMM), F16F32 (decode to f16, activations to f16, f16 GEMM), F16x3 (split decode,
+    /// split activations, one GEMM of 3k; its three steps are timed alone too). Checked against
+    /// f64 on the first rows.
     fn linear_rows(
         &mut self,
         ty: GgmlType,

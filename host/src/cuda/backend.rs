@@ -221,8 +221,8 @@ struct Scratch {
     step: CudaSlice<u32>,
 }
 
-/// Scratch of the GEMM path (`T > 1`, [`Linear::run`]): a decoded weight matrix, f32 or f16
-/// (as hi/lo pairs for the split-f16 GEMM), and the activations as f16.
+/// Scratch of the GEMM path (`T > 1`, [`Linear::gemm_converted`]): a decoded weight matrix, f32
+/// or f16 (as hi/lo pairs for the split-f16 GEMM), and the activations as f16.
 struct GemmScratch {
     w32: CudaSlice<f32>,
     w16: CudaSlice<u16>,
@@ -1289,32 +1289,6 @@ struct Linear<'a> {
 }
 
 impl Linear<'_> {
-    /// `y = x Wᵀ + bias` (the bias broadcast over the `t` rows); for `t = 1` the bias is added
-    /// inside the matvec (one launch, the same f32 addition).
-    fn run_bias(
-        &self,
-        w: &DeviceTensor,
-        x: &CudaView<f32>,
-        y: &mut CudaViewMut<f32>,
-        t: usize,
-        bias: Option<&CudaSlice<f32>>,
-        g: &mut GemmScratch,
-    ) -> Result<(), CudaError> {
-        if t == 1 && self.fuse {
-            let bv = bias.map(|b| b.as_view());
-            let out = match &bv {
-                Some(b) => MatvecOut::Bias(b),
-                None => MatvecOut::Store,
-            };
-            return ops::matvec_with(self.gpu, w, x, y, out);
-        }
-        self.run(w, x, y, t, g)?;
-        if let Some(b) = bias {
-            ops::add(self.gpu, y, &b.as_view())?;
-        }
-        Ok(())
-    }
-
     /// Whether a `t`-row projection input is written straight into the GEMM's split-f16 form by
     /// the fused kernels (`rms_norm_f16x3`, `swiglu_f16x3`): prefill chunks with
     /// [`GemmKind::F16x3`].
@@ -1368,9 +1342,10 @@ impl Linear<'_> {
         self.gemm_converted(w, src, resid, t, g, true)
     }
 
-    /// Projections of the same rows (q, k and v; gate and up): `y = x Wᵀ + bias` each, the
-    /// activations converted to the GEMM's input form once for all of them (or already
-    /// converted: [`ProjInput::Converted`]).
+    /// Projections of the same rows (q, k and v; gate and up): `y = x Wᵀ + bias` each (the bias
+    /// broadcast over the `t` rows); for `t > 1` the activations converted to the GEMM's input
+    /// form once for all of them (or already converted: [`ProjInput::Converted`]), for `t = 1`
+    /// matvecs.
     fn run_each<const N: usize>(
         &self,
         src: ProjInput,
@@ -1394,31 +1369,22 @@ impl Linear<'_> {
             }
         }
         for (w, mut y, bias) in projs {
-            if t == 1 {
-                self.run_bias(w, src.rows(w)?, &mut y, t, bias, g)?;
+            if t > 1 {
+                self.gemm_converted(w, src, &mut y, t, g, false)?;
+            } else if self.fuse {
+                // The bias added inside the matvec (one launch, the same f32 addition).
+                let bv = bias.map(|b| b.as_view());
+                let out = bv.as_ref().map_or(MatvecOut::Store, MatvecOut::Bias);
+                ops::matvec_with(self.gpu, w, src.rows(w)?, &mut y, out)?;
                 continue;
+            } else {
+                ops::matvec(self.gpu, w, src.rows(w)?, &mut y)?;
             }
-            self.gemm_converted(w, src, &mut y, t, g, false)?;
             if let Some(b) = bias {
                 ops::add(self.gpu, &mut y, &b.as_view())?;
             }
         }
         Ok(())
-    }
-
-    fn run(
-        &self,
-        w: &DeviceTensor,
-        x: &CudaView<f32>,
-        y: &mut CudaViewMut<f32>,
-        t: usize,
-        g: &mut GemmScratch,
-    ) -> Result<(), CudaError> {
-        if t == 1 {
-            return ops::matvec(self.gpu, w, x, y);
-        }
-        self.convert(x, t, w.cols, g)?;
-        self.gemm_converted(w, ProjInput::Rows(x), y, t, g, false)
     }
 
     /// The `t` rows of `k` activations `x` in the GEMM's input form, in `g.x16` (split f16 for
