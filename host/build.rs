@@ -15,13 +15,18 @@ const ARCHES: [&str; 2] = ["sm_90", "sm_80"];
 /// FFN, which take two waves on an H100's 132 SMs at 8 blocks per SM (64 registers) and one at 10
 /// (≤ 48); `swiglu_a8_*` launches 152 blocks of 512 threads, one wave at 2 per SM (≤ 64
 /// registers); `matvec_attn_*` launches a block per row (896 for qwen), one wave at 7 per SM (≤ 72
-/// registers; its combine of 4 splits' loads took 108 uncapped); `matvec_q8p` runs
+/// registers; its combine of 4 splits' loads took 108 uncapped); `matvec_qkv_*` launches a block
+/// per row (1,152 for qwen), one wave at 9 per SM (≤ 56 registers): the two variants that took
+/// 60 uncapped (8 per SM, so a second wave of 96 blocks) are capped, the others already fit 9
+/// (PERF.md change 43); `matvec_q8p` runs
 /// `Q8P_BLOCKS_PER_SM` = 2 blocks of 256 threads per SM, its launcher's grid (≤ 128 registers; its
 /// two steps of weights in registers took 153 uncapped).
 const LAUNCH_BOUNDS: &[(&str, usize, usize)] = &[
     ("matvec_swiglu_", 32 * shapes::MATVEC_ROWS_PER_BLOCK, 10),
     ("swiglu_a8_", 32 * shapes::SWIGLU_A8_WARPS, 2),
     ("matvec_attn_", 32 * shapes::MATVEC_KWARP_WARPS, 7),
+    ("matvec_qkv_q5_0_q5_0", 32 * shapes::MATVEC_KWARP_WARPS, 9),
+    ("matvec_qkv_q5_1_q5_1", 32 * shapes::MATVEC_KWARP_WARPS, 9),
     (
         "matvec_q8p",
         32 * shapes::Q8P_WARPS,
