@@ -197,6 +197,8 @@ struct Scratch {
     k: CudaSlice<f32>,
     v: CudaSlice<f32>,
     attn: CudaSlice<f32>,
+    /// One row of a projection's output before its residual add: only the unfused one-token
+    /// path uses it ([`CudaOptions::fuse_epilogues`] off; prefill GEMMs add into the residual).
     proj: CudaSlice<f32>,
     gate: CudaSlice<f32>,
     up: CudaSlice<f32>,
@@ -492,7 +494,7 @@ impl CudaBackend {
             k: a32(b * cfg.kv_dim(), "activations")?,
             v: a32(b * cfg.kv_dim(), "activations")?,
             attn: a32(b * cfg.q_dim(), "activations")?,
-            proj: a32(b * cfg.n_embd, "activations")?,
+            proj: a32(cfg.n_embd, "activations")?,
             gate: a32(b * cfg.n_ff, "activations")?,
             up: a32(b * cfg.n_ff, "activations")?,
             h: a32(b * cfg.n_ff, "activations")?,
@@ -719,7 +721,7 @@ impl CudaBackend {
                     &l.wo,
                     ProjInput::Rows(&s.attn.slice(..t * qd)),
                     &mut s.x.slice_mut(..t * d),
-                    &mut s.proj.slice_mut(..t * d),
+                    &mut s.proj.as_view_mut(),
                     t,
                     &mut s.gemm,
                 )?;
@@ -793,7 +795,7 @@ impl CudaBackend {
                         &l.down,
                         ProjInput::Converted,
                         &mut s.x.slice_mut(..t * d),
-                        &mut s.proj.slice_mut(..t * d),
+                        &mut s.proj.as_view_mut(),
                         t,
                         &mut s.gemm,
                     )?;
@@ -810,7 +812,7 @@ impl CudaBackend {
                 &l.down,
                 ProjInput::Rows(&s.h.slice(..t * ff)),
                 &mut s.x.slice_mut(..t * d),
-                &mut s.proj.slice_mut(..t * d),
+                &mut s.proj.as_view_mut(),
                 t,
                 &mut s.gemm,
             )?;
@@ -1317,8 +1319,9 @@ impl Linear<'_> {
         Ok(false)
     }
 
-    /// `resid += x Wᵀ`; for `t = 1` inside the matvec (or, unfused, through `tmp` and an add),
-    /// otherwise by the GEMM adding to `resid` itself (the same f32 additions either way).
+    /// `resid += x Wᵀ`; for `t = 1` inside the matvec (or, unfused, through `tmp`, one row, and
+    /// an add), otherwise by the GEMM adding to `resid` itself (the same f32 additions either
+    /// way).
     fn run_residual(
         &self,
         w: &DeviceTensor,
