@@ -188,7 +188,7 @@ pub fn warp_scan_f32(mut v: f32) -> f32 {
 pub fn block_sum(v: f32) -> f32 {
     let s = red_smem();
     let v = warp_sum(v);
-    // SAFETY: `s` is the 32-word shared scratch; warp w writes slot w (< 32 since blockDim ≤ 1024),
+    // SAFETY: `s` is the 64-word shared scratch; warp w writes slot w (< 32 since blockDim ≤ 1024),
     // the barriers order the writes before the reads and the reads before the next reuse.
     unsafe {
         if lane() == 0 {
@@ -202,6 +202,35 @@ pub fn block_sum(v: f32) -> f32 {
             0.0
         };
         let r = warp_sum(t);
+        sync_threads();
+        r
+    }
+}
+
+/// Two [`block_sum`]s at once — each the same bits as its own call — with one pair of barriers
+/// instead of two: the warps' shuffles of both values interleave, and a block that needs both
+/// sums (a dot product and a norm's sum of squares) waits for the block once. Same contract as
+/// [`block_sum`].
+#[inline(always)]
+pub fn block_sum2(a: f32, b: f32) -> (f32, f32) {
+    let s = red_smem();
+    let (a, b) = (warp_sum(a), warp_sum(b));
+    // SAFETY: `s` is the 64-word shared scratch; warp w writes slots w and 32 + w (w < 32 since
+    // blockDim ≤ 1024), the barriers order the writes before the reads and the reads before the
+    // next reuse.
+    unsafe {
+        if lane() == 0 {
+            *s.add(warp() as usize) = a;
+            *s.add(32 + warp() as usize) = b;
+        }
+        sync_threads();
+        let n_warps = block_dim_x() >> 5;
+        let (ta, tb) = if lane() < n_warps {
+            (*s.add(lane() as usize), *s.add(32 + lane() as usize))
+        } else {
+            (0.0, 0.0)
+        };
+        let r = (warp_sum(ta), warp_sum(tb));
         sync_threads();
         r
     }
@@ -230,12 +259,12 @@ pub fn block_max(v: f32) -> f32 {
     }
 }
 
-// The 32-word scratch the block reductions share: a module-scope `.shared` array (one copy per
+// The 64-word scratch the block reductions share: a module-scope `.shared` array (one copy per
 // block of every kernel that uses it). `#[link_section = ".shared"]` does not work (the array lands
 // in global memory), so it is declared in PTX and its address converted to a generic pointer.
-core::arch::global_asm!(".shared .align 16 .b8 GPU_RED_SMEM[128];");
+core::arch::global_asm!(".shared .align 16 .b8 GPU_RED_SMEM[256];");
 
-/// Generic pointer to the 32 f32 of block-reduction scratch in shared memory.
+/// Generic pointer to the 64 f32 of block-reduction scratch in shared memory.
 #[inline(always)]
 pub fn red_smem() -> *mut f32 {
     let p: u64;

@@ -184,9 +184,9 @@ trait Acts {
     /// # Safety
     /// `n + 4` ≤ the row length the source was made for.
     unsafe fn get(&mut self, n: usize) -> [f32; 4];
-    /// The row's value from its dot product `dot` summed over the lanes that share the row, with
-    /// `reduce` the same sum for this source's own per-lane values (every lane calls this).
-    fn finish(self, dot: f32, reduce: impl Fn(f32) -> f32) -> f32;
+    /// The row's value from each thread's share `dot` of its dot product, the block's threads
+    /// sharing the row (a block reduction; every thread of the block calls this).
+    fn finish_block(self, dot: f32) -> f32;
 }
 
 /// The activation vector itself.
@@ -200,8 +200,8 @@ impl Acts for Plain {
         unsafe { xa4(self.0, n) }
     }
     #[inline(always)]
-    fn finish(self, dot: f32, _reduce: impl Fn(f32) -> f32) -> f32 {
-        dot
+    fn finish_block(self, dot: f32) -> f32 {
+        gpu::block_sum(dot)
     }
 }
 
@@ -235,7 +235,12 @@ impl Normed {
     /// over them (every lane calls this).
     #[inline(always)]
     fn scale(&self, reduce: impl Fn(f32) -> f32) -> f32 {
-        let ss = reduce(self.ss);
+        self.scale_of(reduce(self.ss))
+    }
+
+    /// The norm's scale from the row's whole sum of squares `ss`.
+    #[inline(always)]
+    fn scale_of(&self, ss: f32) -> f32 {
         // As `rms_norm_f32`: IEEE sqrt and division.
         1.0 / core::f32::math::sqrt(ss / self.n as f32 + self.eps)
     }
@@ -250,8 +255,10 @@ impl Acts for Normed {
         [h[0] * g[0], h[1] * g[1], h[2] * g[2], h[3] * g[3]]
     }
     #[inline(always)]
-    fn finish(self, dot: f32, reduce: impl Fn(f32) -> f32) -> f32 {
-        dot * self.scale(reduce)
+    fn finish_block(self, dot: f32) -> f32 {
+        // The dot product and the sum of squares reduced together: one wait for the block.
+        let (dot, ss) = gpu::block_sum2(dot, self.ss);
+        dot * self.scale_of(ss)
     }
 }
 
@@ -313,8 +320,8 @@ impl Acts for Combined {
         num.map(|a| a * inv)
     }
     #[inline(always)]
-    fn finish(self, dot: f32, _reduce: impl Fn(f32) -> f32) -> f32 {
-        dot
+    fn finish_block(self, dot: f32) -> f32 {
+        gpu::block_sum(dot)
     }
 }
 
@@ -375,7 +382,7 @@ unsafe fn matvec_legacy_at<B: Legacy4, A: Acts, const U: usize>(
     // SAFETY: forwarded: wr is a whole row of nb blocks, acts reads 32 nb floats.
     let (acc, operand) =
         unsafe { row_dot_legacy::<B, A, U>(wr, nb, lane, first, 8 * KWARP_WARPS, &mut acts, epi) };
-    let acc = acts.finish(gpu::block_sum(acc), gpu::block_sum);
+    let acc = acts.finish_block(acc);
     if gpu::thread_x() == 0 {
         // SAFETY: row < rows; y holds rows floats.
         unsafe { store_with(y, row, acc, operand, mode) };
