@@ -643,7 +643,7 @@ impl CudaBackend {
                     bias_views.as_ref().map(|(a, b, c)| [a, b, c]),
                 )?;
             } else {
-                let split = lin.normed(
+                lin.normed(
                     &s.x.slice(..t * d),
                     &l.attn_norm.as_view(),
                     c.rms_eps,
@@ -652,11 +652,7 @@ impl CudaBackend {
                     &mut s.gemm,
                 )?;
                 let xn = s.xn.slice(..t * d);
-                let src = if split {
-                    ProjInput::Converted
-                } else {
-                    ProjInput::Rows(&xn)
-                };
+                let src = lin.input(t, &xn);
                 // A prefill adds the biases in its RoPE and KV-append launches (`AttnStep`).
                 let decode = t == 1;
                 let projs = [
@@ -767,7 +763,7 @@ impl CudaBackend {
                 };
                 ops::matvec_swiglu(gpu, &l.gate, &l.up, inp, &mut s.h.slice_mut(..ff))?;
             } else {
-                let split = lin.normed(
+                lin.normed(
                     &s.x.slice(..t * d),
                     &l.ffn_norm.as_view(),
                     c.rms_eps,
@@ -776,41 +772,24 @@ impl CudaBackend {
                     &mut s.gemm,
                 )?;
                 let xn = s.xn.slice(..t * d);
-                let src = if split {
-                    ProjInput::Converted
-                } else {
-                    ProjInput::Rows(&xn)
-                };
                 let projs = [
                     (&l.gate, s.gate.slice_mut(..t * ff), None),
                     (&l.up, s.up.slice_mut(..t * ff), None),
                 ];
-                lin.run_each(src, t, projs, &mut s.gemm)?;
-                if lin.split_input(t) {
-                    // SwiGLU straight into the down projection's split-f16 input.
-                    let mut h3 = s.gemm.x16.slice_mut(..3 * t * ff);
-                    let (g, u) = (s.gate.slice(..t * ff), s.up.slice(..t * ff));
-                    ops::swiglu_f16x3(gpu, &g, &u, ff, &mut h3)?;
-                    lin.run_residual(
-                        &l.down,
-                        ProjInput::Converted,
-                        &mut s.x.slice_mut(..t * d),
-                        &mut s.proj.as_view_mut(),
-                        t,
-                        &mut s.gemm,
-                    )?;
-                    continue;
-                }
-                ops::swiglu(
-                    gpu,
+                lin.run_each(lin.input(t, &xn), t, projs, &mut s.gemm)?;
+                lin.swiglu(
                     &s.gate.slice(..t * ff),
                     &s.up.slice(..t * ff),
+                    ff,
                     &mut s.h.slice_mut(..t * ff),
+                    t,
+                    &mut s.gemm,
                 )?;
             }
+            let h = s.h.slice(..t * ff);
             lin.run_residual(
                 &l.down,
-                ProjInput::Rows(&s.h.slice(..t * ff)),
+                lin.input(t, &h),
                 &mut s.x.slice_mut(..t * d),
                 &mut s.proj.as_view_mut(),
                 t,
@@ -1298,9 +1277,19 @@ impl Linear<'_> {
         t > 1 && self.kind == GemmKind::F16x3
     }
 
+    /// A projection's input for `t` rows: already in the GEMM scratch in split-f16 form when
+    /// [`Linear::split_input`] (written there by [`Linear::normed`] or [`Linear::swiglu`]),
+    /// otherwise the f32 `rows` they wrote.
+    fn input<'a, 'b>(&self, t: usize, rows: &'a CudaView<'b, f32>) -> ProjInput<'a, 'b> {
+        if self.split_input(t) {
+            ProjInput::Converted
+        } else {
+            ProjInput::Rows(rows)
+        }
+    }
+
     /// `rms_norm(x) ∘ w` as the input of the projections that follow: into the GEMM scratch in
-    /// split-f16 form when [`Linear::split_input`] (one launch; returns true), otherwise into
-    /// `xn` (false).
+    /// split-f16 form when [`Linear::split_input`] (one launch), otherwise into `xn`.
     fn normed(
         &self,
         x: &CudaView<f32>,
@@ -1309,14 +1298,31 @@ impl Linear<'_> {
         xn: &mut CudaViewMut<f32>,
         t: usize,
         g: &mut GemmScratch,
-    ) -> Result<bool, CudaError> {
+    ) -> Result<(), CudaError> {
         if self.split_input(t) {
             let mut x3 = g.x16.slice_mut(..3 * x.len());
-            ops::rms_norm_f16x3(self.gpu, x, w, eps, &mut x3)?;
-            return Ok(true);
+            return ops::rms_norm_f16x3(self.gpu, x, w, eps, &mut x3);
         }
-        ops::rms_norm(self.gpu, x, w, eps, xn)?;
-        Ok(false)
+        ops::rms_norm(self.gpu, x, w, eps, xn)
+    }
+
+    /// `silu(gate) · up` (rows of `k`) as the input of the down projection: as
+    /// [`Linear::normed`], into the GEMM scratch in split-f16 form when
+    /// [`Linear::split_input`] (one launch), otherwise into `h`.
+    fn swiglu(
+        &self,
+        gate: &CudaView<f32>,
+        up: &CudaView<f32>,
+        k: usize,
+        h: &mut CudaViewMut<f32>,
+        t: usize,
+        g: &mut GemmScratch,
+    ) -> Result<(), CudaError> {
+        if self.split_input(t) {
+            let mut h3 = g.x16.slice_mut(..3 * up.len());
+            return ops::swiglu_f16x3(self.gpu, gate, up, k, &mut h3);
+        }
+        ops::swiglu(self.gpu, gate, up, h)
     }
 
     /// `resid += x Wᵀ`; for `t = 1` inside the matvec (or, unfused, through `tmp`, one row, and
