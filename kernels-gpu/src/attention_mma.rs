@@ -22,8 +22,9 @@
 //! `p = p_hi + p_lo` (`hi = f16(x)`, `lo = f16(x − hi)`, ≈ 2^-22 relative together) take two
 //! products each, the f16 × f16 products are exact in f32 and accumulate in f32. So the scores
 //! and the weighted sums carry about f32 accuracy (the property tests hold this kernel to the
-//! CUDA-core kernel's 1e-4), at twice the tensor-core work of a plain f16 attention. The row sums are of the f32 probabilities (each lane its
-//! columns, the row's 4 lanes added at the end); `out = acc / sum` (IEEE division).
+//! CUDA-core kernel's 1e-4), at twice the tensor-core work of a plain f16 attention. The row
+//! sums are of the f32 probabilities (each lane its columns, the row's 4 lanes added at the end);
+//! `out = acc / sum` (IEEE division).
 //!
 //! Fragments (PTX ISA, `mma.m16n8k16` `.f16`): lane `l`, `g = l / 4`, `c = l % 4`; a warp's
 //! accumulators hold rows `g` and `g + 8` at columns `8 j + 2 c, + 1`. The scores' accumulator
