@@ -840,6 +840,31 @@ impl Chunk4 for f32 {
 /// Most staged 4-element chunks per thread per tile (`BN · d / 4 / THREADS`, 6 at d = 96).
 const MAX_CHUNKS: usize = 6;
 
+/// What a prefill block works on: query rows `q0 .. q0 + n_q` (`n_q` ≤ the tile's rows) of query
+/// head `h`, whose keys and values are KV head `kvh`.
+pub(crate) struct PrefillTile {
+    pub q0: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub n_q: usize,
+}
+
+/// The tile of a prefill attention block (both prefill kernels): grid x counts the query tiles of
+/// `bm` rows, the longest (most keys) first, grid y the query heads; `group` query heads share a
+/// KV head.
+#[inline(always)]
+pub(crate) fn prefill_tile(bm: usize, n_tok: u32, group: u32) -> PrefillTile {
+    let q0 = (gpu::grid_dim_x() - 1 - gpu::block_x()) as usize * bm;
+    // SAFETY: reading a special register.
+    let h = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
+    PrefillTile {
+        q0,
+        h,
+        kvh: h / group as usize,
+        n_q: core::cmp::min(bm, n_tok as usize - q0),
+    }
+}
+
 /// The prefill body for head dimension `D` and key tile `BN` (see the module header for the
 /// thread layout).
 ///
@@ -872,13 +897,7 @@ unsafe fn prefill_tiled<C: Chunk4, const D: usize, const BN: usize>(
     let (rg, kg) = (t / 8, t % 8);
     let (ra, rb) = (2 * rg, 2 * rg + 1);
     let nh = n_head as usize;
-    // The longest query tiles (most keys) first.
-    let qt = (gpu::grid_dim_x() - 1 - gpu::block_x()) as usize;
-    let q0 = qt * BM;
-    // SAFETY: reading a special register.
-    let h = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
-    let kvh = h / group as usize;
-    let n_q = core::cmp::min(BM, n_tok as usize - q0);
+    let PrefillTile { q0, h, kvh, n_q } = prefill_tile(BM, n_tok, group);
     let smem = gpu::dyn_smem::<f32>();
     // SAFETY: the four arrays lie inside the launch's dynamic shared memory
     // (prefill_smem_bytes(D)), each 16-byte aligned (all strides are multiples of 4 floats).

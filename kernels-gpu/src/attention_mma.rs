@@ -35,6 +35,7 @@
 //! Limits: `head_dim` in {32, 64, 96, 128}; `pos0 + n_tok ≤ n_ctx`; `q`, `out` and the cache
 //! 16-byte aligned (the launcher checks); sm_80 or later.
 
+use crate::attention::{PrefillTile, prefill_tile};
 use crate::gpu;
 use crate::shapes::{
     PREFILL_MMA_KEY_SPLIT, PREFILL_MMA_ROW_WARPS, PREFILL_MMA_THREADS, prefill_mma_bn,
@@ -180,12 +181,7 @@ unsafe fn prefill_mma<const D: usize, const BN: usize>(
     let (rw, sp) = (w % PREFILL_MMA_ROW_WARPS, w / PREFILL_MMA_ROW_WARPS);
     let (g, c) = (l / 4, l % 4);
     let nh = n_head as usize;
-    let qt = (gpu::grid_dim_x() - 1 - gpu::block_x()) as usize;
-    let q0 = qt * BM;
-    // SAFETY: reading a special register.
-    let h = unsafe { core::arch::nvptx::_block_idx_y() } as usize;
-    let kvh = h / group as usize;
-    let n_q = core::cmp::min(BM, n_tok as usize - q0);
+    let PrefillTile { q0, h, kvh, n_q } = prefill_tile(BM, n_tok, group);
     let smem = gpu::dyn_smem::<u16>();
     // SAFETY: two [SPLIT · BN][D + 8] f16 arrays inside the launch's dynamic shared memory.
     let (k_s, v_s) = unsafe { (smem, smem.add(bn2 * rs)) };
