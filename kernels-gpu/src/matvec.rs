@@ -656,16 +656,16 @@ matvec_qkv_kernels! {
     matvec_qkv_q5_1_q8_0 => BlockQ5_1, BlockQ8_0;
 }
 
-/// The attention's output projection, `y = Wo · attn (+ add)`: while the attention leaves its
-/// partials (`n_used ≤ defer` splits for the step's position, planned as the attention plans:
-/// `attention::decode_n_kv`, `shapes::decode_plan`) the activations are [`Combined`] from them,
-/// otherwise read from `x` (the attention's combined output). The position is written before
-/// the step, so it is read before the wait for the previous kernel.
+/// The attention's output projection, `y = Wo · attn (+ add)`, its activations [`Combined`] from
+/// the partials the attention left (`n_used ≤ defer` splits for the step's position, planned as
+/// the attention plans: `attention::decode_n_kv`, `shapes::decode_plan`). A position that needs
+/// more splits than `defer` (a contract violation: the launcher refuses host positions, the
+/// backend replays this only where it holds) makes `y` NaN rather than a wrong number. The
+/// position is written before the step, so it is read before the wait for the previous kernel.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn matvec_attn<B: Legacy4>(
     w: *const u8,
-    x: *const f32,
     part: *const f32,
     pos_dev: *const u32,
     plan: [u32; 6],
@@ -680,42 +680,46 @@ unsafe fn matvec_attn<B: Legacy4>(
     let (_, n_used) = crate::shapes::decode_plan(n_kv, n_split);
     let cols = n_head * head_dim;
     let row = gpu::block_x() as usize;
+    if n_used > defer {
+        if gpu::thread_x() == 0 && row < rows as usize {
+            gpu::pdl_wait();
+            // SAFETY: y holds rows floats.
+            unsafe { *y.add(row) = f32::NAN };
+        }
+        return;
+    }
     // SAFETY: forwarded contract: part holds n_head · n_split · (head_dim + 2) floats.
     unsafe {
-        if n_used <= defer {
-            let src = Combined {
-                part,
-                ms: part.add((n_head * n_split * head_dim) as usize),
-                n_split: n_split as usize,
-                n_used: n_used as usize,
-                d_log2: head_dim.trailing_zeros(),
-            };
-            matvec_legacy_at::<B, _, 1>(row, w, src, y, rows, cols, add, mode)
-        } else {
-            matvec_legacy_at::<B, _, UNROLL>(row, w, Plain(x), y, rows, cols, add, mode)
-        }
+        let src = Combined {
+            part,
+            ms: part.add((n_head * n_split * head_dim) as usize),
+            n_split: n_split as usize,
+            n_used: n_used as usize,
+            d_log2: head_dim.trailing_zeros(),
+        };
+        matvec_legacy_at::<B, _, 1>(row, w, src, y, rows, cols, add, mode)
     }
 }
 
 macro_rules! matvec_attn_kernels {
     ($($name:ident => $t:ty;)*) => {$(
         /// # Safety
-        /// `w`: `rows × (n_head · head_dim)` of the type; `x` n_head · head_dim floats (16-byte
-        /// aligned); `part` the attention's partials for `n_split` splits (16-byte aligned);
+        /// `w`: `rows × (n_head · head_dim)` of the type; `part` the attention's partials for
+        /// `n_split` splits (16-byte aligned);
         /// `pos_dev` null or one u32; `plan` = `[n_kv, n_ctx, n_split, head_dim, n_head,
         /// defer]` as the attention was launched with; `y` (and `add` when `mode` is ADD) rows
         /// floats; grid = rows blocks of 32 W (validated by the launcher).
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $name(
-            w: *const u8, x: *const f32, part: *const f32, pos_dev: *const u32,
+            w: *const u8, part: *const f32, pos_dev: *const u32,
             n_kv: u32, n_ctx: u32, n_split: u32, head_dim: u32, n_head: u32, defer: u32,
             y: *mut f32, rows: u32, add: *const f32, mode: u32,
         ) {
             gpu::pdl_trigger();
             let plan = [n_kv, n_ctx, n_split, head_dim, n_head, defer];
             // SAFETY: forwarded contract.
-            unsafe { matvec_attn::<$t>(w, x, part, pos_dev, plan, y, rows, add, mode) }
+            unsafe { matvec_attn::<$t>(w, part, pos_dev, plan, y, rows, add, mode) }
         }
     )*};
 }

@@ -421,7 +421,16 @@ fn attention_decode_case<T: TestElem + PartialEq>(
             assert_close(&label, &download(&g, &out), &want, 1e-4, 1e-4);
         }
         let mut resid = upload(&g, &resid0);
-        ops::matvec_attn(&g, &wo, &out.as_view(), &scratch, &mut resid.as_view_mut()).unwrap();
+        let attn = &out.as_view();
+        if deferred {
+            ops::matvec_attn(&g, &wo, &scratch, &mut resid.as_view_mut()).unwrap();
+        } else {
+            // Only after an attention launched with defer; its output goes to the plain matvec.
+            let e = ops::matvec_attn(&g, &wo, &scratch, &mut resid.as_view_mut()).unwrap_err();
+            assert!(e.to_string().contains("not launched with defer"), "{e}");
+            let y = &mut resid.as_view_mut();
+            ops::matvec_with(&g, &wo, attn, y, MatvecOut::Accumulate).unwrap();
+        }
         for (r, (&got, &(w, bound))) in download(&g, &resid).iter().zip(&o_want).enumerate() {
             assert!(
                 (got as f64 - w).abs() <= bound,

@@ -705,13 +705,7 @@ impl CudaBackend {
                 ops::attention_combine(gpu, &s.dec, &mut s.attn.slice_mut(..qd))?;
             }
             if defer {
-                ops::matvec_attn(
-                    gpu,
-                    &l.wo,
-                    &s.attn.slice(..qd),
-                    &s.dec,
-                    &mut s.x.slice_mut(..d),
-                )?;
+                ops::matvec_attn(gpu, &l.wo, &s.dec, &mut s.x.slice_mut(..d))?;
             } else {
                 lin.run_residual(
                     &l.wo,

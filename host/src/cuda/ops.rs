@@ -779,14 +779,14 @@ pub fn matvec_attn_supported(wo: &DeviceTensor) -> bool {
 }
 
 /// The attention's output projection added into the residual, `resid += Wo · attn`, after an
-/// [`attention_decode`] queued with the same `scratch`: when that attention left its partials
-/// (`defer`, a short context) the kernel combines them as it reads its activations (the
-/// attention's own combine, `kernels-gpu/src/matvec.rs`), otherwise it reads `attn`. The
-/// decision is made on the device from the same position, with the plan the attention recorded.
+/// [`attention_decode`] queued with the same `scratch` and `defer` (a short context): the kernel
+/// combines the attention's partials as it reads its activations (the attention's own combine,
+/// `kernels-gpu/src/matvec.rs`), with the plan the attention recorded. After an attention that
+/// combined its splits itself ([`attention_combine`]), the projection is a plain
+/// [`matvec_with`] of its output.
 pub fn matvec_attn(
     gpu: &Gpu,
     wo: &DeviceTensor,
-    attn: &CudaView<f32>,
     scratch: &DecodeScratch,
     resid: &mut CudaViewMut<f32>,
 ) -> Result<()> {
@@ -799,23 +799,17 @@ pub fn matvec_attn(
         problem: "no decode attention was queued with this scratch".into(),
     })?;
     let cols = scratch.n_head * scratch.head_dim;
-    ensure(
-        k,
-        wo.cols == cols && attn.len() == cols && resid.len() == wo.rows,
-        || {
-            format!(
-                "{}: attn {} / resid {} for a {} x {} matrix after attention over {} heads x {}",
-                wo.name,
-                attn.len(),
-                resid.len(),
-                wo.rows,
-                wo.cols,
-                scratch.n_head,
-                scratch.head_dim
-            )
-        },
-    )?;
-    x_aligned(gpu, k, &wo.name, attn)?;
+    ensure(k, wo.cols == cols && resid.len() == wo.rows, || {
+        format!(
+            "{}: resid {} for a {} x {} matrix after attention over {} heads x {}",
+            wo.name,
+            resid.len(),
+            wo.rows,
+            wo.cols,
+            scratch.n_head,
+            scratch.head_dim
+        )
+    })?;
     let rows = to_u32(k, "rows", wo.rows)?;
     let cfg = LaunchConfig {
         grid_dim: (rows, 1, 1),
@@ -824,10 +818,13 @@ pub fn matvec_attn(
     };
     let (wv, part) = (wo.data.as_view(), scratch.part.as_view());
     let [n_kv, n_ctx, n_split, head_dim, n_head, defer] = plan;
-    let mode = MATVEC_ACCUMULATE; // `add` unread
+    ensure(k, defer > 0, || {
+        "the attention was not launched with defer: its output is projected by matvec_with".into()
+    })?;
+    let mode = MATVEC_ACCUMULATE; // `add` unread (the partials stand in for it)
     launch!(
-        gpu, k, cfg, &wv, attn, &part, &pdev, &n_kv, &n_ctx, &n_split, &head_dim, &n_head, &defer,
-        resid, &rows, attn, &mode
+        gpu, k, cfg, &wv, &part, &pdev, &n_kv, &n_ctx, &n_split, &head_dim, &n_head, &defer, resid,
+        &rows, &part, &mode
     );
     Ok(())
 }
