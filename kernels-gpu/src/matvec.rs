@@ -705,10 +705,10 @@ macro_rules! matvec_attn_kernels {
     ($($name:ident => $t:ty;)*) => {$(
         /// # Safety
         /// `w`: `rows × (n_head · head_dim)` of the type; `part` the attention's partials for
-        /// `n_split` splits (16-byte aligned);
-        /// `pos_dev` null or one u32; `plan` = `[n_kv, n_ctx, n_split, head_dim, n_head,
-        /// defer]` as the attention was launched with; `y` (and `add` when `mode` is ADD) rows
-        /// floats; grid = rows blocks of 32 W (validated by the launcher).
+        /// `n_split` splits (16-byte aligned); `pos_dev` null or one u32; `plan` = `[n_kv, n_ctx,
+        /// n_split, head_dim, n_head, defer]` as the attention was launched with (`defer` > 0);
+        /// `y` (and `add` when `mode` is ADD) rows floats; grid = rows blocks of 32 W (validated
+        /// by the launcher).
         #[unsafe(no_mangle)]
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $name(

@@ -437,6 +437,20 @@ fn attention_decode_case<T: TestElem + PartialEq>(
                 "{label}: matvec_attn {wo_ty:?} row {r}: got {got} want {w} (bound {bound:e})"
             );
         }
+        if device && !ops::decode_defers(n_kv, s.n_ctx, head_dim) {
+            // A device position past the splits the projection combines (which the backend never
+            // replays the short graph at) cannot be refused on the host: the projection's rows
+            // come out NaN, not a number read from an output nobody wrote.
+            let o = &mut out.as_view_mut();
+            ops::attention_decode(&g, tok, &mut cache, s, n_head, at, &mut scratch, o, true)
+                .unwrap();
+            let mut bad = upload(&g, &resid0);
+            ops::matvec_attn(&g, &wo, &scratch, &mut bad.as_view_mut()).unwrap();
+            assert!(
+                download(&g, &bad).iter().all(|v| v.is_nan()),
+                "{label}: matvec_attn past defer"
+            );
+        }
         // The new row is in the cache exactly as kv_append would store it; the rows after it
         // are untouched.
         let (kc, vc) = (download(&g, &cache.k), download(&g, &cache.v));
